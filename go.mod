@@ -1,0 +1,3 @@
+module github.com/prefork/prefork
+
+go 1.25
