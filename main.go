@@ -1,5 +1,431 @@
 // Command prefork binds ports once and runs a command N times, each worker
-// inheriting the listening sockets the way systemd passes them.
+// inheriting the listening sockets the way systemd passes them (fd 3, 4, …,
+// LISTEN_FDS, a per-worker LISTEN_PID, LISTEN_FDNAMES).
+//
+// This file holds the command line: options, usage, validation, and the entry
+// points of prefork's hidden roles (the exec shim and the demo worker).
 package main
 
-func main() {}
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/exec"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const usage = `usage: prefork [options] [--] command [args...]
+       prefork [options] --demo
+
+Bind the listeners once, then run command N times; every worker inherits the
+listening sockets as fd 3, 4, ... with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES.
+
+Listeners:
+  -p, --port PORT            TCP on all addresses (dual-stack); repeatable
+  -l, --listen [NAME=]ADDR   HOST:PORT, :PORT, unix:/path or udp:HOST:PORT; repeatable
+      --backlog N            listen backlog (default: the system maximum)
+Workers:
+  -n, --workers N|auto       number of workers (default auto: usable CPUs)
+      --mode MODE            shared, reuseport or rr (default shared)
+      --rr-window N          rr mode: unacked connections per worker (default 32)
+      --user USER[:GROUP]    run workers as this user
+      --demo                 run the built-in demo HTTP worker
+Lifecycle:
+      --ready delay|notify   when a new worker counts as up (default delay)
+      --ready-delay DUR      delay mode: up once alive this long (default 1s)
+      --ready-timeout DUR    notify mode: not ready by then is a failed start (default 60s)
+      --min-uptime DUR       exiting sooner is a failed start (default 1s)
+      --backoff-min DUR      first restart delay after a failed start (default 100ms)
+      --backoff-max DUR      restart delay cap (default 30s)
+      --max-restarts N       failed starts in a row before giving up; 0 = never (default 10)
+      --watchdog DUR         ready workers must send WATCHDOG=1 this often (default off)
+      --grace DUR            time a stopping worker gets before SIGKILL (default 30s)
+      --stop-signal SIG      graceful stop signal for workers (default TERM)
+      --drain-delay DUR      on TERM/INT, wait this long before stopping workers (default 0s)
+Output:
+      --pidfile PATH         write prefork's pid here
+      --status-file PATH     JSON state, rewritten on every change
+      --log-format text|json prefork's own log lines on stderr (default text)
+  -q, --quiet                only warnings and errors
+  -v, --verbose              debug logging
+  -h, --help                 show this help
+      --version              print the version
+
+Signals: TERM/INT stop, HUP rolling reload, TTIN/TTOU one worker more/fewer,
+USR1/USR2/WINCH passed on, QUIT fast stop. See prefork(1).
+`
+
+// Exit statuses, as documented in the man page.
+const (
+	exitOK       = 0
+	exitFailure  = 1
+	exitUsage    = 2
+	exitNoExec   = 126
+	exitNotFound = 127
+)
+
+// Limits that turn absurd values into usage errors instead of fork storms.
+const (
+	maxWorkers  = 1024
+	maxRRWindow = 65536
+)
+
+// config is everything the command line says.
+type config struct {
+	specs        []listenSpec
+	backlog      int
+	workers      int // 0 = auto
+	mode         string
+	rrWindow     int
+	user         string
+	demo         bool
+	ready        string
+	readyDelay   time.Duration
+	readyTimeout time.Duration
+	minUptime    time.Duration
+	backoffMin   time.Duration
+	backoffMax   time.Duration
+	maxRestarts  int
+	watchdog     time.Duration
+	grace        time.Duration
+	stopSignal   syscall.Signal
+	drainDelay   time.Duration
+	pidfile      string
+	statusFile   string
+	logFormat    string
+	verbosity    int // -1 quiet, 0 normal, 1 verbose
+	command      []string
+}
+
+func defaultConfig() *config {
+	return &config{
+		mode:         "shared",
+		rrWindow:     32,
+		ready:        "delay",
+		readyDelay:   time.Second,
+		readyTimeout: 60 * time.Second,
+		minUptime:    time.Second,
+		backoffMin:   100 * time.Millisecond,
+		backoffMax:   30 * time.Second,
+		maxRestarts:  10,
+		grace:        30 * time.Second,
+		stopSignal:   syscall.SIGTERM,
+		logFormat:    "text",
+	}
+}
+
+// usageError is a command-line mistake: exit status 2 with a hint.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
+
+// option is one command-line option; short and long names set one variable.
+type option struct {
+	long, short string
+	boolean     bool
+	set         func(c *config, v string) error
+}
+
+func durationOpt(field func(*config) *time.Duration) func(*config, string) error {
+	return func(c *config, v string) error {
+		d, err := parseDuration(v)
+		if err != nil {
+			return err
+		}
+		*field(c) = d
+		return nil
+	}
+}
+
+func choiceOpt(field func(*config) *string, choices ...string) func(*config, string) error {
+	return func(c *config, v string) error {
+		for _, ch := range choices {
+			if v == ch {
+				*field(c) = v
+				return nil
+			}
+		}
+		return fmt.Errorf("%q is not one of %s", v, strings.Join(choices, ", "))
+	}
+}
+
+func intOpt(field func(*config) *int, lo, hi int) func(*config, string) error {
+	return func(c *config, v string) error {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < lo || n > hi {
+			return fmt.Errorf("%q is not a whole number from %d to %d", v, lo, hi)
+		}
+		*field(c) = n
+		return nil
+	}
+}
+
+var options = []option{
+	{long: "port", short: "p", set: func(c *config, v string) error {
+		s, err := parsePort(v)
+		c.specs = append(c.specs, s)
+		return err
+	}},
+	{long: "listen", short: "l", set: func(c *config, v string) error {
+		s, err := parseListen(v)
+		c.specs = append(c.specs, s)
+		return err
+	}},
+	{long: "backlog", set: intOpt(func(c *config) *int { return &c.backlog }, 1, 1<<20)},
+	{long: "workers", short: "n", set: func(c *config, v string) error {
+		n, err := parseWorkers(v)
+		c.workers = n
+		return err
+	}},
+	{long: "mode", set: choiceOpt(func(c *config) *string { return &c.mode }, "shared", "reuseport", "rr")},
+	{long: "rr-window", set: intOpt(func(c *config) *int { return &c.rrWindow }, 1, maxRRWindow)},
+	{long: "user", set: func(c *config, v string) error { c.user = v; return nil }},
+	{long: "demo", boolean: true, set: func(c *config, _ string) error { c.demo = true; return nil }},
+	{long: "ready", set: choiceOpt(func(c *config) *string { return &c.ready }, "delay", "notify")},
+	{long: "ready-delay", set: durationOpt(func(c *config) *time.Duration { return &c.readyDelay })},
+	{long: "ready-timeout", set: durationOpt(func(c *config) *time.Duration { return &c.readyTimeout })},
+	{long: "min-uptime", set: durationOpt(func(c *config) *time.Duration { return &c.minUptime })},
+	{long: "backoff-min", set: durationOpt(func(c *config) *time.Duration { return &c.backoffMin })},
+	{long: "backoff-max", set: durationOpt(func(c *config) *time.Duration { return &c.backoffMax })},
+	{long: "max-restarts", set: intOpt(func(c *config) *int { return &c.maxRestarts }, 0, 1<<30)},
+	{long: "watchdog", set: durationOpt(func(c *config) *time.Duration { return &c.watchdog })},
+	{long: "grace", set: durationOpt(func(c *config) *time.Duration { return &c.grace })},
+	{long: "stop-signal", set: func(c *config, v string) error {
+		s, err := parseSignal(v)
+		c.stopSignal = s
+		return err
+	}},
+	{long: "drain-delay", set: durationOpt(func(c *config) *time.Duration { return &c.drainDelay })},
+	{long: "pidfile", set: func(c *config, v string) error { c.pidfile = v; return nil }},
+	{long: "status-file", set: func(c *config, v string) error { c.statusFile = v; return nil }},
+	{long: "log-format", set: choiceOpt(func(c *config) *string { return &c.logFormat }, "text", "json")},
+	{long: "quiet", short: "q", boolean: true, set: func(c *config, _ string) error { c.verbosity = -1; return nil }},
+	{long: "verbose", short: "v", boolean: true, set: func(c *config, _ string) error { c.verbosity = 1; return nil }},
+}
+
+// errHelp and errVersion are not failures: main prints and exits 0.
+var (
+	errHelp    = errors.New("help")
+	errVersion = errors.New("version")
+)
+
+func lookupOption(name string, long bool) *option {
+	for i := range options {
+		if (long && options[i].long == name) || (!long && name != "" && options[i].short == name) {
+			return &options[i]
+		}
+	}
+	return nil
+}
+
+// parseArgs reads options up to "--" or the first word that is not an option, so
+// the command's own flags are never read by prefork.
+func parseArgs(args []string) (*config, error) {
+	c := defaultConfig()
+	i := 0
+	for ; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			i++
+			break
+		}
+		if len(a) < 2 || a[0] != '-' {
+			break
+		}
+		var name, value string
+		hasValue, long := false, strings.HasPrefix(a, "--")
+		if long {
+			name = a[2:]
+			if k := strings.IndexByte(name, '='); k >= 0 {
+				name, value, hasValue = name[:k], name[k+1:], true
+			}
+		} else {
+			name = a[1:2]
+			if len(a) > 2 {
+				value, hasValue = a[2:], true
+			}
+		}
+		switch {
+		case name == "h" && !long || name == "help":
+			return nil, errHelp
+		case name == "version" && long:
+			return nil, errVersion
+		}
+		dash := "-"
+		if long {
+			dash = "--"
+		}
+		o := lookupOption(name, long)
+		if o == nil {
+			return nil, usagef("unknown option %s%s", dash, name)
+		}
+		if o.boolean {
+			if hasValue {
+				return nil, usagef("option %s%s takes no value", dash, name)
+			}
+		} else if !hasValue {
+			if i+1 >= len(args) {
+				return nil, usagef("option %s%s needs a value", dash, name)
+			}
+			i++
+			value = args[i]
+		}
+		if err := o.set(c, value); err != nil {
+			return nil, usagef("invalid value for %s%s: %v", dash, name, err)
+		}
+	}
+	c.command = args[i:]
+	return c, c.validate()
+}
+
+// validate checks what no single option can check alone.
+func (c *config) validate() error {
+	switch {
+	case c.demo && len(c.command) > 0:
+		return usagef("--demo runs the built-in worker: give no command")
+	case !c.demo && len(c.command) == 0:
+		return usagef("no command given")
+	case c.backoffMin <= 0:
+		return usagef("--backoff-min must be above 0")
+	case c.backoffMin > c.backoffMax:
+		return usagef("--backoff-min %v is above --backoff-max %v", c.backoffMin, c.backoffMax)
+	case c.ready == "notify" && c.readyTimeout <= 0:
+		return usagef("--ready-timeout must be above 0")
+	case c.watchdog < 0:
+		return usagef("--watchdog must not be negative")
+	}
+	if c.watchdog > 0 && c.watchdog < 10*time.Millisecond {
+		return usagef("--watchdog %v is too short (at least 10ms)", c.watchdog)
+	}
+	if c.mode == "reuseport" && !reuseportSupported {
+		return usagef("--mode reuseport needs Linux: the BSD kernel does not balance SO_REUSEPORT sockets (use --mode shared)")
+	}
+	for _, s := range c.specs {
+		if c.mode == "rr" && s.network == "udp" {
+			return usagef("--mode rr hands over stream connections: %s is a UDP listener (use --mode shared or reuseport)", s.text)
+		}
+		if c.mode == "reuseport" && s.network == "unix" {
+			return usagef("--mode reuseport needs TCP or UDP listeners: %s is a unix socket", s.text)
+		}
+	}
+	return nil
+}
+
+// parseDuration reads a Go duration ("1.5s", "300ms") or a bare number of seconds.
+func parseDuration(v string) (time.Duration, error) {
+	if f, err := strconv.ParseFloat(v, 64); err == nil && !strings.ContainsAny(v, "xXpP_") {
+		if f < 0 || f > 1e9 || f != f {
+			return 0, fmt.Errorf("%q is out of range", v)
+		}
+		return time.Duration(f * float64(time.Second)), nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a duration such as 500ms, 30s or 2m", v)
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("%q is negative", v)
+	}
+	return d, nil
+}
+
+// parseWorkers reads -n: "auto" (0) or 1…maxWorkers.
+func parseWorkers(v string) (int, error) {
+	if v == "auto" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("%q is neither auto nor a number of workers above 0", v)
+	}
+	if n > maxWorkers {
+		return 0, fmt.Errorf("%d workers is more than prefork runs (at most %d)", n, maxWorkers)
+	}
+	return n, nil
+}
+
+var signalNames = map[string]syscall.Signal{
+	"HUP": syscall.SIGHUP, "INT": syscall.SIGINT, "QUIT": syscall.SIGQUIT,
+	"KILL": syscall.SIGKILL, "USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2,
+	"TERM": syscall.SIGTERM, "WINCH": syscall.SIGWINCH, "ABRT": syscall.SIGABRT,
+	"ALRM": syscall.SIGALRM, "CONT": syscall.SIGCONT, "STOP": syscall.SIGSTOP,
+	"TSTP": syscall.SIGTSTP, "PWR": sigPWR,
+}
+
+// parseSignal reads TERM, SIGTERM, term or a number from 1 to 31.
+func parseSignal(v string) (syscall.Signal, error) {
+	if n, err := strconv.Atoi(v); err == nil {
+		if n < 1 || n > 31 {
+			return 0, fmt.Errorf("signal number %d is out of range 1-31", n)
+		}
+		return syscall.Signal(n), nil
+	}
+	name := strings.TrimPrefix(strings.ToUpper(v), "SIG")
+	if s, ok := signalNames[name]; ok && s != 0 {
+		return s, nil
+	}
+	return 0, fmt.Errorf("unknown signal %q (try TERM, INT, QUIT, USR1 or a number)", v)
+}
+
+// resolveCommand finds the command before anything starts: 127 when it does not
+// exist, 126 when it cannot be executed.
+func resolveCommand(name string) (string, int, error) {
+	path, err := exec.LookPath(name)
+	if errors.Is(err, exec.ErrDot) {
+		err = nil
+	}
+	if err == nil {
+		return path, 0, nil
+	}
+	if errors.Is(err, fs.ErrPermission) {
+		return "", exitNoExec, fmt.Errorf("%s: permission denied (not executable)", name)
+	}
+	return "", exitNotFound, fmt.Errorf("%s: command not found", name)
+}
+
+func version() string {
+	v := "(devel)"
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		v = bi.Main.Version
+	}
+	return "prefork " + v
+}
+
+// run is main without os.Exit, for tests: it returns the exit status.
+func run(args []string, stdout, stderr io.Writer) int {
+	c, err := parseArgs(args)
+	var ue *usageError
+	switch {
+	case errors.Is(err, errHelp):
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	case errors.Is(err, errVersion):
+		fmt.Fprintln(stdout, version())
+		return exitOK
+	case errors.As(err, &ue):
+		fmt.Fprintf(stderr, "prefork: %s\nRun 'prefork --help' for usage.\n", ue.msg)
+		return exitUsage
+	case err != nil:
+		fmt.Fprintf(stderr, "prefork: %v\n", err)
+		return exitFailure
+	}
+	return supervise(c, stderr)
+}
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == demoWorkerArg {
+		os.Exit(runDemoWorker())
+	}
+	if os.Getenv(shimEnv) != "" {
+		os.Exit(runShim(os.Args[1:]))
+	}
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}

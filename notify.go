@@ -1,0 +1,126 @@
+//go:build unix
+
+// This file holds the sd_notify side of prefork: one datagram socket per worker
+// in a directory only prefork and the workers' user can reach, the parser for
+// what workers send, and prefork's own notifications to its supervisor.
+package main
+
+import (
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+)
+
+// notifyDir is the private directory that holds the workers' notify sockets.
+type notifyDir struct {
+	path string
+	uid  int // owner of the directory and sockets (-1: prefork's own user)
+	gid  int
+	seq  atomic.Uint64
+}
+
+func newNotifyDir(uid, gid int) (*notifyDir, error) {
+	base := os.Getenv("XDG_RUNTIME_DIR")
+	if st, err := os.Stat(base); base == "" || err != nil || !st.IsDir() || uid >= 0 {
+		base = os.TempDir()
+	}
+	dir, err := os.MkdirTemp(base, "prefork.")
+	if err != nil {
+		return nil, fmt.Errorf("notify socket directory: %w", err)
+	}
+	if uid >= 0 {
+		if err := os.Chown(dir, uid, gid); err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("notify socket directory: %w", err)
+		}
+	}
+	return &notifyDir{path: dir, uid: uid, gid: gid}, nil
+}
+
+func (d *notifyDir) remove() { os.RemoveAll(d.path) }
+
+// notifySocket is one worker's NOTIFY_SOCKET: only that worker is told its path,
+// so a datagram on it comes from that worker (or from something it started).
+type notifySocket struct {
+	path string
+	conn *net.UnixConn
+}
+
+func (d *notifyDir) open(slot int) (*notifySocket, error) {
+	path := filepath.Join(d.path, fmt.Sprintf("w%d.%d", slot, d.seq.Add(1)))
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		return nil, fmt.Errorf("notify socket: %w", err)
+	}
+	if d.uid >= 0 {
+		if err := os.Chown(path, d.uid, d.gid); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("notify socket: %w", err)
+		}
+	}
+	return &notifySocket{path: path, conn: conn}, nil
+}
+
+// read delivers every datagram, parsed, until the socket is closed.
+func (n *notifySocket) read(deliver func(map[string]string)) {
+	buf := make([]byte, 4096)
+	for {
+		k, err := n.conn.Read(buf)
+		if err != nil {
+			return
+		}
+		if msg := parseNotify(buf[:k]); len(msg) > 0 {
+			deliver(msg)
+		}
+	}
+}
+
+func (n *notifySocket) close() {
+	n.conn.Close()
+	os.Remove(n.path)
+}
+
+// parseNotify reads newline-separated KEY=VALUE assignments as sd_notify sends
+// them; lines without '=' or with an empty key are ignored.
+func parseNotify(b []byte) map[string]string {
+	msg := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || k == "" || strings.ContainsAny(k, " \t\x00") {
+			continue
+		}
+		msg[k] = v
+	}
+	return msg
+}
+
+// upstream is prefork's own NOTIFY_SOCKET, taken out of the environment at
+// start so that no worker ever sees it.
+type upstream struct{ addr string }
+
+func takeUpstream() *upstream {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	os.Unsetenv("NOTIFY_SOCKET")
+	if addr == "" {
+		return nil
+	}
+	return &upstream{addr}
+}
+
+// send writes one datagram to prefork's supervisor.
+func (u *upstream) send(state string) error {
+	if u == nil {
+		return nil
+	}
+	// The net package maps a leading '@' to Linux's abstract namespace.
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: u.addr, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.Write([]byte(state))
+	return err
+}

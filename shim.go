@@ -1,0 +1,107 @@
+//go:build unix
+
+// This file holds the exec shim. Go cannot run code between fork and exec, so
+// prefork starts every worker as a re-execution of its own binary that sets
+// LISTEN_PID to its own pid, drops privileges if --user asks, and then execs the
+// command in place, keeping the pid that LISTEN_PID names.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+const (
+	shimEnv      = "PREFORK_SHIM_EXEC" // marks the shim role; never reaches the command
+	shimCredEnv  = "PREFORK_SHIM_CRED" // uid:gid:group,group,...
+	shimPPIDEnv  = "PREFORK_SHIM_PPID" // prefork's pid, to detect its death during the shim
+	shimArgv0    = "prefork-exec"
+	shimExitExec = 127
+)
+
+func init() {
+	// The parent-death signal belongs to the thread: keep the shim's main
+	// goroutine on the thread that was forked, which is the one that execs.
+	if os.Getenv(shimEnv) != "" {
+		runtime.LockOSThread()
+	}
+}
+
+// shimArgs is the argv of the shim for a command: the resolved path, then the
+// command's own argv.
+func shimArgs(path string, argv []string) []string {
+	return append([]string{shimArgv0, path}, argv...)
+}
+
+// runShim is the whole life of the shim: args are path, argv0, args....
+func runShim(args []string) int {
+	if len(args) < 2 {
+		fmt.Fprintln(os.Stderr, "prefork: exec shim: missing command")
+		return shimExitExec
+	}
+	cred := os.Getenv(shimCredEnv)
+	ppid := os.Getenv(shimPPIDEnv)
+	env := make([]string, 0, len(os.Environ()))
+	for _, kv := range os.Environ() {
+		if strings.HasPrefix(kv, shimEnv+"=") || strings.HasPrefix(kv, shimCredEnv+"=") ||
+			strings.HasPrefix(kv, shimPPIDEnv+"=") || strings.HasPrefix(kv, "LISTEN_PID=") {
+			continue
+		}
+		env = append(env, kv)
+	}
+	if os.Getenv("LISTEN_FDS") != "" {
+		env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
+	}
+	if cred != "" {
+		if err := dropPrivileges(cred); err != nil {
+			fmt.Fprintf(os.Stderr, "prefork: exec shim: %v\n", err)
+			return shimExitExec
+		}
+		if err := setPdeathsig(); err != nil {
+			fmt.Fprintf(os.Stderr, "prefork: exec shim: %v\n", err)
+		}
+		if hasPdeathsig && strconv.Itoa(os.Getppid()) != ppid {
+			return shimExitExec // prefork died before the signal was re-armed
+		}
+	}
+	err := syscall.Exec(args[0], args[1:], env)
+	fmt.Fprintf(os.Stderr, "prefork: exec %s: %v\n", args[0], err)
+	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.ENOEXEC) || errors.Is(err, syscall.EISDIR) {
+		return exitNoExec
+	}
+	return exitNotFound
+}
+
+// dropPrivileges sets groups, gid and uid from "uid:gid:g1,g2".
+func dropPrivileges(cred string) error {
+	parts := strings.SplitN(cred, ":", 3)
+	if len(parts) != 3 {
+		return fmt.Errorf("bad credentials %q", cred)
+	}
+	uid, err1 := strconv.Atoi(parts[0])
+	gid, err2 := strconv.Atoi(parts[1])
+	if err1 != nil || err2 != nil {
+		return fmt.Errorf("bad credentials %q", cred)
+	}
+	var groups []int
+	for _, g := range strings.Split(parts[2], ",") {
+		if n, err := strconv.Atoi(g); err == nil {
+			groups = append(groups, n)
+		}
+	}
+	if err := syscall.Setgroups(groups); err != nil {
+		return os.NewSyscallError("setgroups", err)
+	}
+	if err := syscall.Setgid(gid); err != nil {
+		return os.NewSyscallError("setgid", err)
+	}
+	if err := syscall.Setuid(uid); err != nil {
+		return os.NewSyscallError("setuid", err)
+	}
+	return nil
+}

@@ -1,0 +1,116 @@
+//go:build unix
+
+// This file publishes prefork's state: the --status-file JSON, rewritten
+// atomically whenever it changes, and the one-line STATUS= sent upward.
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"time"
+)
+
+type statusFile struct {
+	PID        int            `json:"pid"`
+	Mode       string         `json:"mode"`
+	Generation int            `json:"generation"`
+	Stopping   bool           `json:"stopping"`
+	Listeners  []string       `json:"listeners"`
+	Workers    []workerStatus `json:"workers"`
+}
+
+type workerStatus struct {
+	Slot       int       `json:"slot"`
+	PID        int       `json:"pid"`
+	Generation int       `json:"generation"`
+	State      string    `json:"state"`
+	Started    time.Time `json:"started"`
+	Restarts   int       `json:"restarts"`
+	LastExit   *int      `json:"last_exit"`
+	Status     string    `json:"status,omitempty"`
+}
+
+func (s *supervisor) snapshot() statusFile {
+	st := statusFile{PID: os.Getpid(), Mode: s.c.mode, Generation: s.gen, Stopping: s.stopping,
+		Listeners: []string{}, Workers: []workerStatus{}}
+	for _, l := range s.listeners {
+		st.Listeners = append(st.Listeners, l.addrString())
+	}
+	for _, w := range s.workers {
+		ws := workerStatus{Slot: w.slot.index, PID: w.pid, Generation: w.gen, State: w.state,
+			Started: w.started.UTC().Truncate(time.Millisecond), Restarts: w.slot.restarts, Status: w.status}
+		if w.slot.lastExit >= 0 {
+			last := w.slot.lastExit
+			ws.LastExit = &last
+		}
+		st.Workers = append(st.Workers, ws)
+	}
+	sort.Slice(st.Workers, func(i, j int) bool {
+		a, b := st.Workers[i], st.Workers[j]
+		return a.Slot < b.Slot || a.Slot == b.Slot && a.Generation < b.Generation
+	})
+	return st
+}
+
+// publish writes the status file and STATUS= when something changed.
+func (s *supervisor) publish() {
+	st := s.snapshot()
+	b, _ := json.MarshalIndent(st, "", "  ")
+	if string(b) == s.lastState {
+		return
+	}
+	s.lastState = string(b)
+	if s.c.statusFile != "" {
+		if err := writeAtomic(s.c.statusFile, append(b, '\n')); err != nil {
+			s.log.Warn("cannot write status file", "err", err)
+		}
+	}
+	ready := 0
+	for _, w := range st.Workers {
+		if w.State == stateReady {
+			ready++
+		}
+	}
+	s.up.send(fmt.Sprintf("STATUS=%d of %d workers ready, generation %d, mode %s", ready, len(s.slots), s.gen, s.c.mode))
+}
+
+// writeAtomic replaces path with data so that readers never see half of it.
+func writeAtomic(path string, data []byte) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o644); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// monotonicUsec is CLOCK_MONOTONIC in microseconds, which RELOADING=1 carries.
+func monotonicUsec() string {
+	return strconv.FormatInt(monotonicNow().Microseconds(), 10)
+}
+
+// upstreamWatchdog is prefork's own WATCHDOG_USEC, when its supervisor set one
+// for prefork; the variables are removed so workers never see them.
+func upstreamWatchdog() time.Duration {
+	usec, _ := strconv.ParseInt(os.Getenv("WATCHDOG_USEC"), 10, 64)
+	pid := os.Getenv("WATCHDOG_PID")
+	if usec <= 0 || (pid != "" && pid != strconv.Itoa(os.Getpid())) {
+		return 0
+	}
+	return time.Duration(usec) * time.Microsecond
+}
