@@ -385,7 +385,7 @@ func resolveCommand(name string) (string, int, error) {
 	if err == nil {
 		return path, 0, nil
 	}
-	if errors.Is(err, fs.ErrPermission) {
+	if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EISDIR) {
 		return "", exitNoExec, fmt.Errorf("%s: permission denied (not executable)", name)
 	}
 	return "", exitNotFound, fmt.Errorf("%s: command not found", name)
