@@ -375,6 +375,7 @@ func (s *supervisor) removeSlot() {
 		}
 	}
 	s.releaseSlot(sl)
+	s.advanceReload() // a reload may have waited on the removed slot
 }
 
 // releaseSlot closes a removed slot's own sockets once none of its workers is left.
@@ -652,6 +653,7 @@ func (s *supervisor) exited(e exitEvent) {
 	case w == sl.cur:
 		sl.cur = nil
 		if sl.next != nil { // a reload was bringing its replacement up: keep that one
+			s.log.Warn("worker exited during a reload; its replacement takes over", "slot", sl.index, "pid", w.pid, "status", e.status)
 			sl.cur, sl.next = sl.next, nil
 			s.advanceReload()
 			return
