@@ -52,6 +52,9 @@ func runDemoWorker() int {
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
 	defer cancel()
 	srv.Shutdown(ctx)
+	// Serve may have accepted a connection that Shutdown did not see yet: wait
+	// for every Serve to return, then for that connection too.
 	wg.Wait()
+	srv.Shutdown(ctx)
 	return 0
 }

@@ -234,6 +234,9 @@ func (s *supervisor) loop() int {
 	for i := 0; i < s.c.workers; i++ {
 		s.addSlot()
 	}
+	for _, sl := range s.slots {
+		s.startIn(sl)
+	}
 	for !s.done {
 		s.publish()
 		select {
@@ -327,7 +330,9 @@ func (s *supervisor) signal(sig syscall.Signal) {
 		}
 	case syscall.SIGTTIN:
 		if !s.stopping && len(s.slots) < maxWorkers {
-			s.addSlot()
+			if sl := s.addSlot(); sl != nil {
+				s.startIn(sl)
+			}
 		}
 	case syscall.SIGTTOU:
 		if !s.stopping {
@@ -340,7 +345,8 @@ func (s *supervisor) signal(sig syscall.Signal) {
 	}
 }
 
-func (s *supervisor) addSlot() {
+// addSlot adds a slot (and, in reuseport mode, its own sockets) without starting it.
+func (s *supervisor) addSlot() *slot {
 	sl := &slot{index: len(s.slots), lastExit: -1}
 	if s.c.mode == "reuseport" {
 		for _, l := range s.listeners {
@@ -350,14 +356,14 @@ func (s *supervisor) addSlot() {
 				if fd, err = l.reuseportSocket(s.c.backlog); err != nil {
 					s.log.Error("cannot open another SO_REUSEPORT socket", "addr", l.addrString(), "err", err)
 					closeFds(sl.socks)
-					return
+					return nil
 				}
 			}
 			sl.socks = append(sl.socks, fd)
 		}
 	}
 	s.slots = append(s.slots, sl)
-	s.startIn(sl)
+	return sl
 }
 
 // removeSlot scales down by one: the last slot's workers stop gracefully.

@@ -58,11 +58,13 @@ type workerReport struct {
 	Env      map[string]string `json:"env"`
 }
 
-// openFds lists open descriptors without opening one (fcntl on each number).
+// openFds lists the descriptors this process inherited, without opening one:
+// those open without close-on-exec (whatever the worker's own Go runtime opens
+// before this runs, such as the cgroup CPU files, is close-on-exec).
 func openFds() []int {
 	var fds []int
 	for fd := 0; fd < 256; fd++ {
-		if _, err := fcntl(fd, syscall.F_GETFD, 0); err == nil {
+		if fl, err := fcntl(fd, syscall.F_GETFD, 0); err == nil && fl&syscall.FD_CLOEXEC == 0 {
 			fds = append(fds, fd)
 		}
 	}
@@ -80,6 +82,7 @@ func fcntl(fd, cmd, arg int) (int, error) {
 // testWorker is a worker started by prefork under test.
 func testWorker(role string) int {
 	rep := workerReport{PID: os.Getpid(), PPID: os.Getppid(), Fds: openFds(), Env: map[string]string{}}
+
 	rep.PGID, _ = syscall.Getpgid(0)
 	if fl, err := fcntl(3, syscall.F_GETFL, 0); err == nil {
 		rep.Blocking = fl&syscall.O_NONBLOCK == 0
@@ -100,9 +103,6 @@ func testWorker(role string) int {
 		n, _ := strconv.Atoi(code)
 		return n
 	}
-	if os.Getenv("TESTWORKER_IGNORE_TERM") != "" {
-		signal.Ignore(syscall.SIGTERM)
-	}
 	ls, err := pw.Listeners()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "test worker:", err)
@@ -112,10 +112,19 @@ func testWorker(role string) int {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Write(body)
 	})}
+	var serving sync.WaitGroup
 	for _, l := range ls {
-		go srv.Serve(l)
+		serving.Add(1)
+		go func() {
+			defer serving.Done()
+			srv.Serve(l)
+		}()
 	}
 	sdNotify("READY=1") // tests run with --ready notify: up means serving
+	if os.Getenv("TESTWORKER_IGNORE_TERM") != "" {
+		signal.Ignore(syscall.SIGTERM)
+		select {}
+	}
 
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM)
@@ -123,6 +132,10 @@ func testWorker(role string) int {
 	srv.SetKeepAlivesEnabled(false)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	srv.Shutdown(ctx)
+	// Serve may have accepted a connection that Shutdown did not see yet: wait
+	// for every Serve to return, then wait for that connection too.
+	serving.Wait()
 	srv.Shutdown(ctx)
 	return 0
 }
@@ -181,7 +194,7 @@ func startPrefork(t *testing.T, role string, extraEnv []string, args ...string) 
 		full = append(full, "--", os.Args[0])
 	}
 	in.cmd = exec.Command(os.Args[0], full...)
-	in.cmd.Env = append(os.Environ(), roleEnv+"=prefork", workerEnv+"="+role)
+	in.cmd.Env = append(os.Environ(), roleEnv+"=prefork", workerEnv+"="+role, "GORACE=atexit_sleep_ms=0")
 	in.cmd.Env = append(in.cmd.Env, extraEnv...)
 	in.cmd.Stderr = in.stderr
 	in.cmd.Stdout = in.stderr
