@@ -232,7 +232,16 @@ func (s *supervisor) loop() int {
 	}
 	s.log.Info("starting workers", "workers", s.c.workers, "mode", s.c.mode, "command", strings.Join(s.argv, " "))
 	for i := 0; i < s.c.workers; i++ {
-		s.addSlot()
+		if _, err := s.addSlot(); err != nil {
+			s.log.Error(fmt.Sprintf("cannot start %d workers: slot %d: %v", s.c.workers, i, err))
+			s.log.Info("hint: raise the descriptor limit (ulimit -n) or run fewer workers (-n)")
+			for _, sl := range s.slots {
+				if sl.index > 0 {
+					closeFds(sl.socks)
+				}
+			}
+			return exitFailure
+		}
 	}
 	for _, sl := range s.slots {
 		s.startIn(sl)
@@ -330,7 +339,9 @@ func (s *supervisor) signal(sig syscall.Signal) {
 		}
 	case syscall.SIGTTIN:
 		if !s.stopping && len(s.slots) < maxWorkers {
-			if sl := s.addSlot(); sl != nil {
+			if sl, err := s.addSlot(); err != nil {
+				s.log.Error("cannot add a worker", "err", err)
+			} else {
 				s.startIn(sl)
 			}
 		}
@@ -345,8 +356,9 @@ func (s *supervisor) signal(sig syscall.Signal) {
 	}
 }
 
-// addSlot adds a slot (and, in reuseport mode, its own sockets) without starting it.
-func (s *supervisor) addSlot() *slot {
+// addSlot adds a slot (and, in reuseport mode, its own sockets) without starting
+// it; if a socket cannot be opened, no slot is added.
+func (s *supervisor) addSlot() (*slot, error) {
 	sl := &slot{index: len(s.slots), lastExit: -1}
 	if s.c.mode == "reuseport" {
 		for _, l := range s.listeners {
@@ -354,16 +366,15 @@ func (s *supervisor) addSlot() *slot {
 			if sl.index > 0 {
 				var err error
 				if fd, err = l.reuseportSocket(s.c.backlog); err != nil {
-					s.log.Error("cannot open another SO_REUSEPORT socket", "addr", l.addrString(), "err", err)
 					closeFds(sl.socks)
-					return nil
+					return nil, fmt.Errorf("cannot open another SO_REUSEPORT socket: %w", err)
 				}
 			}
 			sl.socks = append(sl.socks, fd)
 		}
 	}
 	s.slots = append(s.slots, sl)
-	return sl
+	return sl, nil
 }
 
 // removeSlot scales down by one: the last slot's workers stop gracefully.
