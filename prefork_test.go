@@ -79,8 +79,14 @@ func fcntl(fd, cmd, arg int) (int, error) {
 	return int(r), nil
 }
 
+// extraRoles holds worker roles that other test files register in init.
+var extraRoles = map[string]func() int{}
+
 // testWorker is a worker started by prefork under test.
 func testWorker(role string) int {
+	if f := extraRoles[role]; f != nil {
+		return f()
+	}
 	rep := workerReport{PID: os.Getpid(), PPID: os.Getppid(), Fds: openFds(), Env: map[string]string{}}
 
 	rep.PGID, _ = syscall.Getpgid(0)
