@@ -35,10 +35,12 @@ func lookupUser(spec string) (cred string, uid, gid int, err error) {
 		}
 		gid, _ = strconv.Atoi(g.Gid)
 	}
+	// With USER:GROUP, GROUP replaces the user's login group, which GroupIds
+	// always lists, as runuser -u USER -g GROUP does; the other groups stay.
 	groups := []string{strconv.Itoa(gid)}
 	if ids, err := u.GroupIds(); err == nil {
 		for _, id := range ids {
-			if id != strconv.Itoa(gid) {
+			if id != strconv.Itoa(gid) && !(hasGroup && id == u.Gid) {
 				groups = append(groups, id)
 			}
 		}
