@@ -8,9 +8,11 @@ import (
 	"bufio"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +21,37 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prefork/prefork/worker"
 )
+
+// rrGoWorkerEnv makes the test binary play a Go rr worker (see init), as
+// startRRWorker runs it.
+const rrGoWorkerEnv = "PREFORK_RR_TEST_GO_WORKER"
+
+func init() {
+	if os.Getenv(rrGoWorkerEnv) == "1" {
+		os.Exit(rrGoWorker())
+	}
+}
+
+// rrGoWorker serves HTTP on every listener through the worker package.
+func rrGoWorker() int {
+	time.AfterFunc(60*time.Second, func() { os.Exit(4) }) // watchdog
+	ls, err := worker.Listeners()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "go rr worker:", err)
+		return 3
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello from go rr worker %d\n", worker.Slot())
+	})}
+	for _, l := range ls[1:] {
+		go srv.Serve(l)
+	}
+	srv.Serve(ls[0])
+	return 0
+}
 
 // rawTCPListener binds a blocking, close-on-exec TCP listener on 127.0.0.1:0 the
 // way the supervisor does, closed at the end of the test.
@@ -685,34 +717,36 @@ func startRRWorker(t *testing.T, d *dispatcher, names []string, slot int, ready 
 // httpGet sends an HTTP/1.0 request over a new connection and returns the body.
 func httpGet(t *testing.T, addr string) string {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	body, err := httpGetErr(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return body
+}
+
+func httpGetErr(addr string) (string, error) {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return "", err
+	}
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.SetDeadline(time.Now().Add(20 * time.Second))
 	if _, err := io.WriteString(c, "GET / HTTP/1.0\r\nHost: test\r\n\r\n"); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
-	r := bufio.NewReader(c)
-	status, err := r.ReadString('\n')
-	if err != nil || !strings.HasPrefix(status, "HTTP/1.") || !strings.Contains(status, " 200 ") {
-		t.Fatalf("status line %q, %v", status, err)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		return "", err
 	}
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			t.Fatal(err)
-		}
-		if line == "\r\n" {
-			break
-		}
-	}
-	body, err := io.ReadAll(r)
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
 	if err != nil && !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatal(err)
+		return "", err
 	}
-	return string(body)
+	if resp.StatusCode != 200 {
+		return "", fmt.Errorf("status %s", resp.Status)
+	}
+	return string(body), nil
 }
 
 func TestRRPythonWorker(t *testing.T) {
@@ -741,5 +775,54 @@ func TestRRPythonWorker(t *testing.T) {
 		if s.handed != 5 || s.acked != 5 {
 			t.Fatalf("worker stats %+v, want 5 handed and acked", s)
 		}
+	}
+}
+
+func TestRRGoWorkerAndCrash(t *testing.T) {
+	const W = 4
+	f := newRRFixture(t, 2, W)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// a stuck worker: holds fd 3, never reads it
+	stuck := startRRWorker(t, f.d, []string{"a", "b"}, 0, true, "/bin/sleep", "60")
+	t.Setenv(rrGoWorkerEnv, "1")
+	startRRWorker(t, f.d, []string{"a", "b"}, 1, true, self)
+	os.Unsetenv(rrGoWorkerEnv)
+
+	const n = 12
+	bodies := make(chan string, n)
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			body, err := httpGetErr(f.addrs[i%2])
+			if err != nil {
+				errs <- err
+				return
+			}
+			bodies <- body
+		}()
+	}
+	f.waitStat(stuck.Process.Pid, "full", func(s rrWorkerStats) bool { return s.inflight == W })
+	// The stuck worker dies holding W unacked connections: they go to the Go worker.
+	stuck.Process.Kill()
+	stuck.Wait()
+	f.d.detach(stuck.Process.Pid)
+	for i := 0; i < n; i++ {
+		select {
+		case b := <-bodies:
+			if b != "hello from go rr worker 1\n" {
+				t.Fatalf("answer %q", b)
+			}
+		case err := <-errs:
+			t.Fatalf("request lost: %v", err)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%d of %d requests answered", i, n)
+		}
+	}
+	s := f.d.stats()
+	if len(s) != 1 || s[0].handed != n || s[0].acked != n || s[0].inflight != 0 {
+		t.Fatalf("stats %+v, want the Go worker alone with %d handed and acked", s, n)
 	}
 }
