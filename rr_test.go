@@ -826,3 +826,100 @@ func TestRRGoWorkerAndCrash(t *testing.T) {
 		t.Fatalf("stats %+v, want the Go worker alone with %d handed and acked", s, n)
 	}
 }
+
+// churn sends b.N HTTP/1.0 requests to addr, one new connection each, from 32
+// clients at once.
+func churn(b *testing.B, addr string) {
+	const clients = 32
+	work := make(chan struct{}, b.N)
+	for i := 0; i < b.N; i++ {
+		work <- struct{}{}
+	}
+	close(work)
+	errs := make(chan error, clients)
+	b.ResetTimer()
+	for i := 0; i < clients; i++ {
+		go func() {
+			for range work {
+				if _, err := httpGetErr(addr); err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for i := 0; i < clients; i++ {
+		if err := <-errs; err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// startGoWorkers runs n Go workers (the test binary) for churn benchmarks.
+func startGoWorkers(b *testing.B, n int, start func(i int) *exec.Cmd) {
+	for i := 0; i < n; i++ {
+		cmd := start(i)
+		b.Cleanup(func() {
+			cmd.Process.Kill()
+			cmd.Wait()
+		})
+	}
+	time.Sleep(300 * time.Millisecond) // let them reach Accept
+}
+
+// BenchmarkChurnShared is the baseline for BenchmarkChurnRR: two Go workers
+// share the listener (--mode shared), the kernel spreads connections.
+func BenchmarkChurnShared(b *testing.B) {
+	lfd, addr := rawTCPListener(b)
+	self, _ := os.Executable()
+	dup, err := dupCloexec(lfd) // the os.File owns (and may finalize) the duplicate
+	if err != nil {
+		b.Fatal(err)
+	}
+	lf := os.NewFile(uintptr(dup), "listener")
+	defer lf.Close()
+	startGoWorkers(b, 2, func(i int) *exec.Cmd {
+		cmd := exec.Command("/bin/sh", "-c", `LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"`, self)
+		cmd.ExtraFiles = []*os.File{lf}
+		cmd.Env = append(os.Environ(), rrGoWorkerEnv+"=1", "LISTEN_FDS=1", "LISTEN_FDNAMES=l", "PREFORK_WORKER="+strconv.Itoa(i))
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		return cmd
+	})
+	churn(b, addr)
+}
+
+// BenchmarkChurnRR: the same two Go workers behind the dispatcher (--mode rr).
+func BenchmarkChurnRR(b *testing.B) {
+	lfd, addr := rawTCPListener(b)
+	d, err := newDispatcher([]int{lfd}, rrDefaultWindow, slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(d.close)
+	self, _ := os.Executable()
+	startGoWorkers(b, 2, func(i int) *exec.Cmd {
+		master, wfd, err := newHandoffPair()
+		if err != nil {
+			b.Fatal(err)
+		}
+		wf := os.NewFile(uintptr(wfd), "handoff")
+		cmd := exec.Command(self)
+		cmd.ExtraFiles = []*os.File{wf}
+		cmd.Env = append(os.Environ(), rrGoWorkerEnv+"=1", "PREFORK_MODE=rr", "LISTEN_FDNAMES=l", "PREFORK_WORKER="+strconv.Itoa(i))
+		cmd.Stderr = os.Stderr
+		err = cmd.Start()
+		wf.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		d.attach(cmd.Process.Pid, master)
+		d.ready(cmd.Process.Pid)
+		b.Cleanup(func() { d.detach(cmd.Process.Pid) })
+		return cmd
+	})
+	churn(b, addr)
+}
