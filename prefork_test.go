@@ -26,6 +26,7 @@ import (
 	"time"
 
 	pw "github.com/prefork/prefork/worker"
+	"github.com/prefork/prefork/worker/httpserve"
 )
 
 const (
@@ -116,7 +117,7 @@ func testWorker(role string) int {
 		pw.Ready()
 		select {}
 	}
-	if err := pw.ServeHTTP(srv, 10*time.Second); err != nil {
+	if err := httpserve.Serve(srv, 10*time.Second); err != nil {
 		fmt.Fprintln(os.Stderr, "test worker:", err)
 		return 3
 	}
@@ -858,5 +859,33 @@ func TestBindFailureExits1(t *testing.T) {
 	}
 	if !strings.Contains(in.stderr.String(), l.Addr().String()) {
 		t.Errorf("the bind error does not name the address: %s", in.stderr.String())
+	}
+}
+
+func TestDemoWorkerInEveryMode(t *testing.T) {
+	for _, mode := range modes() {
+		t.Run(mode, func(t *testing.T) {
+			in := startPrefork(t, "", nil, "-l", "127.0.0.1:0", "-n", "2", "--mode", mode, "--ready", "notify", "--demo")
+			in.readyWorkers(2, 10*time.Second)
+			addr := in.addr()
+			for _, keepAlive := range []bool{true, false} {
+				c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: !keepAlive}}
+				for i := 0; i < 10; i++ {
+					resp, err := c.Post("http://"+addr+"/", "text/plain", strings.NewReader("a body to skip"))
+					if err != nil {
+						t.Fatal(err)
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if !strings.HasPrefix(string(b), "hello from prefork worker ") {
+						t.Fatalf("demo answered %q", b)
+					}
+				}
+			}
+			in.signal(syscall.SIGTERM)
+			if code := in.wait(15 * time.Second); code != 0 {
+				t.Errorf("exit status %d", code)
+			}
+		})
 	}
 }
