@@ -17,7 +17,7 @@ import (
 )
 
 // rrDefaultWindow is the default W: connections a worker may hold unacked.
-const rrDefaultWindow = 64
+const rrDefaultWindow = 32
 
 // Design. One goroutine per listener accepts through the runtime's poller on the
 // raw descriptor (accept4 in a loop until EAGAIN: no net.Conn, no allocation,

@@ -22,7 +22,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prefork/prefork/worker"
+	pw "github.com/prefork/prefork/worker"
 )
 
 // rrGoWorkerEnv makes the test binary play a Go rr worker (see init), as
@@ -38,13 +38,13 @@ func init() {
 // rrGoWorker serves HTTP on every listener through the worker package.
 func rrGoWorker() int {
 	time.AfterFunc(60*time.Second, func() { os.Exit(4) }) // watchdog
-	ls, err := worker.Listeners()
+	ls, err := pw.Listeners()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "go rr worker:", err)
 		return 3
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "hello from go rr worker %d\n", worker.Slot())
+		fmt.Fprintf(w, "hello from go rr worker %d\n", pw.Slot())
 	})}
 	for _, l := range ls[1:] {
 		go srv.Serve(l)
@@ -92,7 +92,7 @@ func (w tWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-type brokenEvent struct {
+type rrBrokenReport struct {
 	id  int
 	err error
 }
@@ -103,19 +103,19 @@ type rrFixture struct {
 	d      *dispatcher
 	lfds   []int
 	addrs  []string
-	broken chan brokenEvent
+	broken chan rrBrokenReport
 }
 
 func newRRFixture(t *testing.T, nl, window int) *rrFixture {
 	t.Helper()
-	f := &rrFixture{t: t, broken: make(chan brokenEvent, 16)}
+	f := &rrFixture{t: t, broken: make(chan rrBrokenReport, 16)}
 	for i := 0; i < nl; i++ {
 		fd, addr := rawTCPListener(t)
 		f.lfds = append(f.lfds, fd)
 		f.addrs = append(f.addrs, addr)
 	}
 	d, err := newDispatcher(f.lfds, window, testLogger(t), func(id int, err error) {
-		f.broken <- brokenEvent{id, err}
+		f.broken <- rrBrokenReport{id, err}
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -125,8 +125,8 @@ func newRRFixture(t *testing.T, nl, window int) *rrFixture {
 	return f
 }
 
-// testWorker is the worker end of a handoff channel, driven by the test.
-type testWorker struct {
+// rrTestWorker is the worker end of a handoff channel, driven by the test.
+type rrTestWorker struct {
 	t     *testing.T
 	id    int
 	fd    int
@@ -135,13 +135,13 @@ type testWorker struct {
 
 // worker attaches a new channel under id and returns its worker end, made ready
 // unless told otherwise.
-func (f *rrFixture) worker(id int, ready bool) *testWorker {
+func (f *rrFixture) worker(id int, ready bool) *rrTestWorker {
 	f.t.Helper()
 	master, wfd, err := newHandoffPair()
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	w := &testWorker{t: f.t, id: id, fd: wfd, conns: map[int]bool{}}
+	w := &rrTestWorker{t: f.t, id: id, fd: wfd, conns: map[int]bool{}}
 	f.t.Cleanup(w.close)
 	f.d.attach(id, master)
 	if ready {
@@ -151,7 +151,7 @@ func (f *rrFixture) worker(id int, ready bool) *testWorker {
 }
 
 // close closes the channel and every connection received, as a dying worker.
-func (w *testWorker) close() {
+func (w *rrTestWorker) close() {
 	if w.fd >= 0 {
 		syscall.Close(w.fd)
 		w.fd = -1
@@ -162,7 +162,7 @@ func (w *testWorker) close() {
 }
 
 // closeConn closes a received connection.
-func (w *testWorker) closeConn(fd int) {
+func (w *rrTestWorker) closeConn(fd int) {
 	if w.conns[fd] {
 		syscall.Close(fd)
 		delete(w.conns, fd)
@@ -176,7 +176,7 @@ type handoffMsg struct {
 }
 
 // recv waits up to timeout for a handoff; ok is false if none came.
-func (w *testWorker) recv(timeout time.Duration) (m handoffMsg, ok bool) {
+func (w *rrTestWorker) recv(timeout time.Duration) (m handoffMsg, ok bool) {
 	w.t.Helper()
 	tv := syscall.NsecToTimeval(timeout.Nanoseconds())
 	if err := syscall.SetsockoptTimeval(w.fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv); err != nil {
@@ -208,7 +208,7 @@ func (w *testWorker) recv(timeout time.Duration) (m handoffMsg, ok bool) {
 }
 
 // must waits for a handoff and fails without one.
-func (w *testWorker) must() handoffMsg {
+func (w *rrTestWorker) must() handoffMsg {
 	w.t.Helper()
 	m, ok := w.recv(5 * time.Second)
 	if !ok {
@@ -218,7 +218,7 @@ func (w *testWorker) must() handoffMsg {
 }
 
 // none checks that no handoff is waiting for this worker.
-func (w *testWorker) none() {
+func (w *rrTestWorker) none() {
 	w.t.Helper()
 	if m, ok := w.recv(300 * time.Millisecond); ok {
 		w.t.Fatalf("worker %d: unexpected handoff seq %d", w.id, m.seq)
@@ -226,7 +226,7 @@ func (w *testWorker) none() {
 }
 
 // send writes one raw message to the dispatcher, with fds in SCM_RIGHTS.
-func (w *testWorker) send(p []byte, fds ...int) {
+func (w *rrTestWorker) send(p []byte, fds ...int) {
 	w.t.Helper()
 	var oob []byte
 	if len(fds) > 0 {
@@ -238,7 +238,7 @@ func (w *testWorker) send(p []byte, fds ...int) {
 }
 
 // ack acknowledges seqs in one message.
-func (w *testWorker) ack(seqs ...uint32) {
+func (w *rrTestWorker) ack(seqs ...uint32) {
 	w.t.Helper()
 	p := make([]byte, 0, 4*len(seqs))
 	for _, s := range seqs {
@@ -324,7 +324,7 @@ func (f *rrFixture) mustBroken(id int) error {
 
 func TestRRRoundRobin(t *testing.T) {
 	f := newRRFixture(t, 1, 4)
-	ws := []*testWorker{f.worker(101, true), f.worker(102, true), f.worker(103, true)}
+	ws := []*rrTestWorker{f.worker(101, true), f.worker(102, true), f.worker(103, true)}
 	seen := map[uint32]bool{}
 	for i := 0; i < 9; i++ {
 		c := f.dial(0)
@@ -534,13 +534,13 @@ func TestRRGarbage(t *testing.T) {
 	// Worker a holds m unacked and has acked m2; then it sends garbage.
 	cases := []struct {
 		name string
-		send func(t *testing.T, a *testWorker, m, m2 handoffMsg)
+		send func(t *testing.T, a *rrTestWorker, m, m2 handoffMsg)
 	}{
-		{"3 bytes", func(t *testing.T, a *testWorker, m, m2 handoffMsg) { a.send([]byte{0, 0, 0}) }},
-		{"6 bytes", func(t *testing.T, a *testWorker, m, m2 handoffMsg) { a.send([]byte{0, 0, 0, 0, 0, 0}) }},
-		{"unknown seq", func(t *testing.T, a *testWorker, m, m2 handoffMsg) { a.ack(m.seq + 1000) }},
-		{"acked twice", func(t *testing.T, a *testWorker, m, m2 handoffMsg) { a.ack(m2.seq) }},
-		{"descriptor", func(t *testing.T, a *testWorker, m, m2 handoffMsg) {
+		{"3 bytes", func(t *testing.T, a *rrTestWorker, m, m2 handoffMsg) { a.send([]byte{0, 0, 0}) }},
+		{"6 bytes", func(t *testing.T, a *rrTestWorker, m, m2 handoffMsg) { a.send([]byte{0, 0, 0, 0, 0, 0}) }},
+		{"unknown seq", func(t *testing.T, a *rrTestWorker, m, m2 handoffMsg) { a.ack(m.seq + 1000) }},
+		{"acked twice", func(t *testing.T, a *rrTestWorker, m, m2 handoffMsg) { a.ack(m2.seq) }},
+		{"descriptor", func(t *testing.T, a *rrTestWorker, m, m2 handoffMsg) {
 			a.send(binary.BigEndian.AppendUint32(nil, m.seq), pipeFD(t))
 		}},
 	}
@@ -771,7 +771,17 @@ func TestRRPythonWorker(t *testing.T) {
 			t.Fatalf("bodies %q, want %q", got, want)
 		}
 	}
+	// The ack left the worker before its answer, but prefork may read it a moment later.
+	deadline := time.Now().Add(5 * time.Second)
 	for _, s := range f.d.stats() {
+		for s.acked != 5 && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+			for _, s2 := range f.d.stats() {
+				if s2.id == s.id {
+					s = s2
+				}
+			}
+		}
 		if s.handed != 5 || s.acked != 5 {
 			t.Fatalf("worker stats %+v, want 5 handed and acked", s)
 		}
