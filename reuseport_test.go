@@ -39,36 +39,12 @@ func holdWorker() int {
 	return testWorker("http")
 }
 
-// fdTarget is what /proc/PID/fd/FD links to, such as "socket:[1234]".
-func fdTarget(t *testing.T, pid, fd int) string {
+// tcpListeners maps "socket:[INODE]" to the accept-queue length of every
+// listening TCP socket on this port, from /proc/net/tcp and /proc/net/tcp6.
+func tcpListeners(t *testing.T, port string) map[string]int {
 	t.Helper()
-	s, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%d", pid, fd))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// holdsFd reports whether process pid has a descriptor linked to target.
-func holdsFd(t *testing.T, pid int, target string) bool {
-	t.Helper()
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		if s, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name())); err == nil && s == target {
-			return true
-		}
-	}
-	return false
-}
-
-// acceptQueue is the number of connections waiting in the accept queue of the
-// listening TCP socket with this "socket:[INODE]" target, from /proc/net/tcp.
-func acceptQueue(t *testing.T, target string) int {
-	t.Helper()
-	inode := strings.TrimSuffix(strings.TrimPrefix(target, "socket:["), "]")
+	hexPort := fmt.Sprintf(":%04X", mustAtoi(t, port))
+	out := map[string]int{}
 	for _, file := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
 		b, err := os.ReadFile(file)
 		if err != nil {
@@ -77,29 +53,72 @@ func acceptQueue(t *testing.T, target string) int {
 		for _, line := range strings.Split(string(b), "\n") {
 			f := strings.Fields(line)
 			// sl local rem st tx_queue:rx_queue tr:when retrnsmt uid timeout inode
-			if len(f) < 10 || f[9] != inode || f[3] != "0A" {
+			if len(f) < 10 || f[3] != "0A" || !strings.HasSuffix(f[1], hexPort) {
 				continue
 			}
 			_, rx, _ := strings.Cut(f[4], ":")
 			n, _ := strconv.ParseInt(rx, 16, 64) // for a listener: its accept queue
-			return int(n)
+			out["socket:["+f[9]+"]"] = int(n)
 		}
 	}
-	t.Fatalf("listening socket %s not found in /proc/net/tcp", target)
-	return 0
+	return out
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// fdTargets lists what process pid's descriptors link to, such as "socket:[1234]".
+func fdTargets(t *testing.T, pid int) map[string]bool {
+	t.Helper()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for _, e := range ents {
+		if s, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, e.Name())); err == nil {
+			out[s] = true
+		}
+	}
+	return out
+}
+
+// listenSocket is the one listening socket on port that worker pid holds (at fd 3
+// or wherever its runtime moved it).
+func listenSocket(t *testing.T, pid int, port string) string {
+	t.Helper()
+	held := fdTargets(t, pid)
+	var found []string
+	for sock := range tcpListeners(t, port) {
+		if held[sock] {
+			found = append(found, sock)
+		}
+	}
+	if len(found) != 1 {
+		t.Fatalf("worker %d holds %d listening sockets on port %s, want 1: %v", pid, len(found), port, found)
+	}
+	return found[0]
 }
 
 func TestReuseportSlotSockets(t *testing.T) {
 	in := startPrefork(t, "http", nil, "--mode", "reuseport", "-l", "127.0.0.1:0", "-n", "3")
 	st := in.readyWorkers(3, 15*time.Second)
 	addr := in.addr()
+	_, port, _ := net.SplitHostPort(addr)
 	prefork := in.cmd.Process.Pid
+	holds := func(sock string) bool { return fdTargets(t, prefork)[sock] }
 
 	// Each slot has its own socket, held by prefork too.
 	sockOf := map[int]string{} // slot -> "socket:[inode]"
 	for _, w := range st.Workers {
-		sockOf[w.Slot] = fdTarget(t, w.PID, 3)
-		if !holdsFd(t, prefork, sockOf[w.Slot]) {
+		sockOf[w.Slot] = listenSocket(t, w.PID, port)
+		if !holds(sockOf[w.Slot]) {
 			t.Errorf("prefork does not hold slot %d's socket %s", w.Slot, sockOf[w.Slot])
 		}
 	}
@@ -136,7 +155,7 @@ func TestReuseportSlotSockets(t *testing.T) {
 	})
 	for _, w := range st.Workers {
 		if w.Slot == victim.Slot {
-			if got := fdTarget(t, w.PID, 3); got != sockOf[victim.Slot] {
+			if got := listenSocket(t, w.PID, port); got != sockOf[victim.Slot] {
 				t.Errorf("slot %d's replacement has socket %s, want the slot's own %s", w.Slot, got, sockOf[victim.Slot])
 			}
 		}
@@ -146,14 +165,14 @@ func TestReuseportSlotSockets(t *testing.T) {
 	in.signal(syscall.SIGTTOU)
 	in.readyWorkers(2, 15*time.Second)
 	deadline := time.Now().Add(10 * time.Second)
-	for holdsFd(t, prefork, sockOf[2]) && time.Now().Before(deadline) {
+	for holds(sockOf[2]) && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if holdsFd(t, prefork, sockOf[2]) {
+	if holds(sockOf[2]) {
 		t.Errorf("prefork still holds removed slot 2's socket %s", sockOf[2])
 	}
 	for _, slot := range []int{0, 1} {
-		if !holdsFd(t, prefork, sockOf[slot]) {
+		if !holds(sockOf[slot]) {
 			t.Errorf("prefork closed slot %d's socket after TTOU removed slot 2", slot)
 		}
 	}
@@ -187,7 +206,8 @@ func TestReuseportQueuedConnectionsSurviveWorkerDeath(t *testing.T) {
 	if victim.Slot != 1 {
 		t.Fatalf("workers %+v", st.Workers)
 	}
-	victimSock := fdTarget(t, victim.PID, 3)
+	_, port, _ := net.SplitHostPort(addr)
+	victimSock := listenSocket(t, victim.PID, port)
 
 	// Open connections and send requests: slot 0 answers its share, slot 1's share
 	// waits in the accept queue of slot 1's socket, which nobody accepts on.
@@ -220,7 +240,7 @@ func TestReuseportQueuedConnectionsSurviveWorkerDeath(t *testing.T) {
 	}
 	var queued int
 	deadline := time.Now().Add(10 * time.Second)
-	for queued = acceptQueue(t, victimSock); queued == 0 && time.Now().Before(deadline); queued = acceptQueue(t, victimSock) {
+	for queued = tcpListeners(t, port)[victimSock]; queued == 0 && time.Now().Before(deadline); queued = tcpListeners(t, port)[victimSock] {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if queued == 0 {
@@ -293,7 +313,8 @@ func TestReuseportRemovedSlotQueue(t *testing.T) {
 		"--mode", "reuseport", "-l", "127.0.0.1:0", "-n", "2", "--ready", "delay", "--ready-delay", "200ms")
 	st := in.readyWorkers(2, 15*time.Second)
 	addr := in.addr()
-	sock := fdTarget(t, st.Workers[1].PID, 3)
+	_, port, _ := net.SplitHostPort(addr)
+	sock := listenSocket(t, st.Workers[1].PID, port)
 	var conns []net.Conn
 	for i := 0; i < 64; i++ {
 		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
@@ -306,8 +327,8 @@ func TestReuseportRemovedSlotQueue(t *testing.T) {
 		conns = append(conns, c)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	queued := acceptQueue(t, sock)
-	for ; queued == 0 && time.Now().Before(deadline); queued = acceptQueue(t, sock) {
+	queued := tcpListeners(t, port)[sock]
+	for ; queued == 0 && time.Now().Before(deadline); queued = tcpListeners(t, port)[sock] {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if queued == 0 {
