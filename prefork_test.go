@@ -431,10 +431,17 @@ func TestKilledWorkerIsReplacedInItsSlot(t *testing.T) {
 }
 
 func TestCrashLoopGivesUp(t *testing.T) {
-	in := startPrefork(t, "exit:3", nil, "-l", "127.0.0.1:0", "-n", "1", "--backoff-min", "20ms",
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	in := startPrefork(t, "exit:3", nil, "-l", "127.0.0.1:0", "-l", "unix:"+sock, "-n", "1", "--backoff-min", "20ms",
 		"--backoff-max", "200ms", "--max-restarts", "4")
 	if code := in.wait(20 * time.Second); code != 1 {
 		t.Fatalf("exit status %d after a crash loop, want 1", code)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("the unix socket file outlived prefork's exit: %v", err)
+	}
+	if _, err := os.Stat(in.status); !os.IsNotExist(err) {
+		t.Errorf("the status file outlived prefork's exit: %v", err)
 	}
 	out := in.stderr.String()
 	for _, want := range []string{"crash loop", os.Args[0], "slot 0", "last exit status 3", "4 times"} {
@@ -454,6 +461,7 @@ func TestCrashLoopGivesUp(t *testing.T) {
 		}
 	}
 	if len(delays) != 3 {
+		t.Logf("prefork stderr:\n%s", out)
 		t.Fatalf("saw %d backoff delays, want 3 (4 failed starts, the last gives up): %v", len(delays), delays)
 	}
 	for i := 1; i < len(delays); i++ {
