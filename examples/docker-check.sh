@@ -63,15 +63,10 @@ workers=$(children "$pf" | wc -w)
 say "-n auto under a one-CPU limit: $workers worker"
 
 # An orphan in the container is reparented to pid 1, which must reap it.
-inside sh -c '(sleep 0.3 &) ; exit 0'
-sleep 1
-for child in $(children "$pf"); do
-  if [ "$(awk '{ sub(/.*\) /, ""); print $1 }' "/proc/$child/stat" 2>/dev/null)" = Z ]; then
-    fail "pid 1 left zombie $child unreaped"
-  fi
-done
-workers=$(children "$pf" | wc -w)
-[ "$workers" = 1 ] || fail "pid 1 has $workers children after the orphan exited, want its 1 worker"
+kids() { [ "$(children "$pf" | wc -w)" = "$1" ]; }
+inside sh -c '(sleep 2 &) ; exit 0'
+wait_until 10 kids 2 || fail "the orphan did not become a child of pid 1: $(children "$pf")"
+wait_until 20 kids 1 || fail "pid 1 did not reap the orphan: children $(children "$pf")"
 say "pid 1 reaped an orphan"
 
 kill -TERM "$pf"
