@@ -31,6 +31,7 @@ const (
 	marksEnv     = "TESTWORKER_MARKS"      // directory: PID.json (the worker's report), abrt.PID (got SIGABRT)
 	statusEnv    = "TESTWORKER_STATUS"     // send STATUS=value once ready
 	pingEnv      = "TESTWORKER_PING"       // send WATCHDOG=1 every WATCHDOG_USEC/10 until SIGUSR2
+	giveUpEnv    = "TESTWORKER_GIVE_UP"    // send STOPPING=1 at once, never READY=1, exit 1 soon after
 )
 
 // notifyWorker is an HTTP worker that speaks sd_notify as the environment says.
@@ -50,6 +51,11 @@ func notifyWorker() int {
 	body, _ := json.Marshal(rep)
 	if marks != "" {
 		os.WriteFile(filepath.Join(marks, strconv.Itoa(rep.PID)+".json"), body, 0o644)
+	}
+	if os.Getenv(giveUpEnv) != "" { // a fatal error at start, announced
+		sdNotify("STOPPING=1")
+		time.Sleep(200 * time.Millisecond)
+		return 1
 	}
 	ls, err := pw.Listeners()
 	if err != nil {
@@ -315,6 +321,20 @@ func TestStoppingStartsReplacement(t *testing.T) {
 	}
 	if len(in.readyWorkers(2, 5*time.Second).Workers) != 2 {
 		t.Error("not two workers after the replacement")
+	}
+}
+
+func TestStoppingBeforeReadyIsFailedStart(t *testing.T) {
+	// A worker that announces its exit before it ever came up has still failed
+	// to start: restarting it at once, without backoff and without end, would
+	// be a fork storm.
+	in := startPrefork(t, "notify", []string{giveUpEnv + "=1"}, "-l", "127.0.0.1:0", "-n", "1", "--ready", "notify",
+		"--backoff-min", "20ms", "--backoff-max", "40ms", "--max-restarts", "3")
+	if code := in.wait(20 * time.Second); code != 1 {
+		t.Fatalf("exit status %d, want 1 after a crash loop of workers that sent STOPPING=1 at start", code)
+	}
+	if out := in.stderr.String(); !strings.Contains(out, "failed to start 3 times") {
+		t.Errorf("no crash-loop message:\n%s", out)
 	}
 }
 
