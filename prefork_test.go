@@ -26,6 +26,7 @@ import (
 	"time"
 
 	pw "github.com/prefork/prefork/worker"
+	"github.com/prefork/prefork/worker/httpserve"
 )
 
 const (
@@ -118,7 +119,7 @@ func testWorker(role string) int {
 		pw.Ready()
 		select {}
 	}
-	if err := pw.ServeHTTP(srv, 10*time.Second); err != nil {
+	if err := httpserve.Serve(srv, 10*time.Second); err != nil {
 		fmt.Fprintln(os.Stderr, "test worker:", err)
 		return 3
 	}
@@ -426,10 +427,17 @@ func TestKilledWorkerIsReplacedInItsSlot(t *testing.T) {
 }
 
 func TestCrashLoopGivesUp(t *testing.T) {
-	in := startPrefork(t, "exit:3", nil, "-l", "127.0.0.1:0", "-n", "1", "--backoff-min", "20ms",
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	in := startPrefork(t, "exit:3", nil, "-l", "127.0.0.1:0", "-l", "unix:"+sock, "-n", "1", "--backoff-min", "20ms",
 		"--backoff-max", "200ms", "--max-restarts", "4")
 	if code := in.wait(20 * time.Second); code != 1 {
 		t.Fatalf("exit status %d after a crash loop, want 1", code)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Errorf("the unix socket file outlived prefork's exit: %v", err)
+	}
+	if _, err := os.Stat(in.status); !os.IsNotExist(err) {
+		t.Errorf("the status file outlived prefork's exit: %v", err)
 	}
 	out := in.stderr.String()
 	for _, want := range []string{"crash loop", os.Args[0], "slot 0", "last exit status 3", "4 times"} {
@@ -449,6 +457,7 @@ func TestCrashLoopGivesUp(t *testing.T) {
 		}
 	}
 	if len(delays) != 3 {
+		t.Logf("prefork stderr:\n%s", out)
 		t.Fatalf("saw %d backoff delays, want 3 (4 failed starts, the last gives up): %v", len(delays), delays)
 	}
 	for i := 1; i < len(delays); i++ {
@@ -860,5 +869,33 @@ func TestBindFailureExits1(t *testing.T) {
 	}
 	if !strings.Contains(in.stderr.String(), l.Addr().String()) {
 		t.Errorf("the bind error does not name the address: %s", in.stderr.String())
+	}
+}
+
+func TestDemoWorkerInEveryMode(t *testing.T) {
+	for _, mode := range modes() {
+		t.Run(mode, func(t *testing.T) {
+			in := startPrefork(t, "", nil, "-l", "127.0.0.1:0", "-n", "2", "--mode", mode, "--ready", "notify", "--demo")
+			in.readyWorkers(2, 10*time.Second)
+			addr := in.addr()
+			for _, keepAlive := range []bool{true, false} {
+				c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: !keepAlive}}
+				for i := 0; i < 10; i++ {
+					resp, err := c.Post("http://"+addr+"/", "text/plain", strings.NewReader("a body to skip"))
+					if err != nil {
+						t.Fatal(err)
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if !strings.HasPrefix(string(b), "hello from prefork worker ") {
+						t.Fatalf("demo answered %q", b)
+					}
+				}
+			}
+			in.signal(syscall.SIGTERM)
+			if code := in.wait(15 * time.Second); code != 0 {
+				t.Errorf("exit status %d", code)
+			}
+		})
 	}
 }

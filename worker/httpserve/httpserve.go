@@ -1,8 +1,14 @@
 //go:build unix
 
-// This file holds ServeHTTP: an http.Server run the way prefork expects, with a
-// drain on the stop signal that drops no request.
-package worker
+// Package httpserve runs an http.Server as a prefork worker, in every mode, with
+// a drain on the stop signal that drops no request. It is a package of its own so
+// that programs using only package worker do not link net/http.
+//
+//	srv := &http.Server{Handler: mux}
+//	if err := httpserve.Serve(srv, 0); err != nil {
+//		log.Fatal(err)
+//	}
+package httpserve
 
 import (
 	"context"
@@ -14,9 +20,11 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/worker"
 )
 
-// ServeHTTP serves srv on every listener prefork passed, sends READY=1, and on
+// Serve serves srv on every listener prefork passed, sends READY=1, and on
 // SIGTERM or SIGINT drains and returns nil.
 //
 // The drain drops no request: it answers with "Connection: close" from then on,
@@ -26,8 +34,8 @@ import (
 // (http.Server.Shutdown alone drops a request that it reads after it began,
 // and it can miss a connection that Serve accepted a moment before.)
 // grace bounds the drain; 0 means 25 seconds, under prefork's default --grace.
-func ServeHTTP(srv *http.Server, grace time.Duration) error {
-	ls, err := Listeners()
+func Serve(srv *http.Server, grace time.Duration) error {
+	ls, err := worker.Listeners()
 	if err != nil {
 		return err
 	}
@@ -50,7 +58,7 @@ func ServeHTTP(srv *http.Server, grace time.Duration) error {
 			}
 		}(l)
 	}
-	Ready()
+	worker.Ready()
 	select {
 	case <-stop:
 	case err := <-errc:
