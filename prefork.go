@@ -624,6 +624,12 @@ func (s *supervisor) notified(w *worker, msg map[string]string) {
 	}
 	if msg["STOPPING"] == "1" && !w.retiring && !s.stopping {
 		sl := w.slot
+		if !w.wasReady {
+			// It never came up: its exit is a failed start, with backoff and
+			// --max-restarts; replacing it at once would be a fork storm.
+			s.log.Warn("worker sent STOPPING=1 before it was ready", "slot", sl.index, "pid", w.pid)
+			return
+		}
 		s.log.Info("worker is stopping on its own; starting its replacement", "slot", sl.index, "pid", w.pid)
 		s.retire(w)
 		switch w {

@@ -42,6 +42,8 @@ func TestMain(m *testing.M) {
 		os.Exit(runDemoWorker())
 	case os.Getenv(roleEnv) == "prefork":
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	case os.Getenv(workerEnv) == "notify":
+		os.Exit(notifyWorker()) // notify_test.go
 	case os.Getenv(workerEnv) != "":
 		os.Exit(testWorker(os.Getenv(workerEnv)))
 	}
