@@ -1,8 +1,15 @@
 //go:build unix
 
 // This file implements the worker side of prefork's rr handoff protocol: a
-// reader that receives connections on fd 3, acks them at once, and delivers each
-// to the net.Listener of its listener index.
+// reader that receives connections on fd 3 and queues each on the net.Listener
+// of its listener index; Accept acks a connection as it takes it, before the
+// connection is read.
+//
+// Acking at Accept rather than on receipt means the package never holds an
+// acked connection that nobody will serve: what sits in a queue is unacked, so
+// when the listeners close or the worker dies, prefork still has its copy and
+// hands it to another worker. It also makes a worker that is slow to Accept
+// fill its window, so prefork sends the next connections elsewhere.
 package worker
 
 import (
@@ -16,8 +23,12 @@ import (
 	"time"
 )
 
-// maxBatch is the most connections received, and acked in one message, at once.
+// maxBatch is the most connections received at once, and queued per listener.
 const maxBatch = 64
+
+// errShut says the handoff channel is closed: a connection taken from a queue
+// now can no longer be acked, and prefork gives it to another worker.
+var errShut = errors.New("worker: handoff channel closed")
 
 // handoff is the reader of the handoff channel and the listeners it feeds.
 type handoff struct {
@@ -26,17 +37,19 @@ type handoff struct {
 	ls   []*rrListener
 	done chan struct{} // closed when the reader stops; err says why
 
-	mu   sync.Mutex
-	open int  // listeners not closed yet
-	stop bool // every listener is closed
+	mu   sync.Mutex // guards the fields below, and every ack write
+	open int        // listeners not closed yet
+	stop bool       // every listener is closed
+	shut bool       // fd 3 is closed
 	err  error
+	ack  [4]byte
 }
 
 // rrListener is one prefork listener in rr mode.
 type rrListener struct {
 	h      *handoff
 	addr   rrAddr
-	conns  chan net.Conn
+	conns  chan received // received, not acked yet
 	closed chan struct{}
 	once   sync.Once
 }
@@ -69,7 +82,7 @@ func newHandoff(fd int, names []string) ([]net.Listener, error) {
 	}
 	ls := make([]net.Listener, len(names))
 	for i, name := range names {
-		l := &rrListener{h: h, addr: rrAddr(name), conns: make(chan net.Conn, maxBatch), closed: make(chan struct{})}
+		l := &rrListener{h: h, addr: rrAddr(name), conns: make(chan received, maxBatch), closed: make(chan struct{})}
 		h.ls = append(h.ls, l)
 		ls[i] = l
 	}
@@ -84,18 +97,14 @@ type received struct {
 	fd    int
 }
 
-// run receives batches of connections, acks each batch in one message, and
-// delivers them. It stops when every listener is closed or the channel fails,
-// and closes the channel then, so that prefork hands what was not acked to
-// another worker.
+// run receives batches of connections and queues them. It stops when every
+// listener is closed or the channel fails, and then closes the channel, so that
+// prefork hands what was not acked to another worker.
 func (h *handoff) run() {
-	defer close(h.done)
-	defer h.file.Close()
 	var (
 		batch []received
 		buf   = make([]byte, 16)
 		oob   = make([]byte, syscall.CmsgSpace(4*4))
-		acks  = make([]byte, 0, 4*maxBatch)
 		bad   error
 	)
 	receive := func(fd uintptr) bool {
@@ -117,28 +126,10 @@ func (h *handoff) run() {
 		}
 		return true
 	}
-	sendAcks := func(fd uintptr) bool {
-		_, err := syscall.Write(int(fd), acks)
-		if err == syscall.EAGAIN {
-			return false
-		}
-		if err != nil {
-			bad = os.NewSyscallError("write", err)
-		}
-		return true
-	}
 	for bad == nil {
-		batch, acks = batch[:0], acks[:0]
+		batch = batch[:0]
 		if err := h.rc.Read(receive); err != nil {
 			bad = err
-		}
-		for _, m := range batch {
-			acks = binary.BigEndian.AppendUint32(acks, m.seq)
-		}
-		if len(acks) > 0 {
-			if err := h.rc.Write(sendAcks); err != nil && bad == nil {
-				bad = err
-			}
 		}
 		for _, m := range batch {
 			h.deliver(m)
@@ -148,8 +139,13 @@ func (h *handoff) run() {
 	if h.stop {
 		bad = net.ErrClosed
 	}
-	h.err = bad
+	h.err, h.shut = bad, true
+	h.file.Close()
 	h.mu.Unlock()
+	close(h.done)
+	for _, l := range h.ls { // nothing queued can be acked now: prefork keeps those
+		l.dropQueued()
+	}
 }
 
 // parse checks one handoff message: 8 bytes and exactly one descriptor, for a
@@ -173,22 +169,46 @@ func (h *handoff) parse(p, oob []byte, flags int) (received, error) {
 	return m, nil
 }
 
-// deliver turns a received descriptor into a net.Conn and queues it on its
-// listener, waiting while that listener's queue is full (prefork's window then
-// fills up and it stops sending). A closed listener's connections are closed.
+// deliver queues a received connection on its listener, waiting while that
+// listener's queue is full (prefork's window then fills up and it sends to other
+// workers). A closed listener's connections are dropped unacked.
 func (h *handoff) deliver(m received) {
+	l := h.ls[m.index]
+	select {
+	case l.conns <- m:
+	case <-l.closed:
+		syscall.Close(m.fd)
+	}
+}
+
+// take acks a queued connection and turns it into a net.Conn. Once the channel
+// is closed it drops the connection instead: prefork has seen no ack and gives
+// it to another worker, so serving it here would serve it twice.
+func (h *handoff) take(m received) (net.Conn, error) {
+	h.mu.Lock()
+	if h.shut {
+		h.mu.Unlock()
+		syscall.Close(m.fd)
+		return nil, errShut
+	}
+	binary.BigEndian.PutUint32(h.ack[:], m.seq)
+	var werr error
+	err := h.rc.Write(func(fd uintptr) bool {
+		_, werr = syscall.Write(int(fd), h.ack[:])
+		return werr != syscall.EAGAIN
+	})
+	h.mu.Unlock()
+	if err == nil {
+		err = werr
+	}
+	if err != nil {
+		syscall.Close(m.fd)
+		return nil, err
+	}
 	f := os.NewFile(uintptr(m.fd), "prefork-conn")
 	c, err := net.FileConn(f)
 	f.Close()
-	if err != nil {
-		return
-	}
-	l := h.ls[m.index]
-	select {
-	case l.conns <- c:
-	case <-l.closed:
-		c.Close()
-	}
+	return c, err
 }
 
 // rights returns the descriptors carried by a control message.
@@ -202,23 +222,27 @@ func rights(oob []byte) []int {
 	return fds
 }
 
-// Accept waits for the next connection prefork hands to this listener.
+// Accept waits for the next connection prefork hands to this listener and
+// acks it.
 func (l *rrListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.conns:
-		return c, nil
-	case <-l.closed:
-		return nil, l.opError(net.ErrClosed)
-	case <-l.h.done:
+	for {
+		var m received
 		select {
-		case c := <-l.conns:
-			return c, nil
-		default:
+		case m = <-l.conns:
+		case <-l.closed:
+			return nil, l.opError(net.ErrClosed)
+		case <-l.h.done:
+			l.h.mu.Lock()
+			err := l.h.err
+			l.h.mu.Unlock()
+			return nil, l.opError(err)
 		}
-		l.h.mu.Lock()
-		err := l.h.err
-		l.h.mu.Unlock()
-		return nil, l.opError(err)
+		c, err := l.h.take(m)
+		if err == nil {
+			return c, nil
+		}
+		// The channel is gone or the descriptor unusable: the connection
+		// stays prefork's; wait for the next or for the reader's end.
 	}
 }
 
@@ -226,8 +250,9 @@ func (l *rrListener) opError(err error) error {
 	return &net.OpError{Op: "accept", Net: l.addr.Network(), Addr: l.addr, Err: err}
 }
 
-// Close stops this listener; connections queued on it are closed. Closing the
-// last one stops the reader and closes the handoff channel.
+// Close stops this listener; connections queued on it are left to prefork (they
+// were never acked). Closing the last one stops the reader and closes the
+// handoff channel, and prefork hands every unacked connection to another worker.
 func (l *rrListener) Close() error {
 	first := false
 	l.once.Do(func() {
@@ -236,24 +261,29 @@ func (l *rrListener) Close() error {
 		h := l.h
 		h.mu.Lock()
 		h.open--
-		last := h.open == 0
-		if last {
+		if h.open == 0 {
 			h.stop = true
-			h.file.SetDeadline(time.Now()) // wakes the reader, in a read or an ack
+			h.file.SetReadDeadline(time.Now()) // wakes the reader
 		}
 		h.mu.Unlock()
-		for len(l.conns) > 0 {
-			select {
-			case c := <-l.conns:
-				c.Close()
-			default:
-			}
-		}
+		l.dropQueued()
 	})
 	if !first {
 		return l.opError(net.ErrClosed)
 	}
 	return nil
+}
+
+// dropQueued closes this process's copies of connections never acked.
+func (l *rrListener) dropQueued() {
+	for {
+		select {
+		case m := <-l.conns:
+			syscall.Close(m.fd)
+		default:
+			return
+		}
+	}
 }
 
 // Addr returns the listener's name from LISTEN_FDNAMES.

@@ -11,10 +11,10 @@
 // In shared and reuseport mode the listeners come from LISTEN_FDS and
 // LISTEN_PID as systemd passes them (so the package works under systemd socket
 // activation too); in rr mode (PREFORK_MODE=rr) fd 3 is prefork's handoff
-// socket and a background reader receives each connection, acks it at once and
-// delivers it to the listener of its index. Closing every listener stops the
-// reader and closes fd 3; connections prefork sent that were not acked yet then
-// go to another worker.
+// socket and a background reader queues each connection on the listener of its
+// index; Accept acks it as it returns it, before anything is read. Closing every
+// listener stops the reader and closes fd 3; connections prefork sent that were
+// not accepted (so not acked) yet then go to another worker.
 //
 // Datagram sockets (prefork -l udp:...) are not listeners: Listeners skips them
 // and PacketConns returns them, each in prefork's order.

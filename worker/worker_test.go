@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -358,8 +359,8 @@ func TestRRMode(t *testing.T) {
 	ch, wfd := handoffPair(t)
 	wf := os.NewFile(uintptr(wfd), "worker-end")
 
-	// Three connections queued before the worker starts arrive in one batch:
-	// one ack message of 12 bytes.
+	// Three connections queued before the worker starts: each is acked as the
+	// worker accepts it.
 	var clients []net.Conn
 	for i, index := range []uint32{0, 1, 0} {
 		c, s := clientPair(t, l)
@@ -371,8 +372,13 @@ func TestRRMode(t *testing.T) {
 	cmd := startChild(t, []*os.File{wf}, false, "PREFORK_MODE=rr", "LISTEN_FDNAMES=a:b",
 		"PREFORK_WORKER=0", "PREFORK_GENERATION=1", "NOTIFY_SOCKET="+ns.LocalAddr().String())
 	wf.Close()
-	if got := readAcks(t, ch); fmt.Sprint(got) != "[10 11 12]" {
-		t.Fatalf("acks %v, want [10 11 12] in one message", got)
+	var acked []uint32
+	for len(acked) < 3 {
+		acked = append(acked, readAcks(t, ch)...)
+	}
+	sort.Slice(acked, func(i, j int) bool { return acked[i] < acked[j] })
+	if fmt.Sprint(acked) != "[10 11 12]" {
+		t.Fatalf("acks %v, want [10 11 12]", acked)
 	}
 	readNotify(t, ns, "READY=1")
 	for i, c := range clients {
@@ -448,14 +454,21 @@ func TestRRAcceptAndClose(t *testing.T) {
 	c, s := clientPair(t, l)
 	sendConn(t, ch, 5, 1, s)
 	s.Close()
-	if got := readAcks(t, ch); fmt.Sprint(got) != "[5]" {
-		t.Fatalf("acks %v", got)
+	// Nothing is acked before Accept takes the connection.
+	var tv syscall.Timeval
+	tv.Usec = 200000
+	syscall.SetsockoptTimeval(ch, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
+	if n, _, _, _, err := syscall.Recvmsg(ch, make([]byte, 8), nil, 0); err == nil {
+		t.Fatalf("an ack of %d bytes arrived before Accept", n)
 	}
 	got, err := ls[1].Accept()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer got.Close()
+	if acks := readAcks(t, ch); fmt.Sprint(acks) != "[5]" {
+		t.Fatalf("acks %v", acks)
+	}
 	if _, ok := got.(*net.TCPConn); !ok {
 		t.Fatalf("Accept returned a %T", got)
 	}
@@ -478,7 +491,7 @@ func TestRRAcceptAndClose(t *testing.T) {
 	if err := acceptErr(t, ls[1]); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("Accept on a closed listener: %v", err)
 	}
-	tv := syscall.NsecToTimeval((20 * time.Second).Nanoseconds())
+	tv = syscall.NsecToTimeval((20 * time.Second).Nanoseconds())
 	syscall.SetsockoptTimeval(ch, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
 	if n, _, _, _, err := syscall.Recvmsg(ch, make([]byte, 8), nil, 0); n != 0 || err != nil {
 		t.Fatalf("channel after every listener closed: %d bytes, %v, want end of file", n, err)
@@ -615,5 +628,30 @@ func TestEnvHelpers(t *testing.T) {
 	t.Setenv("WATCHDOG_USEC", "1500000")
 	if Slot() != 3 || Generation() != 12 || WatchdogInterval() != 1500*time.Millisecond {
 		t.Fatalf("set: slot %d, generation %d, watchdog %v", Slot(), Generation(), WatchdogInterval())
+	}
+}
+
+// Connections queued but never accepted are never acked: when the listeners
+// close, the channel closes with them unacked, so prefork gives them to
+// another worker instead of losing them.
+func TestRRCloseLeavesQueuedConnectionsToPrefork(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ch, ls := inProcessRR(t, "only")
+	for seq := uint32(1); seq <= 3; seq++ {
+		_, s := clientPair(t, l)
+		sendConn(t, ch, seq, 0, s)
+		s.Close()
+	}
+	time.Sleep(100 * time.Millisecond) // let the reader queue them
+	ls[0].Close()
+	tv := syscall.NsecToTimeval((20 * time.Second).Nanoseconds())
+	syscall.SetsockoptTimeval(ch, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
+	n, _, _, _, err := syscall.Recvmsg(ch, make([]byte, 64), nil, 0)
+	if n != 0 || err != nil {
+		t.Fatalf("got %d bytes (%v) after closing with queued connections, want end of file and no ack", n, err)
 	}
 }
