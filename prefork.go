@@ -638,7 +638,11 @@ func (s *supervisor) notified(w *worker, msg map[string]string) {
 			s.abortReload(sl, "the new worker sent STOPPING=1")
 		case sl.cur:
 			sl.cur = nil
-			if !sl.removed {
+			switch {
+			case sl.next != nil: // a reload is already bringing its replacement up
+				sl.cur, sl.next = sl.next, nil
+				s.advanceReload()
+			case !sl.removed:
 				s.startIn(sl)
 			}
 		}
