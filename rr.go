@@ -6,8 +6,6 @@
 package main
 
 import (
-	"encoding/binary"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -354,120 +352,6 @@ func acceptTemporary(err error) bool {
 	return false
 }
 
-// readLoop reads a worker's acks until its channel is closed.
-func (d *dispatcher) readLoop(w *rrWorker) {
-	defer d.wg.Done()
-	defer w.file.Close()
-	w.rc.Read(w.readFn) // ends when readAcks says so or on the deadline set when the channel is shut
-}
-
-// readAcks is the poller callback of a worker's channel.
-func (d *dispatcher) readAcks(w *rrWorker) bool {
-	for {
-		d.mu.Lock()
-		if w.gone {
-			d.mu.Unlock()
-			return true
-		}
-		n, oobn, flags, err := recvNoWait(w.fd, w.buf, w.oob)
-		if err == syscall.EAGAIN {
-			d.mu.Unlock()
-			return false
-		}
-		d.handleAcksLocked(w, n, oobn, flags, err)
-		d.pumpLocked()
-		d.room.Broadcast()
-		d.mu.Unlock()
-	}
-}
-
-// handleAcksLocked handles one message read from a worker's channel: acks, end
-// of file, or anything else, which breaks the channel.
-func (d *dispatcher) handleAcksLocked(w *rrWorker, n, oobn, flags int, err error) {
-	switch {
-	case err != nil:
-		d.breakLocked(w, os.NewSyscallError("recvmsg", err))
-		return
-	case oobn > 0:
-		closeRights(w.oob[:oobn])
-		d.breakLocked(w, errors.New("worker sent a descriptor"))
-		return
-	case flags&(syscall.MSG_TRUNC|syscall.MSG_CTRUNC) != 0:
-		d.breakLocked(w, errors.New("ack message too long"))
-		return
-	case n == 0:
-		// The worker closed its end (it exited, or gave up the channel): what it
-		// did not ack can go elsewhere at once; the supervisor still detaches it.
-		if w.draining {
-			d.log.Debug("rr: worker closed its handoff channel", "pid", w.id, "unacked", len(w.inflight))
-		} else {
-			d.log.Warn("rr: worker closed its handoff channel", "pid", w.id, "unacked", len(w.inflight))
-		}
-		d.shutLocked(w)
-		return
-	}
-	var bad error
-	w.seqs, bad = parseAcks(w.buf[:n], w.seqs[:0])
-	// Acks before and after a bad one are honoured: the worker took those
-	// connections, handing them out again would serve them twice.
-	for _, seq := range w.seqs {
-		i := 0
-		for i < len(w.inflight) && w.inflight[i].seq != seq {
-			i++
-		}
-		if i == len(w.inflight) {
-			if bad == nil {
-				bad = fmt.Errorf("ack for sequence number %d, which is not in flight", seq)
-			}
-			continue
-		}
-		syscall.Close(w.inflight[i].fd)
-		w.inflight = append(w.inflight[:i], w.inflight[i+1:]...)
-		w.acked++
-	}
-	if bad != nil {
-		d.breakLocked(w, bad)
-	}
-}
-
-// parseAcks appends to dst the big-endian sequence numbers of one ack message;
-// a message that is empty or not a multiple of 4 bytes is an error.
-func parseAcks(b []byte, dst []uint32) ([]uint32, error) {
-	if len(b) == 0 || len(b)%4 != 0 {
-		return dst, fmt.Errorf("ack message of %d bytes, not a positive multiple of 4", len(b))
-	}
-	for ; len(b) > 0; b = b[4:] {
-		dst = append(dst, binary.BigEndian.Uint32(b))
-	}
-	return dst, nil
-}
-
-// breakLocked closes a worker's channel for a protocol or I/O error and tells
-// the supervisor. Its unacked connections go back to pending.
-func (d *dispatcher) breakLocked(w *rrWorker, err error) {
-	if w.gone {
-		return
-	}
-	d.log.Error("rr: closing the handoff channel of a misbehaving worker", "pid", w.id, "err", err)
-	d.shutLocked(w)
-	if d.onBroken != nil {
-		go d.onBroken(w.id, err)
-	}
-}
-
-// shutLocked closes a worker's channel (its reader goroutine closes the
-// descriptor) and queues its unacked connections for other workers, ahead of
-// new accepts. The caller pumps.
-func (d *dispatcher) shutLocked(w *rrWorker) {
-	if w.gone {
-		return
-	}
-	w.gone = true
-	w.file.SetReadDeadline(time.Now())
-	d.pending = append(d.pending, w.inflight...)
-	w.inflight = nil
-}
-
 // eligible reports whether w may get a connection now.
 func (d *dispatcher) eligible(w *rrWorker) bool {
 	return w.ready && !w.draining && !w.gone && len(w.inflight) < d.window
@@ -539,31 +423,3 @@ func (d *dispatcher) workerLocked(id int) *rrWorker {
 // rightsTemplate is an SCM_RIGHTS control message for one descriptor; sendConn
 // copies it and writes the descriptor in, so a handoff allocates nothing.
 var rightsTemplate = syscall.UnixRights(0)
-
-// sendConn sends one handoff message without blocking: seq and the listener
-// index, big-endian, with conn in SCM_RIGHTS. Errors are raw (EAGAIN included).
-func sendConn(ch int, seq, index uint32, conn int) error {
-	var msg [8]byte
-	binary.BigEndian.PutUint32(msg[0:], seq)
-	binary.BigEndian.PutUint32(msg[4:], index)
-	var oob [64]byte
-	n := copy(oob[:], rightsTemplate)
-	binary.NativeEndian.PutUint32(oob[syscall.CmsgLen(0):], uint32(conn))
-	for {
-		err := syscall.Sendmsg(ch, msg[:], oob[:n], nil, sendFlags)
-		if err != syscall.EINTR {
-			return err
-		}
-	}
-}
-
-// closeRights closes every descriptor carried by a control message.
-func closeRights(oob []byte) {
-	msgs, _ := syscall.ParseSocketControlMessage(oob)
-	for i := range msgs {
-		fds, _ := syscall.ParseUnixRights(&msgs[i])
-		for _, fd := range fds {
-			syscall.Close(fd)
-		}
-	}
-}

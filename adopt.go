@@ -1,0 +1,112 @@
+//go:build unix
+
+// This file adopts the sockets systemd (or systemd-socket-activate) passed to
+// prefork: LISTEN_FDS and LISTEN_PID, with their LISTEN_FDNAMES.
+package main
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// adoptSystemd adopts sockets passed by systemd socket activation: when LISTEN_PID
+// is this process and LISTEN_FDS=n>0 it returns listeners for fds 3..3+n-1, named
+// from LISTEN_FDNAMES (generated where missing or empty), with network and address
+// read from the sockets, made close-on-exec and blocking. It always removes
+// LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES from the environment, so workers never
+// inherit prefork's values. It returns (nil, nil) when the variables are absent or
+// meant for another process. Only tcp, udp and unix stream sockets are accepted.
+func adoptSystemd() ([]*listener, error) {
+	pidText, hasPID := os.LookupEnv("LISTEN_PID")
+	fdsText, hasFDs := os.LookupEnv("LISTEN_FDS")
+	namesText, hasNames := os.LookupEnv("LISTEN_FDNAMES")
+	os.Unsetenv("LISTEN_PID")
+	os.Unsetenv("LISTEN_FDS")
+	os.Unsetenv("LISTEN_FDNAMES")
+	if !hasPID || !hasFDs {
+		return nil, nil
+	}
+	pid, err := strconv.Atoi(pidText)
+	if err != nil || pid <= 0 {
+		return nil, fmt.Errorf("malformed LISTEN_PID=%q: not a process id", pidText)
+	}
+	if pid != os.Getpid() {
+		return nil, nil
+	}
+	n, err := strconv.Atoi(fdsText)
+	if err != nil || n < 0 {
+		return nil, fmt.Errorf("malformed LISTEN_FDS=%q: not a count of descriptors", fdsText)
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	var names []string
+	if hasNames {
+		names = strings.Split(namesText, ":")
+		if len(names) != n {
+			return nil, fmt.Errorf("malformed LISTEN_FDNAMES=%q: %d names for LISTEN_FDS=%d", namesText, len(names), n)
+		}
+	}
+	const first = 3 // SD_LISTEN_FDS_START
+	ls := make([]*listener, 0, n)
+	for i := 0; i < n; i++ {
+		name := ""
+		if names != nil {
+			name = names[i]
+		}
+		l, err := adoptFD(first+i, name)
+		if err != nil {
+			return nil, fmt.Errorf("LISTEN_FDS=%d: fd %d: %w", n, first+i, err)
+		}
+		ls = append(ls, l)
+	}
+	return ls, nil
+}
+
+// adoptFD makes an inherited socket a listener.
+func adoptFD(fd int, name string) (*listener, error) {
+	typ, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TYPE)
+	if err != nil {
+		return nil, os.NewSyscallError("getsockopt SO_TYPE", err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		return nil, os.NewSyscallError("getsockname", err)
+	}
+	var spec listenSpec
+	switch sa.(type) {
+	case *syscall.SockaddrInet4, *syscall.SockaddrInet6:
+		switch typ {
+		case syscall.SOCK_STREAM:
+			spec.network = "tcp"
+		case syscall.SOCK_DGRAM:
+			spec.network = "udp"
+		}
+	case *syscall.SockaddrUnix:
+		if typ == syscall.SOCK_STREAM {
+			spec.network = "unix"
+		}
+	}
+	if spec.network == "" {
+		return nil, fmt.Errorf("unsupported socket (type %d, address %T); prefork adopts tcp, udp and unix stream sockets", typ, sa)
+	}
+	spec.addr = sockaddrString(sa)
+	spec.text = spec.addr
+	if spec.network == "unix" {
+		spec.text = "unix:" + spec.addr
+	}
+	spec.name = name
+	if spec.name == "" {
+		spec.name = defaultName(spec)
+	}
+	syscall.ForkLock.Lock() // no fork may see fd before it is close-on-exec
+	syscall.CloseOnExec(fd)
+	syscall.ForkLock.Unlock()
+	if err := syscall.SetNonblock(fd, false); err != nil {
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	return &listener{spec: spec, fd: fd, bound: spec.addr}, nil
+}

@@ -1,0 +1,342 @@
+//go:build unix
+
+// This file holds the end-to-end test harness: the test binary plays prefork
+// itself (so the supervisor runs under the race detector), the exec shim, and the
+// workers, chosen by environment variables, as os/exec's own tests do.
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	pw "github.com/prefork/prefork/worker"
+	"github.com/prefork/prefork/worker/httpserve"
+)
+
+func TestMain(m *testing.M) {
+	switch {
+	case os.Getenv(shimEnv) != "":
+		os.Exit(runShim(os.Args[1:]))
+	case len(os.Args) > 1 && os.Args[1] == demoWorkerArg:
+		os.Exit(runDemoWorker())
+	case os.Getenv(roleEnv) == "prefork":
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	case os.Getenv(workerEnv) == "notify":
+		os.Exit(notifyWorker()) // notify_test.go
+	case os.Getenv(workerEnv) != "":
+		os.Exit(testWorker(os.Getenv(workerEnv)))
+	}
+	os.Exit(m.Run())
+}
+
+// workerReport is what a test worker says about itself over HTTP.
+type workerReport struct {
+	PID      int               `json:"pid"`
+	PPID     int               `json:"ppid"`
+	PGID     int               `json:"pgid"`
+	Fds      []int             `json:"fds"`
+	Blocking bool              `json:"blocking"`
+	Env      map[string]string `json:"env"`
+}
+
+// openFds lists the descriptors this process inherited, without opening one:
+// those open without close-on-exec (whatever the worker's own Go runtime opens
+// before this runs, such as the cgroup CPU files, is close-on-exec).
+func openFds() []int {
+	var fds []int
+	for fd := 0; fd < 256; fd++ {
+		if fl, err := fcntl(fd, syscall.F_GETFD, 0); err == nil && fl&syscall.FD_CLOEXEC == 0 {
+			fds = append(fds, fd)
+		}
+	}
+	return fds
+}
+
+func fcntl(fd, cmd, arg int) (int, error) {
+	r, _, e := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), uintptr(cmd), uintptr(arg))
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+// extraRoles holds worker roles that other test files register in init.
+var extraRoles = map[string]func() int{}
+
+// testWorker is a worker started by prefork under test.
+func testWorker(role string) int {
+	if f := extraRoles[role]; f != nil {
+		return f()
+	}
+	rep := workerReport{PID: os.Getpid(), PPID: os.Getppid(), Fds: openFds(), Env: map[string]string{}}
+
+	rep.PGID, _ = syscall.Getpgid(0)
+	if fl, err := fcntl(3, syscall.F_GETFL, 0); err == nil {
+		rep.Blocking = fl&syscall.O_NONBLOCK == 0
+	}
+	for _, kv := range os.Environ() {
+		k, v, _ := strings.Cut(kv, "=")
+		if strings.HasPrefix(k, "LISTEN_") || strings.HasPrefix(k, "PREFORK_") || strings.HasPrefix(k, "WATCHDOG_") ||
+			k == "NOTIFY_SOCKET" || k == "SERVER_STARTER_PORT" {
+			rep.Env[k] = v
+		}
+	}
+	if f := os.Getenv("TESTWORKER_FAIL_IF"); f != "" {
+		if _, err := os.Stat(f); err == nil {
+			return 4
+		}
+	}
+	if code, ok := strings.CutPrefix(role, "exit:"); ok {
+		n, _ := strconv.Atoi(code)
+		return n
+	}
+	body, _ := json.Marshal(rep)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write(body)
+	})}
+	if os.Getenv("TESTWORKER_IGNORE_TERM") != "" { // a worker that never stops on its own
+		signal.Ignore(syscall.SIGTERM)
+		ls, err := pw.Listeners()
+		if err != nil {
+			return 3
+		}
+		go srv.Serve(ls[0])
+		pw.Ready()
+		select {}
+	}
+	if err := httpserve.Serve(srv, 10*time.Second); err != nil {
+		fmt.Fprintln(os.Stderr, "test worker:", err)
+		return 3
+	}
+	return 0
+}
+
+// sdNotify sends one datagram to the worker's NOTIFY_SOCKET.
+func sdNotify(state string) error {
+	c, err := net.Dial("unixgram", os.Getenv("NOTIFY_SOCKET"))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_, err = c.Write([]byte(state))
+	return err
+}
+
+// syncBuffer collects prefork's stderr for assertions.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// instance is one prefork under test.
+type instance struct {
+	t      *testing.T
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	status string
+	done   chan struct{}
+	code   int
+}
+
+// startPrefork runs the test binary as prefork with these options; the worker
+// command is the test binary again, in the given role. extraEnv goes to both.
+func startPrefork(t *testing.T, role string, extraEnv []string, args ...string) *instance {
+	t.Helper()
+	dir := t.TempDir()
+	in := &instance{t: t, stderr: &syncBuffer{}, status: filepath.Join(dir, "status.json"), done: make(chan struct{})}
+	full := []string{"--status-file", in.status, "-v"}
+	if role == "http" && !strings.Contains(strings.Join(args, " "), "--ready ") {
+		full = append(full, "--ready", "notify") // the test worker says when it serves
+	}
+	full = append(full, args...)
+	if role != "" {
+		full = append(full, "--", os.Args[0])
+	}
+	in.cmd = exec.Command(os.Args[0], full...)
+	in.cmd.Env = append(os.Environ(), roleEnv+"=prefork", workerEnv+"="+role, "GORACE=atexit_sleep_ms=0")
+	in.cmd.Env = append(in.cmd.Env, extraEnv...)
+	in.cmd.Stderr = in.stderr
+	in.cmd.Stdout = in.stderr
+	if err := in.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		in.cmd.Wait()
+		in.code = in.cmd.ProcessState.ExitCode()
+		if ws, ok := in.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			in.code = 128 + int(ws.Signal())
+		}
+		close(in.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-in.done:
+		default:
+			in.cmd.Process.Signal(syscall.SIGQUIT)
+			select {
+			case <-in.done:
+			case <-time.After(10 * time.Second):
+				in.cmd.Process.Kill()
+			}
+		}
+		if t.Failed() {
+			t.Logf("prefork stderr:\n%s", in.stderr.String())
+		}
+	})
+	return in
+}
+
+func (in *instance) signal(sig syscall.Signal) {
+	in.t.Helper()
+	if err := in.cmd.Process.Signal(sig); err != nil {
+		in.t.Fatal(err)
+	}
+}
+
+// wait returns prefork's exit status, failing the test after the timeout.
+func (in *instance) wait(timeout time.Duration) int {
+	in.t.Helper()
+	select {
+	case <-in.done:
+		return in.code
+	case <-time.After(timeout):
+		in.t.Fatalf("prefork did not exit within %v", timeout)
+		return -1
+	}
+}
+
+func (in *instance) readStatus() (statusFile, bool) {
+	var st statusFile
+	b, err := os.ReadFile(in.status)
+	if err != nil || json.Unmarshal(b, &st) != nil {
+		return st, false
+	}
+	return st, true
+}
+
+// waitFor polls the status file until cond holds.
+func (in *instance) waitFor(what string, timeout time.Duration, cond func(statusFile) bool) statusFile {
+	in.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if st, ok := in.readStatus(); ok && cond(st) {
+			return st
+		}
+		select {
+		case <-in.done:
+			in.t.Fatalf("prefork exited (status %d) while waiting for %s", in.code, what)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	st, _ := in.readStatus()
+	in.t.Fatalf("timed out waiting for %s; last status: %+v", what, st)
+	return st
+}
+
+// readyWorkers waits until n workers are ready (and none is starting or stopping).
+func (in *instance) readyWorkers(n int, timeout time.Duration) statusFile {
+	in.t.Helper()
+	return in.waitFor(fmt.Sprintf("%d ready workers", n), timeout, func(st statusFile) bool {
+		if len(st.Workers) != n {
+			return false
+		}
+		for _, w := range st.Workers {
+			if w.State != stateReady {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+func (in *instance) addr() string {
+	in.t.Helper()
+	st := in.waitFor("listeners", 10*time.Second, func(st statusFile) bool { return len(st.Listeners) > 0 })
+	return st.Listeners[0]
+}
+
+// get makes one request on a fresh connection and decodes the worker's report.
+func get(addr string) (workerReport, error) {
+	var rep workerReport
+	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := c.Get("http://" + addr + "/")
+	if err != nil {
+		return rep, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return rep, err
+	}
+	return rep, json.Unmarshal(b, &rep)
+}
+
+func pidAlive(pid int) bool { return syscall.Kill(pid, 0) == nil }
+
+// load runs bounded concurrent requests until stop is closed; it returns the
+// number of requests and the failures.
+func load(addr string, clients int, keepAlive bool, stop <-chan struct{}) (total int, failed []error) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for i := 0; i < clients; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: !keepAlive}}
+			for n := 0; n < 100000; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				resp, err := c.Get("http://" + addr + "/")
+				if err == nil {
+					_, err = io.ReadAll(resp.Body)
+					resp.Body.Close()
+				}
+				mu.Lock()
+				total++
+				if err != nil {
+					failed = append(failed, err)
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return total, failed
+}
+
+// modes are the modes every end-to-end test of the data path runs in.
+func modes() []string {
+	if reuseportSupported {
+		return []string{"shared", "reuseport", "rr"}
+	}
+	return []string{"shared", "rr"}
+}

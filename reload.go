@@ -1,0 +1,86 @@
+//go:build unix
+
+// This file holds the rolling reload (HUP) and the stop (TERM, INT, QUIT): the
+// supervisor's two walks over every worker.
+package main
+
+import (
+	"syscall"
+	"time"
+)
+
+// advanceReload starts the next slot's replacement, one slot at a time, so that
+// capacity never drops: the old worker stops only once the new one is up.
+func (s *supervisor) advanceReload() {
+	if s.reloadGen == 0 || s.stopping {
+		return
+	}
+	for _, sl := range s.slots {
+		if sl.next != nil {
+			return // one at a time
+		}
+	}
+	for _, sl := range s.slots {
+		if sl.cur != nil && sl.cur.gen < s.reloadGen {
+			w, err := s.spawn(sl)
+			if err != nil {
+				s.abortReload(sl, err.Error())
+				return
+			}
+			sl.next = w
+			return
+		}
+	}
+	s.log.Info("reload complete", "generation", s.reloadGen)
+	s.reloadGen = 0
+	s.up.send("READY=1")
+}
+
+func (s *supervisor) abortReload(sl *slot, why string) {
+	s.log.Error("reload aborted; the old workers keep serving", "slot", sl.index, "generation", s.reloadGen, "reason", why)
+	s.reloadGen = 0
+	s.up.send("READY=1\nSTATUS=reload failed: " + why)
+}
+
+// beginStop starts a graceful stop, after --drain-delay when one is set.
+func (s *supervisor) beginStop(drain time.Duration) {
+	if s.stopping {
+		return
+	}
+	s.stopping = true
+	s.up.send("STOPPING=1")
+	if drain > 0 {
+		s.log.Info("draining before stopping workers", "drain_delay", drain)
+		time.AfterFunc(drain, func() { s.events <- drainDoneEvent{} })
+		return
+	}
+	s.stopAll()
+}
+
+func (s *supervisor) stopAll() {
+	s.log.Info("stopping workers", "workers", len(s.workers), "grace", s.c.grace)
+	for _, w := range s.workers {
+		s.retire(w)
+		kill(w.pid, s.c.stopSignal)
+	}
+	s.checkDone()
+}
+
+func (s *supervisor) killAll() {
+	for _, w := range s.workers {
+		s.retire(w)
+		kill(w.pid, syscall.SIGKILL)
+	}
+}
+
+// checkDone ends the stop once every worker is gone and, as pid 1 or subreaper,
+// every descendant they left too (bounded by --grace).
+func (s *supervisor) checkDone() {
+	if !s.stopping || len(s.workers) > 0 || s.sweeping {
+		return
+	}
+	s.sweeping = true
+	s.reaper.wantEmpty.Store(true)
+	s.reaper.check()
+	time.AfterFunc(s.c.grace, func() { s.events <- sweepDoneEvent{} })
+}
