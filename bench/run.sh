@@ -72,6 +72,7 @@ done
 args=(-bench "$root/bench" -bin "$out/bin" -out "$out" -node "$node" -wrk "$wrk"
 	-pm2 "$pm2" -pm2-home "$cache/pm2home" -command "$command" -o "$out/results.json")
 [ $smoke = 1 ] && args+=(-smoke)
+mkdir -p docs
 say "running the harness ($([ $smoke = 1 ] && echo smoke || echo full) run)"
 "$out/bin/harness" "${args[@]}"
 
