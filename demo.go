@@ -1,17 +1,21 @@
 //go:build unix
 
-// This file holds the built-in demo worker (--demo): a tiny HTTP server that
-// answers with its worker number and pid, in every mode, and stops gracefully.
+// This file holds the built-in demo worker (--demo): a tiny HTTP/1.1 server that
+// answers every request with its worker number and pid, in every mode, and on
+// SIGTERM drains without dropping a request. It is written on package net alone
+// so that prefork itself does not link net/http (and stays small in memory).
 package main
 
 import (
-	"context"
+	"bufio"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -20,41 +24,120 @@ import (
 
 const demoWorkerArg = "--demo-worker"
 
+// demoServer serves the demo answer; draining makes every answer close its
+// connection and idle connections close after a short linger.
+type demoServer struct {
+	body     string
+	draining atomic.Bool
+	conns    sync.WaitGroup
+	mu       sync.Mutex
+	idle     map[net.Conn]bool // connections waiting for their next request
+}
+
 func runDemoWorker() int {
 	ls, err := pw.Listeners()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "prefork demo: %v\n", err)
 		return 1
 	}
-	slot, gen := os.Getenv("PREFORK_WORKER"), os.Getenv("PREFORK_GENERATION")
-	pid := os.Getpid()
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			fmt.Fprintf(w, "hello from prefork worker %s (pid %d, generation %s)\n", slot, pid, gen)
-		}),
-		ReadHeaderTimeout: 10 * time.Second,
-	}
-	var wg sync.WaitGroup
+	s := &demoServer{idle: map[net.Conn]bool{},
+		body: fmt.Sprintf("hello from prefork worker %s (pid %d, generation %s)\n",
+			os.Getenv("PREFORK_WORKER"), os.Getpid(), os.Getenv("PREFORK_GENERATION"))}
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	var accepting sync.WaitGroup
 	for _, l := range ls {
-		wg.Add(1)
+		accepting.Add(1)
 		go func(l net.Listener) {
-			defer wg.Done()
-			srv.Serve(l)
+			defer accepting.Done()
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					return
+				}
+				s.conns.Add(1)
+				go s.serve(c)
+			}
 		}(l)
 	}
 	pw.Ready()
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	<-stop
-	// Draining: answer with Connection: close and let in-flight requests finish.
-	pw.Stopping()
-	srv.SetKeepAlivesEnabled(false)
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
-	defer cancel()
-	srv.Shutdown(ctx)
-	// Serve may have accepted a connection that Shutdown did not see yet: wait
-	// for every Serve to return, then for that connection too.
-	wg.Wait()
-	srv.Shutdown(ctx)
+	// Drain: stop accepting (queued connections go to the other workers), then
+	// let every accepted connection get its answers, with "Connection: close".
+	s.draining.Store(true)
+	for _, l := range ls {
+		l.Close()
+	}
+	accepting.Wait()
+	s.mu.Lock()
+	for c := range s.idle {
+		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond)) // a request already on its way still gets its answer
+	}
+	s.mu.Unlock()
+	s.conns.Wait()
 	return 0
+}
+
+func (s *demoServer) setIdle(c net.Conn, idle bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if idle {
+		s.idle[c] = true
+		if s.draining.Load() {
+			c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		}
+	} else {
+		delete(s.idle, c)
+	}
+}
+
+// serve answers the requests of one connection until the client or a drain closes it.
+func (s *demoServer) serve(c net.Conn) {
+	defer s.conns.Done()
+	defer c.Close()
+	defer s.setIdle(c, false)
+	r := bufio.NewReader(c)
+	for {
+		s.setIdle(c, true)
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		s.setIdle(c, false)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		keepAlive := strings.HasSuffix(strings.TrimSpace(line), "HTTP/1.1")
+		length := 0
+		for {
+			h, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			h = strings.TrimSpace(h)
+			if h == "" {
+				break
+			}
+			k, v, _ := strings.Cut(h, ":")
+			switch strings.ToLower(strings.TrimSpace(k)) {
+			case "connection":
+				v = strings.ToLower(strings.TrimSpace(v))
+				keepAlive = v == "keep-alive" || keepAlive && v != "close"
+			case "content-length":
+				length, _ = strconv.Atoi(strings.TrimSpace(v))
+			}
+		}
+		if _, err := r.Discard(length); err != nil {
+			return
+		}
+		c.SetReadDeadline(time.Time{})
+		keepAlive = keepAlive && !s.draining.Load()
+		conn := "keep-alive"
+		if !keepAlive {
+			conn = "close"
+		}
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n%s",
+			len(s.body), conn, s.body)
+		if !keepAlive {
+			return
+		}
+	}
 }

@@ -106,7 +106,7 @@ type config struct {
 func defaultConfig() *config {
 	return &config{
 		mode:         "shared",
-		rrWindow:     32,
+		rrWindow:     rrDefaultWindow,
 		ready:        "delay",
 		readyDelay:   time.Second,
 		readyTimeout: 60 * time.Second,

@@ -8,7 +8,6 @@ package main
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -27,6 +26,7 @@ import (
 	"time"
 
 	pw "github.com/prefork/prefork/worker"
+	"github.com/prefork/prefork/worker/httpserve"
 )
 
 const (
@@ -103,40 +103,24 @@ func testWorker(role string) int {
 		n, _ := strconv.Atoi(code)
 		return n
 	}
-	ls, err := pw.Listeners()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "test worker:", err)
-		return 3
-	}
 	body, _ := json.Marshal(rep)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Write(body)
 	})}
-	var serving sync.WaitGroup
-	for _, l := range ls {
-		serving.Add(1)
-		go func() {
-			defer serving.Done()
-			srv.Serve(l)
-		}()
-	}
-	sdNotify("READY=1") // tests run with --ready notify: up means serving
-	if os.Getenv("TESTWORKER_IGNORE_TERM") != "" {
+	if os.Getenv("TESTWORKER_IGNORE_TERM") != "" { // a worker that never stops on its own
 		signal.Ignore(syscall.SIGTERM)
+		ls, err := pw.Listeners()
+		if err != nil {
+			return 3
+		}
+		go srv.Serve(ls[0])
+		pw.Ready()
 		select {}
 	}
-
-	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, syscall.SIGTERM)
-	<-stop
-	srv.SetKeepAlivesEnabled(false)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	srv.Shutdown(ctx)
-	// Serve may have accepted a connection that Shutdown did not see yet: wait
-	// for every Serve to return, then wait for that connection too.
-	serving.Wait()
-	srv.Shutdown(ctx)
+	if err := httpserve.Serve(srv, 10*time.Second); err != nil {
+		fmt.Fprintln(os.Stderr, "test worker:", err)
+		return 3
+	}
 	return 0
 }
 
@@ -362,9 +346,8 @@ func TestWorkerEnvironmentAndDescriptors(t *testing.T) {
 	if fmt.Sprint(rep.Fds) != "[0 1 2 3]" {
 		t.Errorf("worker's descriptors are %v, want [0 1 2 3]", rep.Fds)
 	}
-	if !rep.Blocking {
-		t.Error("fd 3 is non-blocking in the worker, want blocking as systemd passes it")
-	}
+	// fd 3 arrives blocking, but a Go neighbour's net.FileListener makes the shared
+	// description non-blocking: TestPythonBlockingAcceptWorker checks the mode.
 	want := map[string]string{"LISTEN_FDS": "1", "LISTEN_FDNAMES": "web", "PREFORK_WORKERS": "2",
 		"PREFORK_GENERATION": "1", "PREFORK_MODE": "shared", "WATCHDOG_USEC": "10000000"}
 	for k, v := range want {
@@ -608,50 +591,98 @@ func load(addr string, clients int, keepAlive bool, stop <-chan struct{}) (total
 	return total, failed
 }
 
+// modes are the modes every end-to-end test of the data path runs in.
+func modes() []string {
+	if reuseportSupported {
+		return []string{"shared", "reuseport", "rr"}
+	}
+	return []string{"shared", "rr"}
+}
+
 func TestReloadDropsNothing(t *testing.T) {
-	for _, keepAlive := range []bool{false, true} {
-		t.Run(fmt.Sprintf("keepalive=%v", keepAlive), func(t *testing.T) {
-			in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "2", "--ready-delay", "200ms")
-			st := in.readyWorkers(2, 10*time.Second)
-			addr := in.addr()
-			stop := make(chan struct{})
-			type result struct {
-				total  int
-				failed []error
-			}
-			res := make(chan result, 1)
-			go func() {
-				total, failed := load(addr, 4, keepAlive, stop)
-				res <- result{total, failed}
-			}()
-			time.Sleep(200 * time.Millisecond)
-			in.signal(syscall.SIGHUP)
-			in.waitFor("generation 2 ready", 15*time.Second, func(s statusFile) bool {
-				if len(s.Workers) != 2 {
-					return false
-				}
-				for _, w := range s.Workers {
-					if w.Generation != 2 || w.State != stateReady {
-						return false
-					}
-				}
-				return true
+	for _, mode := range modes() {
+		for _, keepAlive := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/keepalive=%v", mode, keepAlive), func(t *testing.T) {
+				testReload(t, mode, keepAlive)
 			})
-			time.Sleep(200 * time.Millisecond)
-			close(stop)
-			r := <-res
-			if len(r.failed) > 0 {
-				t.Errorf("%d of %d requests failed during a reload; first: %v", len(r.failed), r.total, r.failed[0])
+		}
+	}
+}
+
+func testReload(t *testing.T, mode string, keepAlive bool) {
+	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "2", "--mode", mode)
+	st := in.readyWorkers(2, 10*time.Second)
+	addr := in.addr()
+	stop := make(chan struct{})
+	type result struct {
+		total  int
+		failed []error
+	}
+	res := make(chan result, 1)
+	go func() {
+		total, failed := load(addr, 4, keepAlive, stop)
+		res <- result{total, failed}
+	}()
+	time.Sleep(200 * time.Millisecond)
+	in.signal(syscall.SIGHUP)
+	in.waitFor("generation 2 ready", 15*time.Second, func(s statusFile) bool {
+		if len(s.Workers) != 2 {
+			return false
+		}
+		for _, w := range s.Workers {
+			if w.Generation != 2 || w.State != stateReady {
+				return false
 			}
-			if r.total < 20 {
-				t.Errorf("only %d requests ran during the reload", r.total)
+		}
+		return true
+	})
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	r := <-res
+	if len(r.failed) > 0 {
+		t.Errorf("%d of %d requests failed during a reload; first: %v", len(r.failed), r.total, r.failed[0])
+	}
+	if r.total < 20 {
+		t.Errorf("only %d requests ran during the reload", r.total)
+	}
+	for _, w := range st.Workers {
+		if pidAlive(w.PID) {
+			t.Errorf("old worker %d still runs after the reload", w.PID)
+		}
+	}
+}
+
+func TestRRModeEndToEnd(t *testing.T) {
+	in := startPrefork(t, "http", nil, "-l", "web=127.0.0.1:0", "-n", "3", "--mode", "rr")
+	st := in.readyWorkers(3, 10*time.Second)
+	addr := in.addr()
+	count := map[int]int{}
+	for i := 0; i < 30; i++ {
+		rep, err := get(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		count[rep.PID]++
+		if i == 0 {
+			if fmt.Sprint(rep.Fds) != "[0 1 2 3]" {
+				t.Errorf("rr worker's descriptors are %v, want [0 1 2 3]", rep.Fds)
 			}
-			for _, w := range st.Workers {
-				if pidAlive(w.PID) {
-					t.Errorf("old worker %d still runs after the reload", w.PID)
+			if rep.Env["PREFORK_MODE"] != "rr" || rep.Env["LISTEN_FDNAMES"] != "web" {
+				t.Errorf("rr worker environment %v", rep.Env)
+			}
+			for _, k := range []string{"LISTEN_FDS", "LISTEN_PID", "SERVER_STARTER_PORT"} {
+				if _, ok := rep.Env[k]; ok {
+					t.Errorf("%s is set in rr mode", k)
 				}
 			}
-		})
+		}
+	}
+	// One request at a time: strict turns, 10 each.
+	for _, w := range st.Workers {
+		if count[w.PID] != 10 {
+			t.Errorf("round robin gave %v, want 10 to each of the 3 workers", count)
+			break
+		}
 	}
 }
 
@@ -828,5 +859,33 @@ func TestBindFailureExits1(t *testing.T) {
 	}
 	if !strings.Contains(in.stderr.String(), l.Addr().String()) {
 		t.Errorf("the bind error does not name the address: %s", in.stderr.String())
+	}
+}
+
+func TestDemoWorkerInEveryMode(t *testing.T) {
+	for _, mode := range modes() {
+		t.Run(mode, func(t *testing.T) {
+			in := startPrefork(t, "", nil, "-l", "127.0.0.1:0", "-n", "2", "--mode", mode, "--ready", "notify", "--demo")
+			in.readyWorkers(2, 10*time.Second)
+			addr := in.addr()
+			for _, keepAlive := range []bool{true, false} {
+				c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: !keepAlive}}
+				for i := 0; i < 10; i++ {
+					resp, err := c.Post("http://"+addr+"/", "text/plain", strings.NewReader("a body to skip"))
+					if err != nil {
+						t.Fatal(err)
+					}
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if !strings.HasPrefix(string(b), "hello from prefork worker ") {
+						t.Fatalf("demo answered %q", b)
+					}
+				}
+			}
+			in.signal(syscall.SIGTERM)
+			if code := in.wait(15 * time.Second); code != 0 {
+				t.Errorf("exit status %d", code)
+			}
+		})
 	}
 }
