@@ -37,8 +37,8 @@ func nextPort() int { port++; return port }
 
 func main() {
 	smoke := flag.Bool("smoke", false, "tiny durations, one repetition")
-	reps := flag.Int("reps", 3, "repetitions of every measurement")
-	dur := flag.Duration("d", 5*time.Second, "duration of each wrk run")
+	reps := flag.Int("rounds", 5, "rounds of interleaved wrk runs (the other measurements repeat min(rounds, 3) times)")
+	dur := flag.Duration("d", 3*time.Second, "duration of each wrk run")
 	distDur := flag.Duration("dist-d", 2*time.Second, "duration of each per-worker count run")
 	warm := flag.Duration("warm", time.Second, "warm-up before measuring")
 	conns := flag.Int("c", 16, "connections")
@@ -97,7 +97,7 @@ func logf(format string, a ...any) {
 	fmt.Fprintf(os.Stderr, "harness: "+format+"\n", a...)
 }
 
-func run(res *results.Results, reps int, dur, distDur, warm time.Duration, conns int, smoke bool) error {
+func run(res *results.Results, rounds int, dur, distDur, warm time.Duration, conns int, smoke bool) error {
 	rrPending = probeRR()
 	if rrPending != "" {
 		logf("prefork rr: %s", rrPending)
@@ -107,94 +107,15 @@ func run(res *results.Results, reps int, dur, distDur, warm time.Duration, conns
 		logf("pm2: %s", pm2Pending)
 		res.Notes = append(res.Notes, "PM2: "+pm2Pending)
 	}
-	cs := contenders()
-	rows := make([]results.Row, len(cs))
-	dists := make([][2]results.Dist, len(cs))
-	for i, c := range cs {
-		rows[i] = results.Row{Group: c.group, Name: c.name, Pending: c.pending}
-		dists[i] = [2]results.Dist{{Group: c.group, Name: c.name, Load: "full"}, {Group: c.group, Name: c.name, Load: "half"}}
-	}
-	afterLoad := map[string][]float64{}
-
-	for rep := 0; rep < reps; rep++ {
-		// Interleave: every repetition visits every contender, starting
-		// one further along, so that drift on a shared machine spreads evenly.
-		for k := range cs {
-			i := (k + rep) % len(cs)
-			c := cs[i]
-			if c.pending != "" {
-				continue
-			}
-			label := c.group + " / " + c.name
-			p, err := c.start(nextPortFor())
-			if err != nil {
-				return fmt.Errorf("%s: %w", label, err)
-			}
-			port := lastPort
-			if warm > 0 {
-				runWrk(port, conns, warm, false)
-			}
-			ka, err := runWrk(port, conns, dur, false)
-			if err != nil {
-				p.Stop()
-				return fmt.Errorf("%s keep-alive: %w", label, err)
-			}
-			cl, err := runWrk(port, conns, dur, true)
-			if err != nil {
-				p.Stop()
-				return fmt.Errorf("%s Connection: close: %w", label, err)
-			}
-			full, err := runLoad(port, conns, distDur, 0, true)
-			if err != nil {
-				p.Stop()
-				return fmt.Errorf("%s per-worker counts: %w", label, err)
-			}
-			half, err := runLoad(port, conns, distDur, full.RPS/2, true)
-			if err != nil {
-				p.Stop()
-				return fmt.Errorf("%s per-worker counts at half load: %w", label, err)
-			}
-			if c.prefork {
-				if kib, err := rssKiB(p.cmd.Process.Pid); err == nil {
-					afterLoad[c.group+" / "+c.name] = append(afterLoad[c.group+" / "+c.name], kib)
-				}
-			}
-			p.Stop()
-			logf("rep %d %-26s keep-alive %8.0f req/s p99 %6.2f ms | close %8.0f req/s p99 %6.2f ms | counts full %v half %v",
-				rep+1, label, ka.RPS, ka.P99ms, cl.RPS, cl.P99ms, counts(full.PerPid, workers), counts(half.PerPid, workers))
-			for _, x := range []struct {
-				what string
-				rps  float64
-			}{{"keep-alive", ka.RPS}, {"Connection: close", cl.RPS}, {"load client full", full.RPS}, {"load client half", half.RPS}} {
-				if x.rps <= 0 {
-					return fmt.Errorf("%s gave 0 req/s (%s)", label, x.what)
-				}
-			}
-			if ka.Errors+cl.Errors > 0 {
-				res.Notes = append(res.Notes, fmt.Sprintf("%s, rep %d: wrk counted %d socket errors or non-2xx answers", label, rep+1, ka.Errors+cl.Errors))
-			}
-			r := &rows[i]
-			r.KARPS, r.KAP99 = append(r.KARPS, ka.RPS), append(r.KAP99, ka.P99ms)
-			r.CloseRPS, r.CloseP99 = append(r.CloseRPS, cl.RPS), append(r.CloseP99, cl.P99ms)
-			for j, l := range []loadResult{full, half} {
-				d := &dists[i][j]
-				d.RPS = append(d.RPS, l.RPS)
-				d.Counts = append(d.Counts, counts(l.PerPid, workers))
-			}
-		}
-	}
-	res.Throughput = rows
-	for _, d := range dists {
-		res.Distribution = append(res.Distribution, d[0], d[1])
-	}
-	for _, c := range cs {
-		if kib := afterLoad[c.group+" / "+c.name]; len(kib) > 0 {
-			res.Memory = append(res.Memory, results.Mem{Name: fmt.Sprintf("prefork --mode %s, 2 %s workers, after load", strings.TrimPrefix(c.name, "prefork "), c.group), KiB: kib})
+	distReps := min(rounds, 3)
+	for _, group := range []string{"node", "go"} {
+		if err := throughput(res, group, rounds, distReps, dur, distDur, warm, conns); err != nil {
+			return err
 		}
 	}
 
 	logf("memory")
-	if err := memory(res, reps); err != nil {
+	if err := memory(res, distReps); err != nil {
 		return err
 	}
 	modes := []string{"shared", "reuseport"}
@@ -202,10 +123,10 @@ func run(res *results.Results, reps int, dur, distDur, warm time.Duration, conns
 		modes = append(modes, "rr")
 	}
 	logf("startup of 64 workers")
-	if err := startup(res, reps, 64, modes[:1]); err != nil {
+	if err := startup(res, distReps, 64, modes); err != nil {
 		return err
 	}
-	kills := 3 * reps
+	kills := 3 * distReps
 	if smoke {
 		kills = 2
 	}
@@ -213,9 +134,129 @@ func run(res *results.Results, reps int, dur, distDur, warm time.Duration, conns
 	return restart(res, kills, modes)
 }
 
-var lastPort int
+// running is one started contender and the port it answers on.
+type running struct {
+	contender
+	p    *proc
+	port int
+}
 
-func nextPortFor() int { lastPort = nextPort(); return lastPort }
+// throughput starts every contender of a group side by side on ports of
+// their own (idle ones cost next to nothing) and interleaves short wrk runs
+// between them, round after round, so that each round compares contenders
+// measured seconds apart: the report divides within a round, then takes the
+// median over the rounds. The per-worker counts come after, also interleaved.
+func throughput(res *results.Results, group string, rounds, distReps int, dur, distDur, warm time.Duration, conns int) error {
+	var rs []*running
+	defer func() {
+		for _, r := range rs {
+			if r.prefork {
+				if kib, err := rssKiB(r.p.cmd.Process.Pid); err == nil {
+					res.Memory = append(res.Memory, results.Mem{
+						Name: fmt.Sprintf("prefork --mode %s, 2 %s workers, after load", strings.TrimPrefix(r.name, "prefork "), group),
+						KiB:  []float64{kib}})
+				}
+			}
+			r.p.Stop()
+		}
+	}()
+	row := map[string]*results.Row{}
+	dist := map[string]*[2]results.Dist{}
+	var order []string
+	for _, c := range contenders() {
+		if c.group != group {
+			continue
+		}
+		order = append(order, c.name)
+		row[c.name] = &results.Row{Group: group, Name: c.name, Pending: c.pending}
+		dist[c.name] = &[2]results.Dist{{Group: group, Name: c.name, Load: "full"}, {Group: group, Name: c.name, Load: "half"}}
+		if c.pending != "" {
+			continue
+		}
+		port := nextPort()
+		logf("starting %s / %s on 127.0.0.1:%d", group, c.name, port)
+		p, err := c.start(port)
+		if err != nil {
+			return fmt.Errorf("%s / %s: %w", group, c.name, err)
+		}
+		rs = append(rs, &running{c, p, port})
+	}
+	defer func() {
+		for _, name := range order {
+			res.Throughput = append(res.Throughput, *row[name])
+			d := dist[name]
+			res.Distribution = append(res.Distribution, d[0], d[1])
+		}
+	}()
+	if warm > 0 {
+		for _, r := range rs {
+			runWrk(r.port, conns, warm, false)
+			runWrk(r.port, conns, warm, true)
+		}
+	}
+	check := func(r *running, what string, rps float64) error {
+		if rps <= 0 {
+			return fmt.Errorf("%s / %s gave 0 req/s (%s)", group, r.name, what)
+		}
+		if r.p.exited() {
+			return fmt.Errorf("%s / %s exited during the run: %s", group, r.name, lastLines(r.p.stderr.String(), 5))
+		}
+		return nil
+	}
+	for round := 0; round < rounds; round++ {
+		for _, closeConn := range []bool{false, true} {
+			what := map[bool]string{false: "keep-alive", true: "Connection: close"}[closeConn]
+			// Rotate the order every round, so no contender always follows
+			// the same one.
+			for k := range rs {
+				r := rs[(k+round)%len(rs)]
+				w, err := runWrk(r.port, conns, dur, closeConn)
+				if err != nil {
+					return fmt.Errorf("%s / %s %s: %w", group, r.name, what, err)
+				}
+				if err := check(r, what, w.RPS); err != nil {
+					return err
+				}
+				if w.Errors > 0 {
+					res.Notes = append(res.Notes, fmt.Sprintf("%s / %s, round %d, %s: wrk counted %d socket errors or non-2xx answers", group, r.name, round+1, what, w.Errors))
+				}
+				t := row[r.name]
+				if closeConn {
+					t.CloseRPS, t.CloseP99 = append(t.CloseRPS, w.RPS), append(t.CloseP99, w.P99ms)
+				} else {
+					t.KARPS, t.KAP99 = append(t.KARPS, w.RPS), append(t.KAP99, w.P99ms)
+				}
+				logf("round %d %-4s %-20s %-17s %8.0f req/s p99 %7.2f ms", round+1, group, r.name, what, w.RPS, w.P99ms)
+			}
+		}
+	}
+	for rep := 0; rep < distReps; rep++ {
+		for k := range rs {
+			r := rs[(k+rep)%len(rs)]
+			full, err := runLoad(r.port, conns, distDur, 0, true)
+			if err != nil {
+				return fmt.Errorf("%s / %s per-worker counts: %w", group, r.name, err)
+			}
+			if err := check(r, "load client, full", full.RPS); err != nil {
+				return err
+			}
+			half, err := runLoad(r.port, conns, distDur, full.RPS/2, true)
+			if err != nil {
+				return fmt.Errorf("%s / %s per-worker counts at half load: %w", group, r.name, err)
+			}
+			if err := check(r, "load client, half", half.RPS); err != nil {
+				return err
+			}
+			for j, l := range []loadResult{full, half} {
+				d := &dist[r.name][j]
+				d.RPS = append(d.RPS, l.RPS)
+				d.Counts = append(d.Counts, counts(l.PerPid, workers))
+			}
+			logf("counts %-4s %-20s full %v half %v", group, r.name, counts(full.PerPid, workers), counts(half.PerPid, workers))
+		}
+	}
+	return nil
+}
 
 // machine describes where the run happens.
 func machine() results.Machine {

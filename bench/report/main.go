@@ -47,13 +47,32 @@ func find(r *results.Results, group, name string) *results.Row {
 	return nil
 }
 
-// ratio of two medians; 0 when either is missing.
+// ratio is the median over rounds of a[i]/b[i]: a and b were measured
+// seconds apart in each round, so the machine's drift mostly cancels. Without
+// matching rounds it is the ratio of the medians; 0 when either is missing.
 func ratio(a, b []float64) float64 {
-	ma, mb := results.Median(a), results.Median(b)
-	if ma == 0 || mb == 0 {
-		return 0
+	return results.Median(ratios(a, b))
+}
+
+// ratios are the per-round ratios a[i]/b[i].
+func ratios(a, b []float64) []float64 {
+	if len(a) == 0 || len(b) == 0 {
+		return nil
 	}
-	return ma / mb
+	if len(a) != len(b) {
+		ma, mb := results.Median(a), results.Median(b)
+		if mb == 0 {
+			return nil
+		}
+		return []float64{ma / mb}
+	}
+	var rs []float64
+	for i := range a {
+		if b[i] > 0 {
+			rs = append(rs, a[i]/b[i])
+		}
+	}
+	return rs
 }
 
 // num formats a median with the spread of the repetitions.
@@ -100,11 +119,20 @@ func thousands(v float64) string {
 	return b.String()
 }
 
-func ratioCell(x float64) string {
-	if x == 0 {
+// ratioCell is the median per-round ratio with the range of the rounds.
+func ratioCell(rs []float64) string {
+	if len(rs) == 0 {
 		return "–"
 	}
-	return fmt.Sprintf("%.2f×", x)
+	s := fmt.Sprintf("**%.2f×**", results.Median(rs))
+	if len(rs) > 1 {
+		lo, hi := rs[0], rs[0]
+		for _, x := range rs {
+			lo, hi = min(lo, x), max(hi, x)
+		}
+		s += fmt.Sprintf(" <sub>%.2f–%.2f</sub>", lo, hi)
+	}
+	return s
 }
 
 func markdown(r *results.Results, svgRef, findings string) string {
@@ -118,11 +146,14 @@ func markdown(r *results.Results, svgRef, findings string) string {
 	}
 	w("Machine: %d CPUs (`nproc`), %s, %s, %s. Go %s, Node.js %s, %s, PM2 %s, prefork %s.\n\n",
 		m.Nproc, m.CPU, m.Kernel, m.Date, m.Go, m.Node, orNone(m.Wrk, "no wrk"), orNone(m.PM2, "none"), m.Prefork)
-	w("Command: `%s`. Every contender runs 2 workers and is loaded on 127.0.0.1 only, by `wrk -t1 -c16 -d%s` "+
-		"(with and without `-H 'Connection: close'`) after a warm-up; contenders are interleaved, the whole round "+
-		"is repeated %d times, and each cell is the **median** with the range of the repetitions in small print. "+
-		"The machine is shared and noisy, so read the **ratios**, which compare contenders measured minutes apart "+
-		"under the same conditions; absolute numbers move by ±30%% from one run to the next.\n\n", r.Command, r.Duration, r.Reps)
+	w("Command: `%s`. Every contender runs 2 workers; all contenders of a table run side by side on ports of "+
+		"their own (idle ones cost next to nothing) and are loaded one at a time on 127.0.0.1 only, by "+
+		"`wrk -t1 -c16 -d%s`, with and without `-H 'Connection: close'`, after a warm-up. One round loads every "+
+		"contender once, in an order that rotates from round to round; there are %d rounds. "+
+		"The machine is shared with other work and noisy (absolute figures move by 2× or more between rounds), "+
+		"so read the **ratios**: each is divided *within* a round, between runs seconds apart, and the table shows "+
+		"the median over the rounds with their range in small print. Absolute cells are medians with their range.\n\n",
+		r.Command, r.Duration, r.Reps)
 
 	w("![throughput ratios](%s)\n\n", svgRef)
 
@@ -149,9 +180,9 @@ func markdown(r *results.Results, svgRef, findings string) string {
 				w("| %s | %s | | | | | |\n", t.Name, t.Pending)
 				continue
 			}
-			var rk, rc float64
+			var rk, rc []float64
 			if base != nil {
-				rk, rc = ratio(t.KARPS, base.KARPS), ratio(t.CloseRPS, base.CloseRPS)
+				rk, rc = ratios(t.KARPS, base.KARPS), ratios(t.CloseRPS, base.CloseRPS)
 			}
 			w("| %s | %s | %s | %s | %s | %s | %s |\n", t.Name, num(t.KARPS, "rps"), ratioCell(rk), num(t.KAP99, "ms"),
 				num(t.CloseRPS, "rps"), ratioCell(rc), num(t.CloseP99, "ms"))
