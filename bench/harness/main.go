@@ -9,6 +9,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -26,14 +27,23 @@ var (
 	benchDir, binDir, outDir string
 	wrkPath, nodePath        string
 	pm2Path, pm2Home         string
-	port                     = 18100 + os.Getpid()%2000*10
+	port                     = 20000 + os.Getpid()%600*20 // below the ephemeral range (32768-)
 )
 
 func binPath(name string) string { return filepath.Join(binDir, name) }
 
 // nextPort is a fresh loopback port for every start, so that no contender
-// meets its predecessor's TIME_WAIT sockets.
-func nextPort() int { port++; return port }
+// meets its predecessor's TIME_WAIT sockets; it skips ports someone holds.
+func nextPort() int {
+	for range 100 {
+		port++
+		if l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+			l.Close()
+			return port
+		}
+	}
+	return port
+}
 
 func main() {
 	smoke := flag.Bool("smoke", false, "tiny durations, one repetition")

@@ -62,7 +62,7 @@ func chart(r *results.Results) string {
 	w := func(format string, a ...any) { fmt.Fprintf(&s, format, a...) }
 	w(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", width, height, width, height)
 	w(`<rect width="100%%" height="100%%" fill="white"/>` + "\n")
-	w(`<text x="10" y="20" font-size="15" font-weight="bold">prefork benchmarks: throughput ratios (medians of %d runs%s)</text>`+"\n", r.Reps, map[bool]string{true: ", SMOKE RUN", false: ""}[r.Smoke])
+	w(`<text x="10" y="20" font-size="15" font-weight="bold">prefork benchmarks: throughput ratios (median of %d paired rounds%s)</text>`+"\n", r.Reps, map[bool]string{true: ", SMOKE RUN", false: ""}[r.Smoke])
 	w(`<text x="10" y="38" fill="#555">%d CPUs, %s, %s, %s</text>`+"\n", r.Machine.Nproc, html.EscapeString(r.Machine.CPU), html.EscapeString(r.Machine.Kernel), html.EscapeString(r.Machine.Date))
 	w(`<rect x="%d" y="44" width="10" height="10" fill="#4477aa"/><text x="%d" y="53">keep-alive</text>`+"\n", left, left+14)
 	w(`<rect x="%d" y="44" width="10" height="10" fill="#ee6677"/><text x="%d" y="53">Connection: close</text>`+"\n", left+90, left+104)
