@@ -103,8 +103,10 @@ func main() {
 	fmt.Fprintf(os.Stderr, "harness: results in %s\n", *out)
 }
 
+var began = time.Now()
+
 func logf(format string, a ...any) {
-	fmt.Fprintf(os.Stderr, "harness: "+format+"\n", a...)
+	fmt.Fprintf(os.Stderr, "harness: %5.1fs "+format+"\n", append([]any{time.Since(began).Seconds()}, a...)...)
 }
 
 func run(res *results.Results, rounds int, dur, distDur, warm time.Duration, conns int, smoke bool) error {
@@ -132,8 +134,12 @@ func run(res *results.Results, rounds int, dur, distDur, warm time.Duration, con
 	if rrPending == "" {
 		modes = append(modes, "rr")
 	}
-	logf("startup of 64 workers")
-	if err := startup(res, distReps, 64, modes); err != nil {
+	n := 64
+	if smoke {
+		n = 16 // the same code path, a quarter of the time
+	}
+	logf("startup of %d workers", n)
+	if err := startup(res, distReps, n, modes); err != nil {
 		return err
 	}
 	kills := 3 * distReps
