@@ -1,0 +1,21 @@
+// bench/app.js: the Node.js HTTP app every Node contender runs. It answers
+// "w=<slot> pid=<pid>" so that the load client can count requests per worker.
+// Under prefork (LISTEN_FDS set) it serves the inherited socket at fd 3;
+// otherwise it listens on $PORT (in a cluster worker, Node's primary owns it).
+'use strict';
+const http = require('http');
+
+const slot = process.env.PREFORK_WORKER || process.env.NODE_APP_INSTANCE || '-';
+const body = `w=${slot} pid=${process.pid}\n`;
+const server = http.createServer((req, res) => {
+  res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': Buffer.byteLength(body) });
+  res.end(body);
+});
+server.keepAliveTimeout = 30000;
+
+if (process.env.LISTEN_FDS) {
+  server.listen({ fd: 3 });
+} else {
+  server.listen(Number(process.env.PORT || 8080), '127.0.0.1');
+}
+process.on('SIGTERM', () => server.close(() => process.exit(0)));
