@@ -64,7 +64,7 @@ fi
 [ -x "$pm2" ] || pm2=
 
 say "building prefork and the bench programs"
-go build -o "$out/bin/prefork" .
+CGO_ENABLED=0 go build -o "$out/bin/prefork" . # static, as released (README)
 for p in goserver barelaunch load harness report; do
 	go build -o "$out/bin/$p" "./bench/$p"
 done
