@@ -1,0 +1,286 @@
+//go:build unix
+
+// This file holds the rr dispatcher's test fixture: a real listening socket and
+// real socket pairs as worker channels, driven by the test the way a worker would.
+package main
+
+import (
+	"encoding/binary"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// rawTCPListener binds a blocking, close-on-exec TCP listener on 127.0.0.1:0 the
+// way the supervisor does, closed at the end of the test.
+func rawTCPListener(t testing.TB) (fd int, addr string) {
+	t.Helper()
+	syscall.ForkLock.RLock()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
+	if err == nil {
+		syscall.CloseOnExec(fd)
+	}
+	syscall.ForkLock.RUnlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 128); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fd, "127.0.0.1:" + strconv.Itoa(sa.(*syscall.SockaddrInet4).Port)
+}
+
+// testLogger logs through t; the dispatcher is closed before the test ends.
+func testLogger(t testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+type rrBrokenReport struct {
+	id  int
+	err error
+}
+
+// rrFixture is a dispatcher over nl real listeners, and what onBroken reported.
+type rrFixture struct {
+	t      *testing.T
+	d      *dispatcher
+	lfds   []int
+	addrs  []string
+	broken chan rrBrokenReport
+}
+
+func newRRFixture(t *testing.T, nl, window int) *rrFixture {
+	t.Helper()
+	f := &rrFixture{t: t, broken: make(chan rrBrokenReport, 16)}
+	for i := 0; i < nl; i++ {
+		fd, addr := rawTCPListener(t)
+		f.lfds = append(f.lfds, fd)
+		f.addrs = append(f.addrs, addr)
+	}
+	d, err := newDispatcher(f.lfds, window, testLogger(t), func(id int, err error) {
+		f.broken <- rrBrokenReport{id, err}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.d = d
+	t.Cleanup(d.close)
+	return f
+}
+
+// rrTestWorker is the worker end of a handoff channel, driven by the test.
+type rrTestWorker struct {
+	t     *testing.T
+	id    int
+	fd    int
+	conns map[int]bool // descriptors received and not yet closed
+}
+
+// worker attaches a new channel under id and returns its worker end, made ready
+// unless told otherwise.
+func (f *rrFixture) worker(id int, ready bool) *rrTestWorker {
+	f.t.Helper()
+	master, wfd, err := newHandoffPair()
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	w := &rrTestWorker{t: f.t, id: id, fd: wfd, conns: map[int]bool{}}
+	f.t.Cleanup(w.close)
+	f.d.attach(id, master)
+	if ready {
+		f.d.ready(id)
+	}
+	return w
+}
+
+// close closes the channel and every connection received, as a dying worker.
+func (w *rrTestWorker) close() {
+	if w.fd >= 0 {
+		syscall.Close(w.fd)
+		w.fd = -1
+	}
+	for fd := range w.conns {
+		w.closeConn(fd)
+	}
+}
+
+// closeConn closes a received connection.
+func (w *rrTestWorker) closeConn(fd int) {
+	if w.conns[fd] {
+		syscall.Close(fd)
+		delete(w.conns, fd)
+	}
+}
+
+// handoffMsg is one message the dispatcher sent.
+type handoffMsg struct {
+	seq, index uint32
+	conn       int
+}
+
+// recv waits up to timeout for a handoff; ok is false if none came.
+func (w *rrTestWorker) recv(timeout time.Duration) (m handoffMsg, ok bool) {
+	w.t.Helper()
+	tv := syscall.NsecToTimeval(timeout.Nanoseconds())
+	if err := syscall.SetsockoptTimeval(w.fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv); err != nil {
+		w.t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	oob := make([]byte, syscall.CmsgSpace(4*4))
+	n, oobn, flags, _, err := syscall.Recvmsg(w.fd, buf, oob, 0)
+	if err == syscall.EAGAIN || err == syscall.EINTR {
+		return m, false
+	}
+	if err != nil {
+		w.t.Fatalf("worker %d: recvmsg: %v", w.id, err)
+	}
+	if flags&(syscall.MSG_TRUNC|syscall.MSG_CTRUNC) != 0 || n != 8 {
+		w.t.Fatalf("worker %d: handoff message of %d bytes, flags %#x", w.id, n, flags)
+	}
+	msgs, err := syscall.ParseSocketControlMessage(oob[:oobn])
+	if err != nil || len(msgs) != 1 {
+		w.t.Fatalf("worker %d: control messages %v, %v", w.id, msgs, err)
+	}
+	fds, err := syscall.ParseUnixRights(&msgs[0])
+	if err != nil || len(fds) != 1 {
+		w.t.Fatalf("worker %d: descriptors %v, %v", w.id, fds, err)
+	}
+	syscall.CloseOnExec(fds[0])
+	w.conns[fds[0]] = true
+	return handoffMsg{binary.BigEndian.Uint32(buf), binary.BigEndian.Uint32(buf[4:]), fds[0]}, true
+}
+
+// must waits for a handoff and fails without one.
+func (w *rrTestWorker) must() handoffMsg {
+	w.t.Helper()
+	m, ok := w.recv(5 * time.Second)
+	if !ok {
+		w.t.Fatalf("worker %d: no handoff arrived", w.id)
+	}
+	return m
+}
+
+// none checks that no handoff is waiting for this worker.
+func (w *rrTestWorker) none() {
+	w.t.Helper()
+	if m, ok := w.recv(300 * time.Millisecond); ok {
+		w.t.Fatalf("worker %d: unexpected handoff seq %d", w.id, m.seq)
+	}
+}
+
+// send writes one raw message to the dispatcher, with fds in SCM_RIGHTS.
+func (w *rrTestWorker) send(p []byte, fds ...int) {
+	w.t.Helper()
+	var oob []byte
+	if len(fds) > 0 {
+		oob = syscall.UnixRights(fds...)
+	}
+	if err := syscall.Sendmsg(w.fd, p, oob, nil, 0); err != nil {
+		w.t.Fatalf("worker %d: sendmsg: %v", w.id, err)
+	}
+}
+
+// ack acknowledges seqs in one message.
+func (w *rrTestWorker) ack(seqs ...uint32) {
+	w.t.Helper()
+	p := make([]byte, 0, 4*len(seqs))
+	for _, s := range seqs {
+		p = binary.BigEndian.AppendUint32(p, s)
+	}
+	w.send(p)
+}
+
+// dial connects a client to listener i.
+func (f *rrFixture) dial(i int) net.Conn {
+	f.t.Helper()
+	c, err := net.DialTimeout("tcp", f.addrs[i], 5*time.Second)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// sameConn checks that fd, as a worker got it, is the client's connection c:
+// a byte written by the client is read through fd, and back.
+func sameConn(t *testing.T, c net.Conn, fd int, b byte) {
+	t.Helper()
+	if _, err := c.Write([]byte{b}); err != nil {
+		t.Fatal(err)
+	}
+	tv := syscall.NsecToTimeval((5 * time.Second).Nanoseconds())
+	syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
+	got := make([]byte, 1)
+	if n, err := syscall.Read(fd, got); n != 1 || err != nil || got[0] != b {
+		t.Fatalf("read through the handed descriptor: %d %q %v, want %q", n, got[:max(n, 0)], err, b)
+	}
+	if _, err := syscall.Write(fd, []byte{b + 1}); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(c, got); err != nil || got[0] != b+1 {
+		t.Fatalf("client read %q, %v, want %q", got, err, b+1)
+	}
+}
+
+// stat returns the dispatcher's view of worker id.
+func (f *rrFixture) stat(id int) rrWorkerStats {
+	f.t.Helper()
+	for _, s := range f.d.stats() {
+		if s.id == id {
+			return s
+		}
+	}
+	f.t.Fatalf("worker %d not in stats", id)
+	return rrWorkerStats{}
+}
+
+// waitStat polls the stats (acks are handled asynchronously) until ok holds.
+func (f *rrFixture) waitStat(id int, what string, ok func(rrWorkerStats) bool) {
+	f.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		s := f.stat(id)
+		if ok(s) {
+			return
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("worker %d: %s never held: %+v", id, what, s)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func (f *rrFixture) mustBroken(id int) error {
+	f.t.Helper()
+	select {
+	case e := <-f.broken:
+		if e.id != id {
+			f.t.Fatalf("onBroken(%d, %v), want worker %d", e.id, e.err, id)
+		}
+		return e.err
+	case <-time.After(5 * time.Second):
+		f.t.Fatalf("onBroken not called for worker %d", id)
+	}
+	return nil
+}
