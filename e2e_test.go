@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -125,16 +124,8 @@ func testWorker(role string) int {
 	return 0
 }
 
-// sdNotify sends one datagram to the worker's NOTIFY_SOCKET.
-func sdNotify(state string) error {
-	c, err := net.Dial("unixgram", os.Getenv("NOTIFY_SOCKET"))
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	_, err = c.Write([]byte(state))
-	return err
-}
+// sdNotify is how test workers talk to prefork: the worker package's own.
+var sdNotify = pw.Notify
 
 // syncBuffer collects prefork's stderr for assertions.
 type syncBuffer struct {
