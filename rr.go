@@ -51,8 +51,6 @@ type rrWorker struct {
 	inflight []handoff
 	handed   uint64
 	acked    uint64
-	done     []int    // prefork's copies of just-acked connections, to close outside the lock
-	spare    []int    // done's other buffer, so that acks allocate nothing
 	buf      []byte   // one ack message
 	oob      []byte   // room to notice (and close) a descriptor sent by the worker
 	seqs     []uint32 // parsed acks of one message
@@ -224,10 +222,6 @@ func (d *dispatcher) detach(id int) {
 		}
 		d.handleAcksLocked(w, n, oobn, flags, err)
 	}
-	for _, fd := range w.done {
-		syscall.Close(fd)
-	}
-	w.done = w.done[:0]
 	d.shutLocked(w)
 	for i, x := range d.workers {
 		if x == w {
@@ -326,13 +320,13 @@ func (d *dispatcher) acceptLoop(l *rrListener) {
 func (d *dispatcher) acceptSome(l *rrListener, lfd int) bool {
 	for {
 		d.mu.Lock()
-		ok := d.acceptableLocked()
-		d.mu.Unlock()
-		if !ok {
+		if !d.acceptableLocked() {
+			d.mu.Unlock()
 			return true
 		}
-		fd, err := acceptConn(lfd) // outside the lock: acks keep flowing meanwhile
+		fd, err := acceptConn(lfd)
 		if err != nil {
+			d.mu.Unlock()
 			switch err {
 			case syscall.EAGAIN:
 				return false
@@ -340,12 +334,6 @@ func (d *dispatcher) acceptSome(l *rrListener, lfd int) bool {
 				continue // that connection is gone; the next one may be fine
 			}
 			l.err = err
-			return true
-		}
-		d.mu.Lock()
-		if d.closed {
-			d.mu.Unlock()
-			syscall.Close(fd)
 			return true
 		}
 		if !d.placeLocked(fd, l.index) {

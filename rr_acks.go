@@ -37,13 +37,7 @@ func (d *dispatcher) readAcks(w *rrWorker) bool {
 		d.handleAcksLocked(w, n, oobn, flags, err)
 		d.pumpLocked()
 		d.room.Broadcast()
-		done := w.done
-		w.done = w.spare[:0]
 		d.mu.Unlock()
-		for _, fd := range done { // prefork's copies of acked connections, closed outside the lock
-			syscall.Close(fd)
-		}
-		w.spare = done
 	}
 }
 
@@ -87,7 +81,7 @@ func (d *dispatcher) handleAcksLocked(w *rrWorker, n, oobn, flags int, err error
 			}
 			continue
 		}
-		w.done = append(w.done, w.inflight[i].fd)
+		syscall.Close(w.inflight[i].fd)
 		w.inflight = append(w.inflight[:i], w.inflight[i+1:]...)
 		w.acked++
 	}
