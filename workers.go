@@ -222,12 +222,19 @@ func (s *supervisor) stopWorker(w *worker) {
 	kill(w.pid, s.c.stopSignal)
 }
 
-// retire marks a worker as leaving: no more connections, SIGKILL after --grace.
+// retire makes a worker leave on purpose: its exit is not a crash.
 func (s *supervisor) retire(w *worker) {
 	if w.retiring {
 		return
 	}
-	w.retiring, w.state = true, stateStopping
+	w.retiring = true
+	s.leave(w)
+}
+
+// leave marks a worker as stopping: no more connections, SIGKILL after --grace.
+// Unless it is also retired, its exit is a crash that the restart policy handles.
+func (s *supervisor) leave(w *worker) {
+	w.state = stateStopping
 	if s.rr != nil {
 		s.rr.drain(w.pid)
 	}
@@ -345,12 +352,8 @@ func (s *supervisor) checkWatchdogs() {
 	for _, w := range s.workers {
 		if w.state == stateReady && now.Sub(w.lastPing) > s.c.watchdog {
 			s.log.Error("worker missed its watchdog; aborting it", "slot", w.slot.index, "pid", w.pid, "watchdog", s.c.watchdog)
-			w.state = stateStopping
-			if s.rr != nil {
-				s.rr.drain(w.pid)
-			}
+			s.leave(w) // not retired: it is replaced once it exits
 			syscall.Kill(w.pid, syscall.SIGABRT)
-			w.timer = time.AfterFunc(s.c.grace, func() { s.events <- graceEvent{w} })
 		}
 	}
 }
