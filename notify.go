@@ -10,8 +10,12 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
+
+	pw "github.com/prefork/prefork/worker"
 )
 
 // notifyDir is the private directory that holds the workers' notify sockets.
@@ -115,12 +119,21 @@ func (u *upstream) send(state string) error {
 	if u == nil {
 		return nil
 	}
-	// The net package maps a leading '@' to Linux's abstract namespace.
-	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: u.addr, Net: "unixgram"})
-	if err != nil {
-		return err
+	return pw.NotifySocket(u.addr, state)
+}
+
+// monotonicUsec is CLOCK_MONOTONIC in microseconds, which RELOADING=1 carries.
+func monotonicUsec() string {
+	return strconv.FormatInt(monotonicNow().Microseconds(), 10)
+}
+
+// upstreamWatchdog is prefork's own WATCHDOG_USEC, when its supervisor set one
+// for prefork; the variables are removed so workers never see them.
+func upstreamWatchdog() time.Duration {
+	usec, _ := strconv.ParseInt(os.Getenv("WATCHDOG_USEC"), 10, 64)
+	pid := os.Getenv("WATCHDOG_PID")
+	if usec <= 0 || (pid != "" && pid != strconv.Itoa(os.Getpid())) {
+		return 0
 	}
-	defer c.Close()
-	_, err = c.Write([]byte(state))
-	return err
+	return time.Duration(usec) * time.Microsecond
 }

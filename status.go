@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strconv"
 	"time"
 )
 
@@ -97,20 +96,4 @@ func writeAtomic(path string, data []byte) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
-}
-
-// monotonicUsec is CLOCK_MONOTONIC in microseconds, which RELOADING=1 carries.
-func monotonicUsec() string {
-	return strconv.FormatInt(monotonicNow().Microseconds(), 10)
-}
-
-// upstreamWatchdog is prefork's own WATCHDOG_USEC, when its supervisor set one
-// for prefork; the variables are removed so workers never see them.
-func upstreamWatchdog() time.Duration {
-	usec, _ := strconv.ParseInt(os.Getenv("WATCHDOG_USEC"), 10, 64)
-	pid := os.Getenv("WATCHDOG_PID")
-	if usec <= 0 || (pid != "" && pid != strconv.Itoa(os.Getpid())) {
-		return 0
-	}
-	return time.Duration(usec) * time.Microsecond
 }

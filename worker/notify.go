@@ -17,7 +17,12 @@ import (
 // newlines) to $NOTIFY_SOCKET: a path, or an abstract socket name starting
 // with '@' (Linux). It does nothing and returns nil when NOTIFY_SOCKET is unset.
 func Notify(state string) error {
-	name := os.Getenv("NOTIFY_SOCKET")
+	return NotifySocket(os.Getenv("NOTIFY_SOCKET"), state)
+}
+
+// NotifySocket sends state to the sd_notify socket name, as Notify does with
+// $NOTIFY_SOCKET; for a program that kept the value and unset the variable.
+func NotifySocket(name, state string) error {
 	if name == "" {
 		return nil
 	}
