@@ -43,6 +43,8 @@ type handoff struct {
 	shut bool       // fd 3 is closed
 	err  error
 	ack  [4]byte
+	werr error              // the last ack write's result
+	send func(uintptr) bool // writes ack, bound once so Accept allocates no closure
 }
 
 // rrListener is one prefork listener in rr mode.
@@ -76,6 +78,10 @@ func newHandoff(fd int, names []string) ([]net.Listener, error) {
 		return nil, os.NewSyscallError("fcntl", err)
 	}
 	h := &handoff{file: os.NewFile(uintptr(fd), "prefork-handoff"), done: make(chan struct{}), open: len(names)}
+	h.send = func(fd uintptr) bool {
+		_, h.werr = syscall.Write(int(fd), h.ack[:])
+		return h.werr != syscall.EAGAIN
+	}
 	if h.rc, err = h.file.SyscallConn(); err != nil {
 		h.file.Close()
 		return nil, err
@@ -192,15 +198,11 @@ func (h *handoff) take(m received) (net.Conn, error) {
 		return nil, errShut
 	}
 	binary.BigEndian.PutUint32(h.ack[:], m.seq)
-	var werr error
-	err := h.rc.Write(func(fd uintptr) bool {
-		_, werr = syscall.Write(int(fd), h.ack[:])
-		return werr != syscall.EAGAIN
-	})
-	h.mu.Unlock()
+	err := h.rc.Write(h.send)
 	if err == nil {
-		err = werr
+		err = h.werr
 	}
+	h.mu.Unlock()
 	if err != nil {
 		syscall.Close(m.fd)
 		return nil, err
