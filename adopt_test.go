@@ -49,8 +49,8 @@ func TestAdoptSystemdChild(t *testing.T) {
 		rep.Err = err.Error()
 	}
 	for _, l := range ls {
-		fl, _ := lstFcntl(l.fd, syscall.F_GETFL, 0)
-		fdfl, _ := lstFcntl(l.fd, syscall.F_GETFD, 0)
+		fl, _ := fcntl(l.fd, syscall.F_GETFL, 0)
+		fdfl, _ := fcntl(l.fd, syscall.F_GETFD, 0)
 		rep.Listeners = append(rep.Listeners, adoptedInfo{
 			l.spec.name, l.spec.network, l.addrString(), l.spec.text, l.fd, fl&syscall.O_NONBLOCK != 0, fdfl&syscall.FD_CLOEXEC != 0})
 	}
@@ -75,7 +75,7 @@ func TestAdoptSystemd(t *testing.T) {
 	var files []*os.File
 	for _, l := range ls {
 		// A duplicate for ExtraFiles: an *os.File owns and closes its descriptor.
-		dup, err := lstFcntl(l.fd, syscall.F_DUPFD_CLOEXEC, 10)
+		dup, err := fcntl(l.fd, syscall.F_DUPFD_CLOEXEC, 10)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -145,25 +145,17 @@ func lstOpen(t *testing.T, in ...string) []*listener {
 	return ls
 }
 
-func lstFcntl(fd, cmd, arg int) (int, error) {
-	r, _, errno := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), uintptr(cmd), uintptr(arg))
-	if errno != 0 {
-		return -1, errno
-	}
-	return int(r), nil
-}
-
 // lstCheckFlags asserts that fd is blocking and close-on-exec.
 func lstCheckFlags(t *testing.T, fd int) {
 	t.Helper()
-	fl, err := lstFcntl(fd, syscall.F_GETFL, 0)
+	fl, err := fcntl(fd, syscall.F_GETFL, 0)
 	if err != nil {
 		t.Fatalf("fcntl(%d, F_GETFL): %v", fd, err)
 	}
 	if fl&syscall.O_NONBLOCK != 0 {
 		t.Errorf("fd %d is non-blocking", fd)
 	}
-	fdfl, err := lstFcntl(fd, syscall.F_GETFD, 0)
+	fdfl, err := fcntl(fd, syscall.F_GETFD, 0)
 	if err != nil {
 		t.Fatalf("fcntl(%d, F_GETFD): %v", fd, err)
 	}
