@@ -102,6 +102,8 @@ type supervisor struct {
 
 // supervise binds, starts the workers and runs until a stop; it returns the exit status.
 func supervise(c *config, stderr io.Writer) int {
+	sigs := catchSignals()
+	defer signal.Stop(sigs)
 	log := newLogger(stderr, c.logFormat, c.verbosity)
 	fail := func(code int, format string, a ...any) int {
 		log.Error(fmt.Sprintf(format, a...))
@@ -135,6 +137,16 @@ func supervise(c *config, stderr io.Writer) int {
 	if c.workers == 0 {
 		c.workers = autoWorkers()
 	}
+	if c.pidfile != "" {
+		if err := checkPidfile(c.pidfile); err != nil {
+			return fail(exitFailure, "--pidfile %s: %v", c.pidfile, err)
+		}
+	}
+	if c.statusFile != "" {
+		if err := checkWritable(c.statusFile); err != nil {
+			return fail(exitFailure, "--status-file %s: %v", c.statusFile, err)
+		}
+	}
 	if len(c.specs) == 0 {
 		if s.listeners, err = adoptSystemd(); err != nil {
 			return fail(exitFailure, "socket activation: %v", err)
@@ -157,10 +169,18 @@ func supervise(c *config, stderr io.Writer) int {
 		}
 		log.Info("listening", "name", l.spec.name, "addr", l.addrString())
 	}
+	if warn, err := checkDescriptors(c, len(s.listeners)); err != nil {
+		fail(exitFailure, "%v", err)
+		log.Info(err.(*fdLimitError).hint())
+		return exitFailure
+	} else if warn != "" {
+		log.Warn(warn)
+	}
 	if s.notify, err = newNotifyDir(uid, gid); err != nil {
 		return fail(exitFailure, "%v", err)
 	}
 	defer s.notify.remove()
+	s.notify.log = log
 	if c.mode == "rr" {
 		fds := make([]int, len(s.listeners))
 		for i, l := range s.listeners {
@@ -187,7 +207,11 @@ func supervise(c *config, stderr io.Writer) int {
 	s.baseEnv = cleanEnv(os.Environ())
 	s.spawner = newSpawner()
 	s.reaper = startReaper(s.events)
-	return s.loop()
+	if stopBeforeStart(sigs) {
+		log.Info("stopped before any worker started")
+		return exitOK
+	}
+	return s.loop(sigs)
 }
 
 // bindAll opens the listeners, in reuseport mode with SO_REUSEPORT set.
@@ -213,11 +237,7 @@ func cleanEnv(env []string) []string {
 	return out
 }
 
-func (s *supervisor) loop() int {
-	sigs := make(chan os.Signal, 32)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
-		syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
-	defer signal.Stop(sigs)
+func (s *supervisor) loop(sigs chan os.Signal) int {
 	var watchdog <-chan time.Time
 	if s.c.watchdog > 0 {
 		t := time.NewTicker(max(s.c.watchdog/4, 5*time.Millisecond))
@@ -234,7 +254,9 @@ func (s *supervisor) loop() int {
 	for i := 0; i < s.c.workers; i++ {
 		if _, err := s.addSlot(); err != nil {
 			s.log.Error(fmt.Sprintf("cannot start %d workers: slot %d: %v", s.c.workers, i, err))
-			s.log.Info("hint: raise the descriptor limit (ulimit -n) or run fewer workers (-n)")
+			if isFdLimit(err) {
+				s.log.Info("hint: raise the descriptor limit (ulimit -n) or run fewer workers (-n)")
+			}
 			for _, sl := range s.slots {
 				if sl.index > 0 {
 					closeFds(sl.socks)

@@ -126,7 +126,7 @@ func (s *supervisor) spawn(sl *slot) (*worker, error) {
 	if s.rr != nil {
 		s.rr.attach(pid, rrMaster)
 	}
-	go ns.read(func(m map[string]string) { s.events <- notifyEvent{w, m} })
+	go ns.read(pid, func(m map[string]string) { s.events <- notifyEvent{w, m} })
 	if s.c.ready == "notify" {
 		w.timer = time.AfterFunc(s.c.readyTimeout, func() { s.events <- readyTimeoutEvent{w} })
 	} else {
