@@ -102,7 +102,7 @@ type supervisor struct {
 
 // supervise binds, starts the workers and runs until a stop; it returns the exit status.
 func supervise(c *config, stderr io.Writer) int {
-	sigs := catchSignals()
+	sigs := takeSignals()
 	defer signal.Stop(sigs)
 	log := newLogger(stderr, c.logFormat, c.verbosity)
 	fail := func(code int, format string, a ...any) int {
@@ -208,7 +208,7 @@ func supervise(c *config, stderr io.Writer) int {
 	s.spawner = newSpawner()
 	s.reaper = startReaper(s.events)
 	if stopBeforeStart(sigs) {
-		log.Info("stopped before any worker started")
+		log.Info("stopped during start-up; no worker was started")
 		return exitOK
 	}
 	return s.loop(sigs)

@@ -21,9 +21,23 @@ import (
 var handledSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
 	syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH}
 
-// catchSignals is the first thing supervise does: from then on a stop signal
-// is a request, never the end of prefork by the signal, and a broken stderr
-// loses log lines instead of killing prefork with SIGPIPE (Go dies of SIGPIPE
+// earlySignals holds the signals prefork handles, caught from package
+// initialisation on: a stop signal sent the moment prefork was started is then
+// a request, not the end of prefork by the signal. Only the Go runtime's own
+// start-up comes before it (Go unblocks SIGTERM, so even a blocked TERM would
+// be delivered then), and prefork has created nothing by then. The exec shim
+// and the demo worker are prefork's binary too, and keep the default actions.
+var earlySignals chan os.Signal
+
+func init() {
+	if os.Getenv(shimEnv) != "" || len(os.Args) > 1 && os.Args[1] == demoWorkerArg {
+		return
+	}
+	earlySignals = catchSignals()
+}
+
+// catchSignals catches the signals prefork handles, and makes a broken stderr
+// lose log lines instead of killing prefork with SIGPIPE (Go dies of SIGPIPE
 // only on writes to fd 1 and 2, and only while SIGPIPE is not ignored).
 // Ignoring SIGPIPE does not reach workers: the shim is a Go program, which
 // installs its own SIGPIPE handler over the inherited SIG_IGN, and execve resets
@@ -33,6 +47,32 @@ func catchSignals() chan os.Signal {
 	signal.Notify(sigs, handledSignals...)
 	signal.Ignore(syscall.SIGPIPE)
 	return sigs
+}
+
+// takeSignals is the first thing supervise does: it takes over the signals
+// caught since start-up (catching them now if init did not).
+func takeSignals() chan os.Signal {
+	sigs := earlySignals
+	earlySignals = nil
+	if sigs == nil {
+		sigs = catchSignals()
+	}
+	return sigs
+}
+
+// releaseEarlySignals gives the signals their default actions back, in a
+// process of prefork's binary that turns out not to be prefork (the tests'
+// workers and helpers). Notify then Stop puts Go's SIGPIPE handler back in
+// place of SIG_IGN.
+func releaseEarlySignals() {
+	if earlySignals == nil {
+		return
+	}
+	signal.Stop(earlySignals)
+	earlySignals = nil
+	pipe := make(chan os.Signal, 1)
+	signal.Notify(pipe, syscall.SIGPIPE)
+	signal.Stop(pipe)
 }
 
 // stopBeforeStart reports whether a stop signal arrived while prefork was
