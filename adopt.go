@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file adopts the sockets systemd (or systemd-socket-activate) passed to
 // prefork: LISTEN_FDS and LISTEN_PID, with their LISTEN_FDNAMES.

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file tests adopting sockets from systemd, in a re-executed child that
 // inherits them the way systemd passes them.

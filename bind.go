@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file binds the listeners as raw, blocking, close-on-exec descriptors
 // (never through Go's poller): TCP (dual-stack), unix stream and UDP sockets,

@@ -1,3 +1,5 @@
+//go:build linux || darwin
+
 // Command prefork binds ports once and runs a command N times, each worker
 // inheriting the listening sockets the way systemd passes them (fd 3, 4, …,
 // LISTEN_FDS, a per-worker LISTEN_PID, LISTEN_FDNAMES).

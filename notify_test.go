@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file tests sd_notify end to end with real processes: --ready notify and
 // its timeout, rolling reloads that wait for READY=1, STOPPING=1, STATUS=, the

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file holds the supervisor. One goroutine (loop) owns every piece of state:
 // workers, slots, timers, generations. Signals, the reaper, notify sockets, timers

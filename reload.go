@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file holds the rolling reload (HUP) and the stop (TERM, INT, QUIT): the
 // supervisor's two walks over every worker.

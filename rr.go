@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file implements --mode rr: the dispatcher that accepts on prefork's
 // listeners and hands each connection to the next ready worker over its handoff

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file reads the acks of rr workers (SPEC §4): 4-byte big-endian sequence
 // numbers, several per message, and closes the channel of a worker that sends

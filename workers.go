@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file holds the life of one worker: its slot, its start through the exec
 // shim, readiness, notifications, its exit, and what the restart policy makes
