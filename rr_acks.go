@@ -44,6 +44,9 @@ func (d *dispatcher) readAcks(w *rrWorker) bool {
 // handleAcksLocked handles one message read from a worker's channel: acks, end
 // of file, or anything else, which breaks the channel.
 func (d *dispatcher) handleAcksLocked(w *rrWorker, n, oobn, flags int, err error) {
+	if err == syscall.ECONNRESET { // closed with handoffs still unread: a close all the same
+		n, err = 0, nil
+	}
 	switch {
 	case err != nil:
 		d.breakLocked(w, os.NewSyscallError("recvmsg", err))
