@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -78,8 +77,9 @@ type supervisor struct {
 	c         *config
 	log       *slog.Logger
 	policy    restartPolicy
-	path      string   // the command, resolved
+	path      string   // the command, resolved in wd at start or at the last reload
 	argv      []string // its argv
+	wd        workdir  // where workers start (command.go)
 	shim      string   // prefork's own binary
 	cred      string   // --user, for the shim
 	listeners []*listener
@@ -107,7 +107,7 @@ type supervisor struct {
 // supervise binds, starts the workers and runs until a stop; it returns the exit status.
 func supervise(c *config, stderr io.Writer) int {
 	sigs := takeSignals()
-	defer signal.Stop(sigs)
+	defer releaseSignals(sigs)
 	log := newLogger(stderr, c.logFormat, c.verbosity)
 	fail := func(code int, format string, a ...any) int {
 		log.Error(fmt.Sprintf(format, a...))
@@ -123,14 +123,15 @@ func supervise(c *config, stderr io.Writer) int {
 	if s.shim, err = selfExe(); err != nil {
 		return fail(exitFailure, "cannot find prefork's own binary: %v", err)
 	}
+	s.argv = c.command
 	if c.demo {
-		s.path, s.argv = s.shim, []string{"prefork-demo", demoWorkerArg}
-	} else {
-		path, code, err := resolveCommand(c.command[0])
-		if err != nil {
-			return fail(code, "%v", err)
-		}
-		s.path, s.argv = path, c.command
+		s.argv = []string{"prefork-demo", demoWorkerArg}
+	}
+	if s.wd, err = newWorkdir(); err != nil {
+		return fail(exitFailure, "%v", err)
+	}
+	if code, err := s.resolve(); err != nil {
+		return fail(code, "%v", err)
 	}
 	uid, gid := -1, -1
 	if c.user != "" {
@@ -360,6 +361,11 @@ func (s *supervisor) signal(sig syscall.Signal) {
 		s.checkDone()
 	case syscall.SIGHUP:
 		if !s.stopping {
+			if _, err := s.resolve(); err != nil { // a deploy may have swapped the directory
+				s.log.Error("reload abandoned; the old workers keep serving", "err", err)
+				s.up.send("STATUS=reload failed: " + err.Error())
+				return
+			}
 			s.gen++
 			s.reloadGen = s.gen
 			s.up.send("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec())

@@ -65,11 +65,16 @@ func takeSignals() chan os.Signal {
 // workers and helpers). Notify then Stop puts Go's SIGPIPE handler back in
 // place of SIG_IGN.
 func releaseEarlySignals() {
-	if earlySignals == nil {
-		return
+	if earlySignals != nil {
+		releaseSignals(earlySignals)
+		earlySignals = nil
 	}
-	signal.Stop(earlySignals)
-	earlySignals = nil
+}
+
+// releaseSignals undoes catchSignals, for a supervisor that returns into a
+// process that goes on (the tests).
+func releaseSignals(sigs chan os.Signal) {
+	signal.Stop(sigs)
 	pipe := make(chan os.Signal, 1)
 	signal.Notify(pipe, syscall.SIGPIPE)
 	signal.Stop(pipe)
