@@ -29,8 +29,13 @@ var handledSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP
 // and the demo worker are prefork's binary too, and keep the default actions.
 var earlySignals chan os.Signal
 
+// earlySignalsOff keeps the default actions in a process of prefork's binary
+// that is not prefork, as the tests' workers are: the tests set it from a
+// package variable's initialiser, which runs before any init function.
+var earlySignalsOff bool
+
 func init() {
-	if os.Getenv(shimEnv) != "" || len(os.Args) > 1 && os.Args[1] == demoWorkerArg {
+	if earlySignalsOff || os.Getenv(shimEnv) != "" || len(os.Args) > 1 && os.Args[1] == demoWorkerArg {
 		return
 	}
 	earlySignals = catchSignals()
@@ -58,17 +63,6 @@ func takeSignals() chan os.Signal {
 		sigs = catchSignals()
 	}
 	return sigs
-}
-
-// releaseEarlySignals gives the signals their default actions back, in a
-// process of prefork's binary that turns out not to be prefork (the tests'
-// workers and helpers). Notify then Stop puts Go's SIGPIPE handler back in
-// place of SIG_IGN.
-func releaseEarlySignals() {
-	if earlySignals != nil {
-		releaseSignals(earlySignals)
-		earlySignals = nil
-	}
 }
 
 // releaseSignals undoes catchSignals, for a supervisor that returns into a
