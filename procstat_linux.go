@@ -217,3 +217,6 @@ func acceptQueueInfo(fd int) (queue, limit int, err error) {
 	}
 	return int(binary.NativeEndian.Uint32(buf[24:])), int(binary.NativeEndian.Uint32(buf[28:])), nil
 }
+
+// errProcstatUnsupported is nil on Linux: /proc has what groupUsage reads.
+var errProcstatUnsupported error
