@@ -24,6 +24,7 @@ type poolView struct {
 	replacing int // slots bringing up a replacement
 	reloading bool
 	queues    []poolQueue // the listening sockets whose accept queue can be read
+	handled   uint64      // pool events the owner loop had handled when it made this view
 }
 
 // poolQueue is one listening socket to read: a listener's, or in reuseport
@@ -51,8 +52,9 @@ type poolEvent struct {
 // pool is the owner loop's side of the pool: the published view, the latest
 // stats, and how to stop the goroutine.
 type pool struct {
-	view  atomic.Pointer[poolView]
-	stats poolStats
+	view    atomic.Pointer[poolView]
+	stats   poolStats
+	handled uint64 // pool events handled
 	stop  chan struct{}
 	done  chan struct{}
 }
@@ -132,7 +134,7 @@ func (s *supervisor) publishPool() {
 	if s.pool == nil {
 		return
 	}
-	v := &poolView{slots: len(s.slots), reloading: s.reloadGen != 0}
+	v := &poolView{slots: len(s.slots), reloading: s.reloadGen != 0, handled: s.pool.handled}
 	for _, w := range s.workers {
 		v.pids = append(v.pids, w.pid)
 	}
@@ -170,6 +172,7 @@ func (s *supervisor) publishPool() {
 // handlePool acts on what the pool goroutine asks, after checking it against
 // the supervisor's state, which may have moved on since the view it saw.
 func (s *supervisor) handlePool(e poolEvent) {
+	s.pool.handled++
 	if e.stats != nil {
 		s.pool.stats = *e.stats
 	}
@@ -206,7 +209,8 @@ type poolRunner struct {
 	limits    *limits  // nil: no --max-rss or --max-lifetime
 	rr        *dispatcher
 	listeners int
-	usage     bool // /proc can be read here
+	usage     bool   // /proc can be read here
+	sent      uint64 // pool events sent
 }
 
 func (r *poolRunner) run() {
@@ -255,11 +259,14 @@ func (r *poolRunner) run() {
 			}
 			ev.stats = &poolStats{usage: use, queues: queues}
 		}
-		if r.elastic != nil {
+		// Decide only on a view that shows the outcome of every earlier request:
+		// ticks that bunch up after a slow sample must not ask twice.
+		current := v.handled == r.sent
+		if r.elastic != nil && current {
 			ev.scale = r.elastic.decide(poolSample{now: now, waiting: waiting, workers: v.slots,
 				starting: v.starting, reloading: v.reloading, cpu: cpu})
 		}
-		if r.limits != nil && !v.reloading {
+		if r.limits != nil && current && !v.reloading {
 			ev.replace, ev.why = r.limits.check(v.workers, use, v.replacing, now)
 		}
 		if ev.scale == 0 && ev.replace == 0 && ev.stats == nil {
@@ -267,6 +274,7 @@ func (r *poolRunner) run() {
 		}
 		select {
 		case r.events <- ev:
+			r.sent++
 		case <-r.p.stop:
 			return
 		}
