@@ -55,8 +55,8 @@ type pool struct {
 	view    atomic.Pointer[poolView]
 	stats   poolStats
 	handled uint64 // pool events handled
-	stop  chan struct{}
-	done  chan struct{}
+	stop    chan struct{}
+	done    chan struct{}
 }
 
 // poolWanted reports whether anything needs the pool goroutine: an elastic
