@@ -91,6 +91,7 @@ type supervisor struct {
 	up        *upstream
 	rr        *dispatcher
 	ch        workerChannel
+	pool      *pool // the pool goroutine's view and readings (poolrun.go); nil when not needed
 
 	workers   map[int]*worker
 	slots     []*slot
@@ -273,8 +274,11 @@ func (s *supervisor) loop(sigs chan os.Signal) int {
 	for _, sl := range s.slots {
 		s.startIn(sl)
 	}
+	s.startPool()
+	defer s.stopPool()
 	for !s.done {
 		s.publish()
+		s.publishPool()
 		select {
 		case sig := <-sigs:
 			s.signal(sig.(syscall.Signal))
@@ -336,6 +340,8 @@ func (s *supervisor) handle(ev any) {
 		}
 	case drainDoneEvent:
 		s.stopAll()
+	case poolEvent:
+		s.handlePool(e)
 	}
 }
 
@@ -367,14 +373,18 @@ func (s *supervisor) signal(sig syscall.Signal) {
 			s.advanceReload()
 		}
 	case syscall.SIGTTIN:
-		if !s.stopping && len(s.slots) < maxWorkers {
+		if _, hi := s.slotBounds(); !s.stopping && len(s.slots) < hi {
 			if err := s.scaleTo(len(s.slots) + 1); err != nil {
 				s.log.Error("cannot add a worker", "err", err)
 			}
+		} else if !s.stopping {
+			s.log.Info("already at the most workers", "workers", hi)
 		}
 	case syscall.SIGTTOU:
-		if !s.stopping {
+		if lo, _ := s.slotBounds(); !s.stopping && len(s.slots) > lo {
 			s.scaleTo(len(s.slots) - 1)
+		} else if !s.stopping {
+			s.log.Info("already at the fewest workers", "workers", lo)
 		}
 	default: // USR1, USR2, WINCH
 		for _, w := range s.workers {
