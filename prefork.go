@@ -87,6 +87,7 @@ type supervisor struct {
 	notify    *notifyDir
 	up        *upstream
 	rr        *dispatcher
+	ctl       ctlState // the control socket's waiting clients (control.go)
 
 	workers   map[int]*worker
 	slots     []*slot
@@ -181,6 +182,10 @@ func supervise(c *config, stderr io.Writer) int {
 	if c.statusFile != "" {
 		defer os.Remove(c.statusFile)
 	}
+	if err := s.openControl(); err != nil {
+		return fail(exitFailure, "%v", err)
+	}
+	defer s.closeControl()
 	if err := setSubreaper(); err != nil {
 		log.Debug("cannot become child subreaper", "err", err)
 	}
@@ -253,6 +258,7 @@ func (s *supervisor) loop() int {
 			s.signal(sig.(syscall.Signal))
 		case ev := <-s.events:
 			s.handle(ev)
+			s.ctlCheck()
 		case <-watchdog:
 			s.checkWatchdogs()
 		case <-upPing:
@@ -307,6 +313,8 @@ func (s *supervisor) handle(ev any) {
 		}
 	case drainDoneEvent:
 		s.stopAll()
+	case ctlEvent:
+		s.controlRequest(e)
 	}
 }
 

@@ -5,6 +5,7 @@
 package main
 
 import (
+	"fmt"
 	"syscall"
 	"time"
 )
@@ -32,12 +33,14 @@ func (s *supervisor) advanceReload() {
 		}
 	}
 	s.log.Info("reload complete", "generation", s.reloadGen)
+	s.ctlReloadFinished(s.reloadGen, nil)
 	s.reloadGen = 0
 	s.up.send("READY=1")
 }
 
 func (s *supervisor) abortReload(sl *slot, why string) {
 	s.log.Error("reload aborted; the old workers keep serving", "slot", sl.index, "generation", s.reloadGen, "reason", why)
+	s.ctlReloadFinished(s.reloadGen, fmt.Errorf("slot %d: %s", sl.index, why))
 	s.reloadGen = 0
 	s.up.send("READY=1\nSTATUS=reload failed: " + why)
 }

@@ -84,6 +84,7 @@ func (d *dispatcher) handleAcksLocked(w *rrWorker, n, oobn, flags int, err error
 		syscall.Close(w.inflight[i].fd)
 		w.inflight = append(w.inflight[:i], w.inflight[i+1:]...)
 		w.acked++
+		d.total.Acked++
 	}
 	if bad != nil {
 		d.breakLocked(w, bad)
@@ -124,6 +125,7 @@ func (d *dispatcher) shutLocked(w *rrWorker) {
 	}
 	w.gone = true
 	w.file.SetReadDeadline(time.Now())
+	d.total.Redistributed += uint64(len(w.inflight))
 	d.pending = append(d.pending, w.inflight...)
 	w.inflight = nil
 }
