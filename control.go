@@ -142,9 +142,9 @@ func (c *ctlServer) close() {
 	if c == nil {
 		return
 	}
-	close(c.quit)
 	c.ln.Close()
 	closeListeners([]*listener{c.sock})
+	close(c.quit) // then waiting clients (stop) see their connection close
 }
 
 func (c *ctlServer) serve() {
