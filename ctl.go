@@ -112,15 +112,18 @@ func ctlMain(path string, args []string, stdout, stderr io.Writer) int {
 	}
 	conn.SetDeadline(deadline)
 	b, _ := json.Marshal(req)
-	if _, err := conn.Write(append(b, '\n')); err != nil {
-		return failf("cannot send the request to %s: %v", path, err)
-	}
+	// A refusal may come before the request is read, and the write then
+	// fails: the answer is still there to read.
+	_, writeErr := conn.Write(append(b, '\n'))
 	timedOut := func() int {
 		fmt.Fprintf(stderr, "prefork: %s: no outcome within %v; it goes on in prefork (see prefork --ctl %s status)\n", req.Cmd, wait, path)
 		return exitTimeout
 	}
 	r := bufio.NewReader(conn)
 	line, err := r.ReadBytes('\n')
+	if err != nil && writeErr != nil {
+		return failf("cannot send the request to %s: %v", path, writeErr)
+	}
 	if err != nil {
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
