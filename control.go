@@ -52,6 +52,7 @@ type ctlResponse struct {
 // sampled when asked rather than written on every change.
 type ctlStatus struct {
 	statusFile
+	Workers        []ctlWorker `json:"workers"`             // in place of statusFile's
 	Reloading      int         `json:"reloading,omitempty"` // the generation a reload in progress brings in
 	Reloads        int         `json:"reloads"`
 	ReloadFailures int         `json:"reload_failures"`
@@ -59,6 +60,17 @@ type ctlStatus struct {
 	Queues         []ctlQueue  `json:"listen_queues,omitempty"`
 	Sampled        time.Time   `json:"sampled"`
 	slots          []slotCount // restarts per slot, for the metrics
+}
+
+// ctlWorker is a status file's worker plus its usage and rr counters. RSS and
+// CPU are sampled for this answer (and shadow any the status file has).
+type ctlWorker struct {
+	workerStatus
+	RSS        *int64   `json:"rss,omitempty"` // bytes, the worker's whole process group
+	CPU        *float64 `json:"cpu_seconds,omitempty"`
+	RRInflight *int     `json:"rr_inflight,omitempty"`
+	RRHanded   *uint64  `json:"rr_handed,omitempty"`
+	RRAcked    *uint64  `json:"rr_acked,omitempty"`
 }
 
 // ctlQueue is one listener's accept queue at the time of the sample.
@@ -310,16 +322,9 @@ func (s *supervisor) controlRequest(e ctlEvent) {
 			return
 		}
 		s.log.Info("scale asked for on the control socket", "workers", n)
-		for len(s.slots) < n {
-			sl, err := s.addSlot()
-			if err != nil {
-				fail("cannot add a worker (at %d of %d): %v", len(s.slots), n, err)
-				return
-			}
-			s.startIn(sl)
-		}
-		for len(s.slots) > n {
-			s.removeSlot()
+		if err := s.scaleTo(n); err != nil {
+			fail("cannot add a worker (at %d of %d): %v", len(s.slots), n, err)
+			return
 		}
 		w := scaleWaiter{n: n, reply: e.reply, base: map[*slot]int{}}
 		for _, sl := range s.slots {
@@ -408,6 +413,10 @@ func (s *supervisor) ctlReloadFinished(gen int, err error) {
 func (s *supervisor) ctlSnapshot() *ctlStatus {
 	st := &ctlStatus{statusFile: s.snapshot(), Reloading: s.reloadGen, Reloads: s.gen - 1,
 		ReloadFailures: s.ctl.reloadFailures, Sampled: time.Now().UTC()}
+	for _, w := range st.statusFile.Workers {
+		st.Workers = append(st.Workers, ctlWorker{workerStatus: w})
+	}
+	st.statusFile.Workers = nil
 	for _, sl := range s.slots {
 		st.slots = append(st.slots, slotCount{sl.index, sl.restarts})
 	}

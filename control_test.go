@@ -169,7 +169,7 @@ func TestControlReloadAbandoned(t *testing.T) {
 	ready := filepath.Join(t.TempDir(), "ready")
 	os.WriteFile(ready, nil, 0o644)
 	in := startPrefork(t, "notify", []string{readyWhenEnv + "=" + ready}, "-l", "127.0.0.1:0", "-n", "2",
-		"--ready", "notify", "--ready-timeout", "2s", "--control", sock)
+		"--ready", "notify", "--ready-timeout", "2s", "--grace", "1s", "--control", sock)
 	old := in.readyWorkers(2, 10*time.Second)
 	os.Remove(ready) // a broken deploy: the new generation never says READY=1
 
@@ -182,9 +182,12 @@ func TestControlReloadAbandoned(t *testing.T) {
 	if took > 2*time.Second+3*time.Second {
 		t.Errorf("the abandoned reload took %v to report; the ready timeout is 2s", took)
 	}
-	if !strings.Contains(errs, "slot 0") || !strings.Contains(errs, "abandoned") {
+	if !strings.Contains(errs, "slot 0") || !strings.Contains(errs, "abandoned") || !strings.Contains(errs, "not ready within 2s") {
 		t.Errorf("the message does not say which slot and why: %q", errs)
 	}
+	// The new worker (which listens before it would say READY=1) is stopped
+	// within --grace; then only the old ones serve.
+	in.readyWorkers(2, 10*time.Second)
 	want := map[int]bool{}
 	for _, w := range old.Workers {
 		want[w.PID] = true
@@ -478,7 +481,13 @@ func TestControlMetricsRR(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A worker's last ack may still be on its way to prefork.
+	deadline := time.Now().Add(5 * time.Second)
 	samples := mustProm(t, sock)
+	for promValue(t, samples, "prefork_rr_connections_acked_total") < 20 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		samples = mustProm(t, sock)
+	}
 	if v := promValue(t, samples, "prefork_rr_connections_handed_total"); v < 20 {
 		t.Errorf("handed %v, want at least 20", v)
 	}

@@ -31,13 +31,6 @@ type workerStatus struct {
 	Restarts   int       `json:"restarts"`
 	LastExit   *int      `json:"last_exit"`
 	Status     string    `json:"status,omitempty"`
-
-	// Sampled for the control socket only (prefork --ctl PATH status).
-	RSS        *int64   `json:"rss_bytes,omitempty"`
-	CPU        *float64 `json:"cpu_seconds,omitempty"`
-	RRInflight *int     `json:"rr_inflight,omitempty"`
-	RRHanded   *uint64  `json:"rr_handed,omitempty"`
-	RRAcked    *uint64  `json:"rr_acked,omitempty"`
 }
 
 func (s *supervisor) snapshot() statusFile {
