@@ -399,7 +399,7 @@ func (s *supervisor) ctlReloadFinished(gen int, err error) {
 		case w.gen > gen:
 			keep = append(keep, w)
 		case err != nil:
-			w.reply <- ctlResponse{Error: fmt.Sprintf("reload to generation %d abandoned: %v; the old workers keep serving", gen, err)}
+			w.reply <- ctlResponse{Error: fmt.Sprintf("generation %d abandoned: %v; the old workers keep serving", gen, err)}
 		default:
 			w.reply <- ctlResponse{OK: true, Message: fmt.Sprintf("every slot runs generation %d", gen)}
 		}
