@@ -57,8 +57,8 @@ say "rolled back: every slot runs generation 3"
 
 "$prefork" --ctl "$ctl" metrics | grep -qx 'prefork_reload_failures_total 1' || fail "metrics do not count the failed reload"
 "$prefork" --ctl "$ctl" stop >/dev/null || fail "stop failed"
-alive "$pf" && sleep 0.5
-alive "$pf" && fail "prefork still runs after stop returned"
+gone() { ! alive "$pf"; }
+wait_until 5 gone || fail "prefork still runs 5s after stop returned"
 wait "$pf" || fail "prefork exited $? after stop"
 [ ! -e "$ctl" ] || fail "the control socket outlived prefork"
 say "ok"
