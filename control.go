@@ -302,15 +302,14 @@ func (s *supervisor) controlRequest(e ctlEvent) {
 			fail("prefork is stopping")
 			return
 		}
-		if s.reloadGen == 0 { // else join the reload under way
-			s.log.Info("reload asked for on the control socket")
-			s.signal(syscall.SIGHUP)
-		}
-		if s.reloadGen == 0 { // it ended at once
-			fail("reload of generation %d abandoned (see prefork's log)", s.gen)
+		if s.reloadGen != 0 { // join the reload under way
+			s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{s.reloadGen, e.reply})
 			return
 		}
-		s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{s.reloadGen, e.reply})
+		// Wait first: the reload may end at once (a worker that cannot be forked).
+		s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{s.gen + 1, e.reply})
+		s.log.Info("reload asked for on the control socket")
+		s.signal(syscall.SIGHUP)
 	case "scale":
 		n := e.req.Workers
 		switch {
@@ -334,8 +333,9 @@ func (s *supervisor) controlRequest(e ctlEvent) {
 	}
 }
 
-// ctlCheck answers the clients waiting for a scale whose outcome is known; the
-// owner loop calls it after every event.
+// ctlCheck answers the clients waiting for a scale whose outcome is known, and
+// every waiting client once prefork stops; the owner loop calls it after every
+// event and signal.
 func (s *supervisor) ctlCheck() {
 	if len(s.ctl.scales) == 0 && len(s.ctl.reloads) == 0 {
 		return
@@ -367,7 +367,7 @@ func (s *supervisor) scaleOutcome(w scaleWaiter) (ctlResponse, bool) {
 		return ctlResponse{Error: fmt.Sprintf("the worker count changed to %d before %d workers were up", len(s.slots), w.n)}, true
 	}
 	for _, sl := range s.slots {
-		if base, ok := w.base[sl]; ok && sl.restarts > base {
+		if base, ok := w.base[sl]; ok && sl.restarts > base && sl.failures > 0 {
 			return ctlResponse{Error: fmt.Sprintf("slot %d: the worker failed to start (last exit status %d); prefork keeps retrying after backoff",
 				sl.index, sl.lastExit)}, true
 		}

@@ -501,3 +501,39 @@ func TestControlMetricsRR(t *testing.T) {
 		t.Errorf("the rr status table has no rr column:\n%s", out)
 	}
 }
+
+// A scale up whose new worker cannot start exits 1 and says why; prefork keeps
+// retrying, and the slot comes up once the worker can start.
+func TestControlScaleFails(t *testing.T) {
+	sock := ctlSock(t)
+	broken := filepath.Join(t.TempDir(), "broken")
+	in := startPrefork(t, "http", []string{"TESTWORKER_FAIL_IF=" + broken}, "-l", "127.0.0.1:0", "-n", "1",
+		"--control", sock, "--backoff-min", "500ms", "--backoff-max", "500ms")
+	in.readyWorkers(1, 10*time.Second)
+	os.WriteFile(broken, nil, 0o644) // new workers exit 4 at start
+	code, out, errs := ctl(sock, "scale", "2", "--timeout", "20s")
+	if code != 1 || !strings.Contains(errs, "slot 1") || !strings.Contains(errs, "status 4") {
+		t.Fatalf("scale 2 with a worker that cannot start: exit %d %q %q; want 1, slot 1, status 4", code, out, errs)
+	}
+	os.Remove(broken)
+	in.readyWorkers(2, 10*time.Second)
+	if out := mustCtl(t, sock, "scale", "2"); !strings.Contains(out, "2 workers up") {
+		t.Errorf("scale 2 once the slot is up: %q", out)
+	}
+}
+
+// stop --timeout: a worker that ignores the stop signal outlasts the wait; the
+// client exits 3 and prefork still stops after --grace.
+func TestControlStopTimeout(t *testing.T) {
+	sock := ctlSock(t)
+	in := startPrefork(t, "http", []string{"TESTWORKER_IGNORE_TERM=1"}, "-l", "127.0.0.1:0", "-n", "1",
+		"--control", sock, "--grace", "2s")
+	in.readyWorkers(1, 10*time.Second)
+	code, _, errs := ctl(sock, "stop", "--timeout", "300ms")
+	if code != exitTimeout || !strings.Contains(errs, "still runs") {
+		t.Errorf("stop --timeout 300ms with a worker ignoring TERM: exit %d %q; want %d", code, errs, exitTimeout)
+	}
+	if code := in.wait(10 * time.Second); code != 0 {
+		t.Errorf("prefork exited %d, want 0", code)
+	}
+}

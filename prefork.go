@@ -258,12 +258,12 @@ func (s *supervisor) loop() int {
 	}
 	for !s.done {
 		s.publish()
+		s.ctlCheck()
 		select {
 		case sig := <-sigs:
 			s.signal(sig.(syscall.Signal))
 		case ev := <-s.events:
 			s.handle(ev)
-			s.ctlCheck()
 		case <-watchdog:
 			s.checkWatchdogs()
 		case <-upPing:
