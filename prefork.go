@@ -92,6 +92,7 @@ type supervisor struct {
 	rr        *dispatcher
 	ch        workerChannel
 	pool      *pool // the pool goroutine's view and readings (poolrun.go); nil when not needed
+	ctl       ctlState // the control socket's waiting clients (control.go)
 
 	workers   map[int]*worker
 	slots     []*slot
@@ -207,6 +208,10 @@ func supervise(c *config, stderr io.Writer) int {
 	if c.statusFile != "" {
 		defer os.Remove(c.statusFile)
 	}
+	if err := s.openControl(); err != nil {
+		return fail(exitFailure, "%v", err)
+	}
+	defer s.closeControl()
 	if err := setSubreaper(); err != nil {
 		log.Debug("cannot become child subreaper", "err", err)
 	}
@@ -279,6 +284,7 @@ func (s *supervisor) loop(sigs chan os.Signal) int {
 	for !s.done {
 		s.publish()
 		s.publishPool()
+		s.ctlCheck()
 		select {
 		case sig := <-sigs:
 			s.signal(sig.(syscall.Signal))
@@ -342,6 +348,8 @@ func (s *supervisor) handle(ev any) {
 		s.stopAll()
 	case poolEvent:
 		s.handlePool(e)
+	case ctlEvent:
+		s.controlRequest(e)
 	}
 }
 
