@@ -91,7 +91,7 @@ type supervisor struct {
 	up        *upstream
 	rr        *dispatcher
 	ch        workerChannel
-	pool      *pool // the pool goroutine's view and readings (poolrun.go); nil when not needed
+	pool      *pool    // the pool goroutine's view and readings (poolrun.go); nil when not needed
 	ctl       ctlState // the control socket's waiting clients (control.go)
 
 	workers   map[int]*worker
