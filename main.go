@@ -36,6 +36,12 @@ Workers:
       --rr-window N          rr mode: unacked connections per worker (default 32)
       --user USER[:GROUP]    run workers as this user
       --demo                 run the built-in demo HTTP worker
+Node.js:
+      --node-cluster auto|on|off  be the workers' cluster primary: their listen()
+                             calls get prefork's sockets (default auto: on when
+                             the command is node or nodejs)
+      --node-send-server MSG send each worker every listener as
+                             process.send(MSG, server) does
 Lifecycle:
       --ready delay|notify   when a new worker counts as up (default delay)
       --ready-delay DUR      delay mode: up once alive this long (default 1s)
@@ -101,6 +107,9 @@ type config struct {
 	logFormat    string
 	verbosity    int // -1 quiet, 0 normal, 1 verbose
 	command      []string
+
+	nodeCluster    string // auto, on, off (nodeipc_primary.go)
+	nodeSendServer string // --node-send-server MSG
 }
 
 func defaultConfig() *config {
@@ -117,6 +126,7 @@ func defaultConfig() *config {
 		grace:        30 * time.Second,
 		stopSignal:   syscall.SIGTERM,
 		logFormat:    "text",
+		nodeCluster:  "auto",
 	}
 }
 
@@ -204,6 +214,8 @@ var options = []option{
 		return err
 	}},
 	{long: "drain-delay", set: durationOpt(func(c *config) *time.Duration { return &c.drainDelay })},
+	{long: "node-cluster", set: choiceOpt(func(c *config) *string { return &c.nodeCluster }, "auto", "on", "off")},
+	{long: "node-send-server", set: func(c *config, v string) error { c.nodeSendServer = v; return nil }},
 	{long: "pidfile", set: func(c *config, v string) error { c.pidfile = v; return nil }},
 	{long: "status-file", set: func(c *config, v string) error { c.statusFile = v; return nil }},
 	{long: "log-format", set: choiceOpt(func(c *config) *string { return &c.logFormat }, "text", "json")},
@@ -301,6 +313,8 @@ func (c *config) validate() error {
 		return usagef("--ready-timeout must be above 0")
 	case c.watchdog < 0:
 		return usagef("--watchdog must not be negative")
+	case c.nodeSendServer != "" && c.nodeCluster == "off":
+		return usagef("--node-send-server needs the Node cluster channel: drop --node-cluster off")
 	}
 	if c.watchdog > 0 && c.watchdog < 10*time.Millisecond {
 		return usagef("--watchdog %v is too short (at least 10ms)", c.watchdog)

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"syscall"
@@ -30,6 +31,20 @@ type nodeRR interface {
 	ack(id int, seq uint32, accepted bool)
 	// kick makes the dispatcher look again for a worker that can take what it holds.
 	kick()
+}
+
+// dispatcherNodeRR is the rr dispatcher as the Node channel uses it.
+type dispatcherNodeRR struct{ d *dispatcher }
+
+func (r dispatcherNodeRR) addListener(fd int) (uint32, error) { return r.d.addListener(fd) }
+func (r dispatcherNodeRR) kick()                              { r.d.kick() }
+
+func (r dispatcherNodeRR) ack(id int, seq uint32, accepted bool) {
+	if !accepted {
+		r.d.refused(id, seq)
+	} else if err := r.d.acked(id, seq); err != nil {
+		r.d.log.Debug("node: ack from a worker", "pid", id, "err", err)
+	}
 }
 
 // nodeCluster is the state every Node worker's channel shares: prefork's
@@ -56,16 +71,40 @@ type nodeListener struct {
 	rr     bool            // added to the dispatcher
 }
 
-// newNodeCluster wraps prefork's listeners (static: the order of s.listeners).
-func newNodeCluster(log *slog.Logger, mode string, backlog int, listeners []*listener, sendServer string) *nodeCluster {
-	nc := &nodeCluster{log: log, mode: mode, backlog: backlog}
-	if sendServer != "" {
-		nc.sendServer, _ = json.Marshal(sendServer)
+// newNodeCluster wraps prefork's listeners (static: the order of listeners);
+// d is the rr dispatcher, nil in other modes.
+func newNodeCluster(log *slog.Logger, c *config, listeners []*listener, d *dispatcher) *nodeCluster {
+	nc := &nodeCluster{log: log, mode: c.mode, backlog: c.backlog}
+	if c.nodeSendServer != "" {
+		nc.sendServer, _ = json.Marshal(c.nodeSendServer)
+	}
+	if d != nil {
+		nc.rr = dispatcherNodeRR{d}
 	}
 	for i, l := range listeners {
-		nc.ls = append(nc.ls, &nodeListener{index: uint32(i), l: l, static: true, rr: mode == "rr"})
+		nc.ls = append(nc.ls, &nodeListener{index: uint32(i), l: l, static: true, rr: d != nil && l.spec.network != "udp"})
 	}
 	return nc
+}
+
+// nodeClusterOn reports whether prefork is the Node cluster primary of its
+// workers: --node-cluster on, or auto and the command's executable is named
+// node or nodejs (path is the command resolved, which may be a link to it).
+func nodeClusterOn(c *config, path string) bool {
+	switch c.nodeCluster {
+	case "on":
+		return true
+	case "off":
+		return false
+	}
+	if c.demo || len(c.command) == 0 {
+		return false
+	}
+	isNode := func(p string) bool {
+		b := filepath.Base(p)
+		return b == "node" || b == "nodejs"
+	}
+	return isNode(c.command[0]) || isNode(path)
 }
 
 // close closes the sockets bound on request (prefork's own are closed by the supervisor).
@@ -133,6 +172,10 @@ func (nc *nodeCluster) newNodeWorker(pid, slot, fd int, socks []int, notify func
 		}
 	}
 	c.closed = func(err error) {
+		w.mu.Lock()
+		closeFds(w.socks) // only the reader sends them, and it is done
+		w.socks = nil
+		w.mu.Unlock()
 		if w.ended != nil {
 			w.ended(err)
 		}
@@ -141,15 +184,8 @@ func (nc *nodeCluster) newNodeWorker(pid, slot, fd int, socks []int, notify func
 	return w, nil
 }
 
-// detach closes the channel once the worker is gone and waits for its reader.
-func (w *nodeWorker) detach() {
-	w.conn.close()
-	w.conn.wait()
-	w.mu.Lock()
-	closeFds(w.socks)
-	w.socks = nil
-	w.mu.Unlock()
-}
+// detach closes the channel once the worker is gone; its reader ends on its own.
+func (w *nodeWorker) detach() { w.conn.close() }
 
 // stop begins a graceful stop: disconnect, so that Node closes its servers and
 // lets in-flight requests finish. It reports whether the caller should wait for
@@ -177,9 +213,16 @@ func (w *nodeWorker) sendConn(seq, index uint32, conn int) error {
 	key := w.keys[index]
 	w.mu.Unlock()
 	if key == nil {
-		return errNodeBusy
+		return syscall.EAGAIN // no server on that listener (yet): another worker's turn
 	}
-	return w.conn.sendNewconn(key, seq, conn)
+	switch err := w.conn.sendNewconn(key, seq, conn); err {
+	case errNodeBusy:
+		return syscall.EAGAIN
+	case errNodeClosed:
+		return syscall.EPIPE
+	default:
+		return err
+	}
 }
 
 // canTake reports whether the worker has a server on listener index.
@@ -226,7 +269,7 @@ func (w *nodeWorker) message(m *nodeMsg, fd int) {
 		w.listening = true
 		w.mu.Unlock()
 		if first {
-			w.notify(map[string]string{"READY": "1", "NODE_LISTENING": "1"})
+			w.notify(map[string]string{"READY": "1"})
 		}
 		if w.nc.rr != nil {
 			w.nc.rr.kick()

@@ -91,6 +91,7 @@ type supervisor struct {
 	up        *upstream
 	rr        *dispatcher
 	ch        workerChannel
+	nc        *nodeCluster // --node-cluster: the listeners Node workers share (nodeipc_primary.go)
 
 	workers   map[int]*worker
 	slots     []*slot
@@ -143,7 +144,7 @@ func supervise(c *config, stderr io.Writer) int {
 		if s.listeners, err = adoptSystemd(); err != nil {
 			return fail(exitFailure, "socket activation: %v", err)
 		}
-		if len(s.listeners) == 0 {
+		if len(s.listeners) == 0 && !nodeClusterOn(c, s.path) {
 			return fail(exitUsage, "no listeners: give -p PORT or -l ADDR, or start prefork by socket activation")
 		}
 		for _, l := range s.listeners {
@@ -175,6 +176,10 @@ func supervise(c *config, stderr io.Writer) int {
 			return fail(exitFailure, "rr dispatcher: %v", err)
 		}
 		defer s.rr.close()
+	}
+	if nodeClusterOn(c, s.path) {
+		s.nc = newNodeCluster(log, c, s.listeners, s.rr)
+		defer s.nc.close()
 	}
 	s.ch = s.newChannel()
 	if c.pidfile != "" {
@@ -210,6 +215,7 @@ func cleanEnv(env []string) []string {
 		k, _, _ := strings.Cut(kv, "=")
 		switch {
 		case strings.HasPrefix(k, "LISTEN_"), strings.HasPrefix(k, "PREFORK_"),
+			k == "NODE_CHANNEL_FD", k == "NODE_UNIQUE_ID", k == "NODE_CHANNEL_SERIALIZATION_MODE", // a Node parent's channel
 			k == "NOTIFY_SOCKET", k == "WATCHDOG_USEC", k == "WATCHDOG_PID", k == "SERVER_STARTER_PORT":
 			continue
 		}
@@ -314,6 +320,10 @@ func (s *supervisor) handle(ev any) {
 		}
 	case drainDoneEvent:
 		s.stopAll()
+	case linkEvent:
+		if s.alive(e.w) {
+			e.fn()
+		}
 	}
 }
 
