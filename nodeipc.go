@@ -27,19 +27,19 @@ import (
 type nodeMsg struct {
 	Cmd      string `json:"cmd"`
 	Act      string `json:"act"`
-	Seq      *int64 `json:"seq"`
-	Ack      *int64 `json:"ack"`
+	Seq      jsInt  `json:"seq"`
+	Ack      jsInt  `json:"ack"`
 	Accepted bool   `json:"accepted"`
 	Key      string `json:"key"`
 
 	// queryServer and listening
-	Index       int             `json:"index"`
+	Index       jsInt           `json:"index"`
 	Address     *string         `json:"address"`
-	Port        *int            `json:"port"`
+	Port        jsInt           `json:"port"`
 	AddressType json.RawMessage `json:"addressType"` // 4, 6, -1, "udp4", "udp6" or null
-	Fd          *int            `json:"fd"`
-	Flags       int             `json:"flags"`
-	Backlog     int             `json:"backlog"`
+	Fd          jsInt           `json:"fd"`
+	Flags       jsInt           `json:"flags"`
+	Backlog     jsInt           `json:"backlog"`
 	Data        json.RawMessage `json:"data"`
 	Exclusive   bool            `json:"exclusive"`
 	ReadableAll bool            `json:"readableAll"` // unix socket chmod options
@@ -48,6 +48,40 @@ type nodeMsg struct {
 	// the NODE_HANDLE wrapper
 	Type string          `json:"type"`
 	Msg  json.RawMessage `json:"msg"`
+}
+
+// jsInt is a value the worker sends where the protocol has a number. Node
+// fills these from the app's listen() arguments, so anything may come (null
+// for listen({fd}), false for a backlog): raw is the JSON as sent ("" when
+// absent), n the number when it is one.
+type jsInt struct {
+	raw string
+	n   int
+	num bool
+}
+
+func (j *jsInt) UnmarshalJSON(b []byte) error {
+	j.raw = string(b)
+	var f float64
+	if json.Unmarshal(b, &f) == nil && f == float64(int(f)) {
+		j.n, j.num = int(f), true
+	}
+	return nil
+}
+
+// js renders the value as JavaScript's template strings do: "undefined" when absent.
+func (j jsInt) js() string {
+	switch {
+	case j.raw == "":
+		return "undefined"
+	case j.num:
+		return strconv.Itoa(j.n)
+	}
+	var s string
+	if json.Unmarshal([]byte(j.raw), &s) == nil {
+		return s
+	}
+	return j.raw
 }
 
 // internal reports whether Node treats m as one of its own messages rather than

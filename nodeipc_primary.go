@@ -248,10 +248,13 @@ func (w *nodeWorker) message(m *nodeMsg, fd int) {
 	if m.Cmd != "NODE_CLUSTER" {
 		return // NODE_SOCKET_NOTIFY_CLOSE and others
 	}
-	if m.Ack != nil && m.Act == "" {
+	if m.Ack.raw != "" && m.Act == "" {
 		// A reply to a newconn (the only request prefork makes that gets one).
-		if w.nc.rr != nil && *m.Ack >= 0 && *m.Ack <= 1<<32-1 {
-			w.nc.rr.ack(w.pid, uint32(*m.Ack), m.Accepted)
+		if !m.Accepted {
+			w.nc.log.Debug("node worker refused a connection", "pid", w.pid, "seq", m.Ack.raw)
+		}
+		if w.nc.rr != nil && m.Ack.num && m.Ack.n >= 0 && m.Ack.n <= 1<<32-1 {
+			w.nc.rr.ack(w.pid, uint32(m.Ack.n), m.Accepted)
 		}
 		return
 	}
@@ -293,8 +296,8 @@ func (w *nodeWorker) message(m *nodeMsg, fd int) {
 		w.mu.Lock()
 		w.selfDisconnect = true
 		w.mu.Unlock()
-		if m.Seq != nil {
-			w.conn.send(nodeLine(map[string]any{"cmd": "NODE_CLUSTER", "ack": *m.Seq, "seq": w.conn.nextSeq()}), -1)
+		if m.Seq.raw != "" {
+			w.conn.send(nodeLine(map[string]any{"cmd": "NODE_CLUSTER", "ack": json.RawMessage(m.Seq.raw), "seq": w.conn.nextSeq()}), -1)
 		}
 		w.notify(map[string]string{"STOPPING": "1"})
 	}
@@ -369,8 +372,8 @@ func (w *nodeWorker) queryServer(m *nodeMsg) {
 	key := nodeKey(m)
 	nl, errno := w.nc.listenerFor(w, m)
 	reply := map[string]any{"cmd": "NODE_CLUSTER", "key": key, "data": rawOrNull(m.Data)}
-	if m.Seq != nil {
-		reply["ack"] = *m.Seq
+	if m.Seq.raw != "" {
+		reply["ack"] = json.RawMessage(m.Seq.raw) // echoed exactly, or the worker ignores the reply
 	}
 	if errno != 0 {
 		reply["errno"] = -int(errno)
@@ -430,8 +433,8 @@ func (nc *nodeCluster) listenerFor(w *nodeWorker, m *nodeMsg) (*nodeListener, sy
 		return nil
 	}
 	// listen({fd: N}): prefork's listener at fd N.
-	if m.Fd != nil && *m.Fd >= 0 {
-		if nl := static(*m.Fd - 3); nl != nil {
+	if m.Fd.num && m.Fd.n >= 0 {
+		if nl := static(m.Fd.n - 3); nl != nil {
 			return nl, 0
 		}
 		return nil, syscall.EBADF
@@ -455,16 +458,17 @@ func (nc *nodeCluster) listenerFor(w *nodeWorker, m *nodeMsg) (*nodeListener, sy
 		network = "unix"
 	}
 	port := 0
-	if m.Port != nil {
-		port = *m.Port
+	if m.Port.num && m.Port.n > 0 {
+		port = m.Port.n
 	}
 	addr := ""
 	if m.Address != nil {
 		addr = *m.Address
 	}
 	// One of prefork's own: same network and port (path); an exact address
-	// first, then a wildcard one.
-	var wild *nodeListener
+	// first, then a wildcard one; listen(port) with no host takes any address
+	// prefork listens on (the operator chose it).
+	var wild, other *nodeListener
 	for _, nl := range nc.ls {
 		if !nl.static || nl.l.spec.network != network {
 			continue
@@ -484,15 +488,20 @@ func (nc *nodeCluster) listenerFor(w *nodeWorker, m *nodeMsg) (*nodeListener, sy
 		}
 		if host == "::" || host == "0.0.0.0" {
 			wild = nl
+		} else if addr == "" && other == nil {
+			other = nl
 		}
 	}
 	if wild != nil {
 		return wild, 0
 	}
+	if other != nil {
+		return other, 0
+	}
 	// Bound on an earlier request: shared by every worker (port 0 per index, as Node does).
-	q := network + "|" + addr + "|" + strconv.Itoa(port) + "|" + at + "|" + strconv.Itoa(m.Flags)
+	q := network + "|" + addr + "|" + strconv.Itoa(port) + "|" + at + "|" + strconv.Itoa(m.Flags.n)
 	if port == 0 && network != "unix" {
-		q += "|" + strconv.Itoa(m.Index)
+		q += "|" + strconv.Itoa(m.Index.n)
 	}
 	for _, nl := range nc.ls {
 		if nl.query == q {
@@ -516,8 +525,8 @@ func (nc *nodeCluster) listenerFor(w *nodeWorker, m *nodeMsg) (*nodeListener, sy
 	spec.text = spec.addr
 	spec.name = defaultName(spec)
 	backlog := nc.backlog
-	if m.Backlog > 0 && backlog <= 0 {
-		backlog = m.Backlog
+	if m.Backlog.n > 0 && backlog <= 0 {
+		backlog = m.Backlog.n
 	}
 	reuseport := nc.mode == "reuseport" && network != "unix"
 	ls, err := openAll([]listenSpec{spec}, backlog, reuseport)
@@ -563,32 +572,20 @@ func (nc *nodeCluster) listenerFor(w *nodeWorker, m *nodeMsg) (*nodeListener, sy
 // address:port:addressType:fd:index, with absent values as "undefined". It is
 // unique among one worker's live servers (index counts its listens on a tuple).
 func nodeKey(m *nodeMsg) string {
-	js := func(p any, present bool) string {
-		if !present {
-			return "undefined"
-		}
-		switch v := p.(type) {
-		case *string:
-			if v == nil {
-				return "null"
-			}
-			return *v
-		case *int:
-			if v == nil {
-				return "null"
-			}
-			return strconv.Itoa(*v)
-		case json.RawMessage:
-			var s string
-			if json.Unmarshal(v, &s) == nil {
-				return s
-			}
-			return string(v)
-		}
-		return "undefined"
+	addr := "null"
+	if m.Address != nil {
+		addr = *m.Address
 	}
-	return js(m.Address, true) + ":" + js(m.Port, true) + ":" + js(m.AddressType, len(m.AddressType) > 0) + ":" +
-		js(m.Fd, m.Fd != nil) + ":" + strconv.Itoa(m.Index)
+	at := "undefined"
+	if len(m.AddressType) > 0 {
+		var s string
+		if json.Unmarshal(m.AddressType, &s) == nil {
+			at = s
+		} else {
+			at = string(m.AddressType)
+		}
+	}
+	return addr + ":" + m.Port.js() + ":" + at + ":" + m.Fd.js() + ":" + m.Index.js()
 }
 
 func jsonString(s string) []byte {
