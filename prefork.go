@@ -91,6 +91,9 @@ type supervisor struct {
 	up        *upstream
 	rr        *dispatcher
 	ch        workerChannel
+	pool      *pool        // the pool goroutine's view and readings (poolrun.go); nil when not needed
+	ctl       ctlState     // the control socket's waiting clients (control.go)
+	nc        *nodeCluster // --node-cluster: the listeners Node workers share (nodeipc_primary.go)
 
 	workers   map[int]*worker
 	slots     []*slot
@@ -156,7 +159,7 @@ func supervise(c *config, stderr io.Writer) int {
 		if s.listeners, err = adoptSystemd(); err != nil {
 			return fail(exitFailure, "socket activation: %v", err)
 		}
-		if len(s.listeners) == 0 {
+		if len(s.listeners) == 0 && !nodeClusterOn(c, s.path) {
 			return fail(exitUsage, "no listeners: give -p PORT or -l ADDR, or start prefork by socket activation")
 		}
 		for _, l := range s.listeners {
@@ -197,6 +200,10 @@ func supervise(c *config, stderr io.Writer) int {
 		}
 		defer s.rr.close()
 	}
+	if nodeClusterOn(c, s.path) {
+		s.nc = newNodeCluster(log, c, s.listeners, s.rr)
+		defer s.nc.close()
+	}
 	s.ch = s.newChannel()
 	if c.pidfile != "" {
 		if err := os.WriteFile(c.pidfile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
@@ -207,6 +214,10 @@ func supervise(c *config, stderr io.Writer) int {
 	if c.statusFile != "" {
 		defer os.Remove(c.statusFile)
 	}
+	if err := s.openControl(); err != nil {
+		return fail(exitFailure, "%v", err)
+	}
+	defer s.closeControl()
 	if err := setSubreaper(); err != nil {
 		log.Debug("cannot become child subreaper", "err", err)
 	}
@@ -235,6 +246,7 @@ func cleanEnv(env []string) []string {
 		k, _, _ := strings.Cut(kv, "=")
 		switch {
 		case strings.HasPrefix(k, "LISTEN_"), strings.HasPrefix(k, "PREFORK_"),
+			k == "NODE_CHANNEL_FD", k == "NODE_UNIQUE_ID", k == "NODE_CHANNEL_SERIALIZATION_MODE", // a Node parent's channel
 			k == "NOTIFY_SOCKET", k == "WATCHDOG_USEC", k == "WATCHDOG_PID", k == "SERVER_STARTER_PORT":
 			continue
 		}
@@ -274,8 +286,12 @@ func (s *supervisor) loop(sigs chan os.Signal) int {
 	for _, sl := range s.slots {
 		s.startIn(sl)
 	}
+	s.startPool()
+	defer s.stopPool()
 	for !s.done {
 		s.publish()
+		s.publishPool()
+		s.ctlCheck()
 		select {
 		case sig := <-sigs:
 			s.signal(sig.(syscall.Signal))
@@ -337,6 +353,14 @@ func (s *supervisor) handle(ev any) {
 		}
 	case drainDoneEvent:
 		s.stopAll()
+	case poolEvent:
+		s.handlePool(e)
+	case ctlEvent:
+		s.controlRequest(e)
+	case linkEvent:
+		if s.alive(e.w) {
+			e.fn()
+		}
 	}
 }
 
@@ -373,14 +397,18 @@ func (s *supervisor) signal(sig syscall.Signal) {
 			s.advanceReload()
 		}
 	case syscall.SIGTTIN:
-		if !s.stopping && len(s.slots) < maxWorkers {
+		if _, hi := s.slotBounds(); !s.stopping && len(s.slots) < hi {
 			if err := s.scaleTo(len(s.slots) + 1); err != nil {
 				s.log.Error("cannot add a worker", "err", err)
 			}
+		} else if !s.stopping {
+			s.log.Info("already at the most workers", "workers", hi)
 		}
 	case syscall.SIGTTOU:
-		if !s.stopping {
+		if lo, _ := s.slotBounds(); !s.stopping && len(s.slots) > lo {
 			s.scaleTo(len(s.slots) - 1)
+		} else if !s.stopping {
+			s.log.Info("already at the fewest workers", "workers", lo)
 		}
 	default: // USR1, USR2, WINCH
 		for _, w := range s.workers {

@@ -92,6 +92,7 @@ func (d *dispatcher) ackLocked(w *rrWorker, seq uint32) bool {
 			syscall.Close(w.inflight[i].fd)
 			w.inflight = append(w.inflight[:i], w.inflight[i+1:]...)
 			w.acked++
+			d.total.Acked++
 			return true
 		}
 	}
@@ -134,6 +135,7 @@ func (d *dispatcher) shutLocked(w *rrWorker) {
 	if w.file != nil {
 		w.file.SetReadDeadline(time.Now())
 	}
+	d.total.Redistributed += uint64(len(w.inflight))
 	d.pending = append(d.pending, w.inflight...)
 	w.inflight = nil
 }
