@@ -173,14 +173,16 @@ func TestNotifyFromOutsideIgnored(t *testing.T) {
 		"--", "/bin/sh", "-c", script, goFile, os.Args[0])
 	st := in.waitFor("a starting worker", 15*time.Second, func(st statusFile) bool { return len(st.Workers) == 1 })
 	pid := st.Workers[0].PID
-	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sock string
-	for _, kv := range strings.Split(string(environ), "\x00") {
-		if v, ok := strings.CutPrefix(kv, "NOTIFY_SOCKET="); ok {
-			sock = v
+	var sock string // read again while the shim's exec replaces the environment
+	for deadline := time.Now().Add(5 * time.Second); sock == "" && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range strings.Split(string(environ), "\x00") {
+			if v, ok := strings.CutPrefix(kv, "NOTIFY_SOCKET="); ok {
+				sock = v
+			}
 		}
 	}
 	if sock == "" {
