@@ -385,15 +385,15 @@ func (s *supervisor) signal(sig syscall.Signal) {
 		s.checkDone()
 	case syscall.SIGHUP:
 		if !s.stopping {
-			if _, err := s.resolve(); err != nil { // a deploy may have swapped the directory
-				s.log.Error("reload abandoned; the old workers keep serving", "err", err)
-				s.up.send("STATUS=reload failed: " + err.Error())
-				return
-			}
 			s.gen++
 			s.reloadGen = s.gen
 			s.up.send("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec())
 			s.log.Info("rolling reload", "generation", s.gen)
+			if _, err := s.resolve(); err != nil { // a deploy may have swapped the directory (command.go)
+				s.log.Error("reload abandoned; the old workers keep serving", "err", err)
+				s.reloadFinished(err)
+				return
+			}
 			s.advanceReload()
 		}
 	case syscall.SIGTTIN:
