@@ -1,9 +1,11 @@
 //go:build linux || darwin
 
 // This file tests what hostile workers, bad input and careless operators did
-// to prefork (issue 9): a broken stderr, stop signals during start-up, forged
-// notifications, a second prefork on the port, the descriptor limit, adopted
-// sockets that do not listen, and files prefork cannot write.
+// to prefork (issue 9): a broken stderr, forged notifications, a second
+// prefork on the port, the descriptor limit, adopted sockets that do not
+// listen, files prefork cannot write, commands that cannot be executed, and
+// deploys that swap the working directory. hardening_linux_test.go holds the
+// signal tests.
 package main
 
 import (

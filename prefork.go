@@ -1,8 +1,9 @@
 //go:build linux || darwin
 
 // This file holds the supervisor. One goroutine (loop) owns every piece of state:
-// workers, slots, timers, generations. Signals, the reaper, notify sockets, timers
-// and the rr dispatcher only send it events over one channel.
+// workers, slots, timers, generations. Signals, the reaper, notify sockets,
+// timers, the worker channels, the pool and the control socket only send it
+// events over one channel.
 package main
 
 import (
