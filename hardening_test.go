@@ -287,6 +287,12 @@ func TestDescriptorLimit(t *testing.T) {
 			if took > 5*time.Second {
 				t.Errorf("prefork took %v to give up", took)
 			}
+			// An elastic pool counts at its maximum.
+			code, out, _ = runPrefork(t, []string{prlimit, "--nofile=64:64", "--"}, preforkEnv("http"), nil,
+				"-v", "--mode", mode, "-l", "127.0.0.1:0", "-n", "2:100", "--", os.Args[0])
+			if code != 1 || !strings.Contains(out, "100 workers in "+mode+" mode need about") || strings.Contains(out, "worker started") {
+				t.Errorf("-n 2:100: status %d, want 1 naming the limit before any worker:\n%s", code, out)
+			}
 
 			marks := t.TempDir()
 			in := startPreforkWrapped(t, []string{prlimit, "--nofile=64:4096", "--"}, nil, "-v", "--mode", mode, "-l", "127.0.0.1:0",

@@ -184,15 +184,16 @@ func checkDescriptors(c *config, listeners int) (warn string, err error) {
 	if open < 0 || lim.Cur >= 1<<31 {
 		return "", nil
 	}
-	need := fdBudget(c.mode, listeners, c.workers, open)
+	workers := max(c.workers, c.poolMax) // an elastic pool may grow to its maximum
+	need := fdBudget(c.mode, listeners, workers, open)
 	if uint64(need) > lim.Cur {
 		return "", &fdLimitError{fmt.Sprintf("%d workers in %s mode need about %d open descriptors; the limit is %d (ulimit -n)",
-			c.workers, c.mode, need, lim.Cur), need}
+			workers, c.mode, need, lim.Cur), need}
 	}
 	if c.mode == "rr" {
-		if held := need + c.workers*c.rrWindow; uint64(held) > lim.Cur {
+		if held := need + workers*c.rrWindow; uint64(held) > lim.Cur {
 			warn = fmt.Sprintf("rr mode may hold up to %d connections until workers ack them (%d workers × --rr-window %d); "+
-				"with the descriptor limit at %d (ulimit -n), accepting pauses when it is reached", c.workers*c.rrWindow, c.workers, c.rrWindow, lim.Cur)
+				"with the descriptor limit at %d (ulimit -n), accepting pauses when it is reached", workers*c.rrWindow, workers, c.rrWindow, lim.Cur)
 		}
 	}
 	return warn, nil
