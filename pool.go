@@ -44,14 +44,16 @@ type elastic struct {
 	min, max int
 	idle     time.Duration
 
-	waitStart  time.Time // first sample of the current run with connections waiting; zero when the last sample had none
-	lastWait   time.Time // last sample with connections waiting
-	quietSince time.Time // start of the current idle run; zero while not idle
-	lastUp     time.Time
-	lastDown   time.Time
-	regretted  bool // a scale-up already followed lastDown too soon
-	step       int  // workers the next scale-up step adds
-	hold       int  // multiplier of the idle time the next scale-down needs
+	waitStart   time.Time // first sample of the current run with connections waiting; zero when the last sample had none
+	lastWait    time.Time // last sample with connections waiting
+	quietSince  time.Time // start of the current idle run; zero while not idle
+	lastUp      time.Time // last scale-up
+	lastStep    time.Time // last scale-up step, taken or held
+	stepWaiting int       // connections waiting at lastStep
+	lastDown    time.Time
+	regretted   bool // a scale-up already followed lastDown too soon
+	step        int  // workers the next scale-up step adds
+	hold        int  // multiplier of the idle time the next scale-down needs
 }
 
 func newElastic(min, max int, idle time.Duration) *elastic {
@@ -70,6 +72,9 @@ func newElastic(min, max int, idle time.Duration) *elastic {
 //     at least poolStepEvery ago. The first step adds 1 worker; each further
 //     step while connections keep waiting adds twice as many as the last, up to
 //     poolMaxStep. The step falls back to 1 after poolStepEvery with no wait.
+//     A step is held (nothing added, the step size kept) when the number of
+//     waiting connections has more than halved since the step before: the
+//     workers already added are draining the backlog, and more would overshoot.
 //   - Idle: no connection waits at any sample and, where CPU time can be read,
 //     the pool's CPU use stays below poolIdleCPU × (workers − 1) CPUs. A
 //     blocking worker waiting in accept uses no CPU.
@@ -107,9 +112,16 @@ func (e *elastic) decide(s poolSample) int {
 	}
 	if s.waiting > 0 {
 		if s.now.Sub(e.waitStart) < poolUpAfter || s.workers >= e.max || s.starting > 0 ||
-			(!e.lastUp.IsZero() && s.now.Sub(e.lastUp) < poolStepEvery) {
+			(!e.lastStep.IsZero() && s.now.Sub(e.lastStep) < poolStepEvery) {
 			return 0
 		}
+		if !e.lastStep.IsZero() && s.now.Sub(e.lastStep) < 2*poolStepEvery && s.waiting*2 <= e.stepWaiting {
+			// The queue more than halved since the last step: the workers
+			// added are draining it. Hold this step rather than overshoot.
+			e.lastStep, e.stepWaiting = s.now, s.waiting
+			return 0
+		}
+		e.lastStep, e.stepWaiting = s.now, s.waiting
 		n := min(e.step, e.max-s.workers)
 		e.step = min(e.step*2, poolMaxStep)
 		switch {

@@ -102,6 +102,8 @@ func blockingWorker() int {
 		switch err {
 		case nil:
 			syscall.CloseOnExec(fd)
+			// The accepted socket inherits the listener's receive timeout: clear it.
+			syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &syscall.Timeval{})
 			serve(os.NewFile(uintptr(fd), "conn"))
 		case syscall.EAGAIN, syscall.EINTR, syscall.ECONNABORTED:
 		default:
