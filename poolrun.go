@@ -83,6 +83,7 @@ func (s *supervisor) startPool() {
 	var el *elastic
 	if s.c.poolMax > 0 {
 		el = newElastic(s.c.poolMin, s.c.poolMax, s.c.idleTimeout)
+		s.log.Info("elastic pool", "min", s.c.poolMin, "max", s.c.poolMax, "idle_timeout", s.c.idleTimeout)
 		s.explainQueues()
 	}
 	var lim *limits
