@@ -1,3 +1,5 @@
+//go:build linux || darwin
+
 // Command prefork binds ports once and runs a command N times, each worker
 // inheriting the listening sockets the way systemd passes them (fd 3, 4, …,
 // LISTEN_FDS, a per-worker LISTEN_PID, LISTEN_FDNAMES).
@@ -22,6 +24,8 @@ import (
 
 const usage = `usage: prefork [options] [--] command [args...]
        prefork [options] --demo
+       prefork --ctl PATH status [--json] | reload [--timeout DUR] |
+                          scale N [--timeout DUR] | stop [--timeout DUR] | metrics
 
 Bind the listeners once, then run command N times; every worker inherits the
 listening sockets as fd 3, 4, ... with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES.
@@ -58,11 +62,18 @@ Lifecycle:
 Output:
       --pidfile PATH         write prefork's pid here
       --status-file PATH     JSON state, rewritten on every change
+      --control PATH         serve the control socket (for prefork --ctl) at PATH
+      --metrics-file PATH    Prometheus text metrics, rewritten every 5s
       --log-format text|json prefork's own log lines on stderr (default text)
   -q, --quiet                only warnings and errors
   -v, --verbose              debug logging
   -h, --help                 show this help
       --version              print the version
+
+Control (talks to a prefork started with --control PATH; starts nothing):
+      --ctl PATH COMMAND     status, reload, scale N, stop or metrics; exit 0 done,
+                             1 failed (reload abandoned, refused, prefork gone),
+                             2 usage, 3 timed out (the command goes on in prefork)
 
 Signals: TERM/INT stop, HUP rolling reload, TTIN/TTOU one worker more/fewer,
 USR1/USR2/WINCH passed on, QUIT fast stop. See prefork(1).
@@ -105,6 +116,9 @@ type config struct {
 	drainDelay   time.Duration
 	pidfile      string
 	statusFile   string
+	control      string // --control: serve the control socket here
+	metricsFile  string
+	ctl          string // --ctl: be the control client of the prefork at this socket
 	logFormat    string
 	verbosity    int // -1 quiet, 0 normal, 1 verbose
 	command      []string
@@ -241,6 +255,9 @@ var options = []option{
 	{long: "drain-delay", set: durationOpt(func(c *config) *time.Duration { return &c.drainDelay })},
 	{long: "pidfile", set: func(c *config, v string) error { c.pidfile = v; return nil }},
 	{long: "status-file", set: func(c *config, v string) error { c.statusFile = v; return nil }},
+	{long: "control", set: func(c *config, v string) error { c.control = v; return nil }},
+	{long: "metrics-file", set: func(c *config, v string) error { c.metricsFile = v; return nil }},
+	{long: "ctl", set: func(c *config, v string) error { c.ctl = v; return nil }},
 	{long: "log-format", set: choiceOpt(func(c *config) *string { return &c.logFormat }, "text", "json")},
 	{long: "quiet", short: "q", boolean: true, set: func(c *config, _ string) error { c.verbosity = -1; return nil }},
 	{long: "verbose", short: "v", boolean: true, set: func(c *config, _ string) error { c.verbosity = 1; return nil }},
@@ -323,6 +340,12 @@ func parseArgs(args []string) (*config, error) {
 
 // validate checks what no single option can check alone.
 func (c *config) validate() error {
+	if c.ctl != "" { // the control client: the words after PATH are its command
+		if len(c.command) == 0 {
+			return usagef("--ctl %s needs a command: %s", c.ctl, ctlCommands)
+		}
+		return nil
+	}
 	switch {
 	case c.demo && len(c.command) > 0:
 		return usagef("--demo runs the built-in worker: give no command")
@@ -454,6 +477,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case err != nil:
 		fmt.Fprintf(stderr, "prefork: %v\n", err)
 		return exitFailure
+	}
+	if c.ctl != "" {
+		return ctlMain(c.ctl, c.command, stdout, stderr)
 	}
 	return supervise(c, stderr)
 }

@@ -104,6 +104,7 @@ type dispatcher struct {
 	next    int         // round-robin cursor into workers
 	seq     uint32
 	pending []handoff // connections waiting for a worker, handed out before new accepts
+	total   rrTotals  // counted over the dispatcher's life, for the metrics
 }
 
 // newDispatcher starts accepting on lfds: raw descriptors of TCP or unix stream
@@ -464,6 +465,7 @@ func (d *dispatcher) placeLocked(fd int, index uint32) bool {
 		if err == nil {
 			w.inflight = append(w.inflight, handoff{seq: d.seq, index: index, fd: fd})
 			w.handed++
+			d.total.Handed++
 			d.seq++
 			d.next = (k + 1) % n
 			return true

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file publishes prefork's state: the --status-file JSON, rewritten
 // atomically whenever it changes, and the one-line STATUS= sent upward.
