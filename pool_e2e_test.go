@@ -127,6 +127,10 @@ type poolLoad struct {
 }
 
 func startLoad(addr string, clients int) *poolLoad {
+	return startLoadOn("tcp", addr, clients)
+}
+
+func startLoadOn(network, addr string, clients int) *poolLoad {
 	l := &poolLoad{pids: map[string]int{}, stop: make(chan struct{})}
 	for i := 0; i < clients; i++ {
 		l.wg.Add(1)
@@ -138,7 +142,7 @@ func startLoad(addr string, clients int) *poolLoad {
 					return
 				default:
 				}
-				pid, err := oneRequest(addr)
+				pid, err := oneRequest(network, addr)
 				l.mu.Lock()
 				l.total++
 				if err != nil {
@@ -154,8 +158,8 @@ func startLoad(addr string, clients int) *poolLoad {
 }
 
 // oneRequest makes a GET on a fresh connection and returns the body.
-func oneRequest(addr string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+func oneRequest(network, addr string) (string, error) {
+	c, err := net.DialTimeout(network, addr, 5*time.Second)
 	if err != nil {
 		return "", err
 	}
@@ -240,6 +244,43 @@ func TestPoolGrowsUnderLoadAndShrinksWhenIdle(t *testing.T) {
 				t.Errorf("pool moved while idle: %+v", st.Workers)
 			}
 		})
+	}
+}
+
+func TestPoolGrowsOnAUnixListener(t *testing.T) {
+	if !acceptQueueSupported {
+		t.Skip("no accept queue to read here")
+	}
+	sock := filepath.Join(t.TempDir(), "s")
+	in := startPrefork(t, "blocking", []string{"TESTWORKER_DELAY=200ms"}, "-l", "unix:"+sock,
+		"-n", "1:2", "--idle-timeout", "1s", "--ready", "notify", "--grace", "5s")
+	in.readyWorkers(1, 10*time.Second)
+	load := startLoadOn("unix", sock, 4)
+	in.waitFor("2 ready workers under load", 20*time.Second, func(st statusFile) bool {
+		n, _ := countReady(st)
+		return n == 2
+	})
+	total, failed, _ := load.end()
+	if len(failed) > 0 {
+		t.Fatalf("%d of %d requests failed, first: %v", len(failed), total, failed[0])
+	}
+	in.waitFor("back to 1 worker once idle", 20*time.Second, func(st statusFile) bool {
+		n, settled := countReady(st)
+		return n == 1 && settled
+	})
+	if strings.Contains(in.stderr.String(), "cannot be read") {
+		t.Errorf("prefork says it cannot read the unix listener's queue")
+	}
+}
+
+func TestPoolSaysWhatItCannotSee(t *testing.T) {
+	in := startPrefork(t, "udp", nil, "-l", "udp:127.0.0.1:0", "-n", "1:2", "--ready-delay", "100ms")
+	in.readyWorkers(1, 10*time.Second)
+	in.waitFor("a warning at start", 5*time.Second, func(statusFile) bool {
+		return strings.Contains(in.stderr.String(), "the pool cannot see connections wait: it stays at 1 workers")
+	})
+	if acceptQueueSupported && !strings.Contains(in.stderr.String(), "the accept queue of udp listener") {
+		t.Errorf("no warning names the UDP listener")
 	}
 }
 
