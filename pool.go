@@ -15,8 +15,8 @@ import (
 	"time"
 )
 
-// The sampling periods and the constants of the rules. The man page's POOL
-// SIZING section describes them; keep the two in step.
+// The sampling periods and the constants of the rules. The man page's "Pool
+// sizing" section describes them; keep the two in step.
 const (
 	poolTick       = 100 * time.Millisecond // the queues are read this often
 	poolUsageTicks = 10                     // /proc is read every 10 ticks (1 s)
@@ -67,8 +67,8 @@ func newElastic(min, max int, idle time.Duration) *elastic {
 //     prefork's own pending connections and those a worker has held unacked for
 //     a whole tick).
 //   - Scale up: connections have waited at every sample for poolUpAfter, the
-//     pool is below MAX, every slot's worker is up (a starting worker is
-//     capacity on the way: counting it avoids overshoot), and the last step was
+//     pool is below MAX, no slot's worker is still starting (a starting worker
+//     is capacity on the way: counting it avoids overshoot), and the last step was
 //     at least poolStepEvery ago. The first step adds 1 worker; each further
 //     step while connections keep waiting adds twice as many as the last, up to
 //     poolMaxStep. The step falls back to 1 after poolStepEvery with no wait.
@@ -79,7 +79,7 @@ func newElastic(min, max int, idle time.Duration) *elastic {
 //     the pool's CPU use stays below poolIdleCPU × (workers − 1) CPUs. A
 //     blocking worker waiting in accept uses no CPU.
 //   - Scale down: the pool has been idle for --idle-timeout (× hold), it is
-//     above MIN, every slot's worker is up and no reload runs: one worker
+//     above MIN, no slot's worker is still starting and no reload runs: one worker
 //     stops, then one more every poolDownEvery while the pool stays idle.
 //   - No flapping: a scale-up resets the idle run, so no scale-down comes
 //     within --idle-timeout of a scale-up; a scale-up within --idle-timeout of
