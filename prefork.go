@@ -91,7 +91,6 @@ type supervisor struct {
 	up        *upstream
 	rr        *dispatcher
 	ch        workerChannel
-	ctl       ctlState // the control socket's waiting clients (control.go)
 
 	workers   map[int]*worker
 	slots     []*slot
@@ -103,6 +102,8 @@ type supervisor struct {
 	done      bool
 	exitCode  int
 	lastState string // what the status file and STATUS= last said
+
+	ctl ctlState // the control socket's waiting clients (control.go)
 }
 
 // supervise binds, starts the workers and runs until a stop; it returns the exit status.
@@ -257,8 +258,8 @@ func (s *supervisor) loop() int {
 		s.startIn(sl)
 	}
 	for !s.done {
-		s.publish()
 		s.ctlCheck()
+		s.publish()
 		select {
 		case sig := <-sigs:
 			s.signal(sig.(syscall.Signal))
