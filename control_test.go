@@ -537,3 +537,16 @@ func TestControlStopTimeout(t *testing.T) {
 		t.Errorf("prefork exited %d, want 0", code)
 	}
 }
+
+// With an elastic pool, scale stays within -n MIN:MAX, as TTIN and TTOU do.
+func TestControlScaleWithinPoolBounds(t *testing.T) {
+	sock := ctlSock(t)
+	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1:3", "--control", sock)
+	in.readyWorkers(1, 10*time.Second)
+	if code, _, errs := ctl(sock, "scale", "5"); code != 1 || !strings.Contains(errs, "give 1 to 3") {
+		t.Errorf("scale 5 with -n 1:3: exit %d %q; want 1 and the bounds", code, errs)
+	}
+	if out := mustCtl(t, sock, "scale", "3"); !strings.Contains(out, "3 workers up") {
+		t.Errorf("scale 3 with -n 1:3: %q", out)
+	}
+}

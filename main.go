@@ -1,3 +1,5 @@
+//go:build linux || darwin
+
 // Command prefork binds ports once and runs a command N times, each worker
 // inheriting the listening sockets the way systemd passes them (fd 3, 4, …,
 // LISTEN_FDS, a per-worker LISTEN_PID, LISTEN_FDNAMES).
@@ -33,7 +35,14 @@ Listeners:
   -l, --listen [NAME=]ADDR   HOST:PORT, :PORT, unix:/path or udp:HOST:PORT; repeatable
       --backlog N            listen backlog (default: the system maximum)
 Workers:
-  -n, --workers N|auto       number of workers (default auto: usable CPUs)
+  -n, --workers N|auto|MIN:MAX
+                             number of workers (default auto: usable CPUs);
+                             MIN:MAX sizes the pool from the accept queue
+      --idle-timeout DUR     MIN:MAX: stop a worker above MIN after the pool
+                             was idle this long (default 10s)
+      --max-rss SIZE         replace a worker whose process group's resident
+                             memory exceeds SIZE (512M, 2G; Linux)
+      --max-lifetime DUR     replace each worker after DUR, less up to 10% jitter
       --mode MODE            shared, reuseport or rr (default shared)
       --rr-window N          rr mode: unacked connections per worker (default 32)
       --user USER[:GROUP]    run workers as this user
@@ -89,7 +98,7 @@ const (
 type config struct {
 	specs        []listenSpec
 	backlog      int
-	workers      int // 0 = auto
+	workers      int // 0 = auto; with -n MIN:MAX, MIN
 	mode         string
 	rrWindow     int
 	user         string
@@ -113,6 +122,13 @@ type config struct {
 	logFormat    string
 	verbosity    int // -1 quiet, 0 normal, 1 verbose
 	command      []string
+
+	poolMin, poolMax int // -n MIN:MAX; poolMax 0 = a fixed pool
+	idleTimeout      time.Duration
+	idleTimeoutSet   bool
+	maxRSS           int64 // bytes; 0 = off
+	maxLifetime      time.Duration
+	maxLifetimeSet   bool
 }
 
 func defaultConfig() *config {
@@ -129,6 +145,7 @@ func defaultConfig() *config {
 		grace:        30 * time.Second,
 		stopSignal:   syscall.SIGTERM,
 		logFormat:    "text",
+		idleTimeout:  10 * time.Second,
 	}
 }
 
@@ -193,8 +210,28 @@ var options = []option{
 	}},
 	{long: "backlog", set: intOpt(func(c *config) *int { return &c.backlog }, 1, 1<<20)},
 	{long: "workers", short: "n", set: func(c *config, v string) error {
+		if strings.Contains(v, ":") {
+			lo, hi, err := parsePoolRange(v)
+			c.workers, c.poolMin, c.poolMax = lo, lo, hi
+			return err
+		}
 		n, err := parseWorkers(v)
-		c.workers = n
+		c.workers, c.poolMin, c.poolMax = n, 0, 0
+		return err
+	}},
+	{long: "idle-timeout", set: func(c *config, v string) error {
+		d, err := parseDuration(v)
+		c.idleTimeout, c.idleTimeoutSet = d, true
+		return err
+	}},
+	{long: "max-rss", set: func(c *config, v string) error {
+		n, err := parseSize(v)
+		c.maxRSS = n
+		return err
+	}},
+	{long: "max-lifetime", set: func(c *config, v string) error {
+		d, err := parseDuration(v)
+		c.maxLifetime, c.maxLifetimeSet = d, true
 		return err
 	}},
 	{long: "mode", set: choiceOpt(func(c *config) *string { return &c.mode }, "shared", "reuseport", "rr")},
@@ -325,6 +362,9 @@ func (c *config) validate() error {
 	}
 	if c.watchdog > 0 && c.watchdog < 10*time.Millisecond {
 		return usagef("--watchdog %v is too short (at least 10ms)", c.watchdog)
+	}
+	if err := c.validatePool(); err != nil {
+		return err
 	}
 	if c.mode == "reuseport" && !reuseportSupported {
 		return usagef("--mode reuseport needs Linux: the BSD kernel does not balance SO_REUSEPORT sockets (use --mode shared)")
