@@ -91,7 +91,9 @@ type supervisor struct {
 	up        *upstream
 	rr        *dispatcher
 	ch        workerChannel
-	pool      *pool // the pool goroutine's view and readings (poolrun.go); nil when not needed
+	pool      *pool        // the pool goroutine's view and readings (poolrun.go); nil when not needed
+	ctl       ctlState     // the control socket's waiting clients (control.go)
+	nc        *nodeCluster // --node-cluster: the listeners Node workers share (nodeipc_primary.go)
 
 	workers   map[int]*worker
 	slots     []*slot
@@ -103,8 +105,6 @@ type supervisor struct {
 	done      bool
 	exitCode  int
 	lastState string // what the status file and STATUS= last said
-
-	ctl ctlState // the control socket's waiting clients (control.go)
 }
 
 // supervise binds, starts the workers and runs until a stop; it returns the exit status.
@@ -158,7 +158,7 @@ func supervise(c *config, stderr io.Writer) int {
 		if s.listeners, err = adoptSystemd(); err != nil {
 			return fail(exitFailure, "socket activation: %v", err)
 		}
-		if len(s.listeners) == 0 {
+		if len(s.listeners) == 0 && !nodeClusterOn(c, s.path) {
 			return fail(exitUsage, "no listeners: give -p PORT or -l ADDR, or start prefork by socket activation")
 		}
 		for _, l := range s.listeners {
@@ -198,6 +198,10 @@ func supervise(c *config, stderr io.Writer) int {
 			return fail(exitFailure, "rr dispatcher: %v", err)
 		}
 		defer s.rr.close()
+	}
+	if nodeClusterOn(c, s.path) {
+		s.nc = newNodeCluster(log, c, s.listeners, s.rr)
+		defer s.nc.close()
 	}
 	s.ch = s.newChannel()
 	if c.pidfile != "" {
@@ -241,6 +245,7 @@ func cleanEnv(env []string) []string {
 		k, _, _ := strings.Cut(kv, "=")
 		switch {
 		case strings.HasPrefix(k, "LISTEN_"), strings.HasPrefix(k, "PREFORK_"),
+			k == "NODE_CHANNEL_FD", k == "NODE_UNIQUE_ID", k == "NODE_CHANNEL_SERIALIZATION_MODE", // a Node parent's channel
 			k == "NOTIFY_SOCKET", k == "WATCHDOG_USEC", k == "WATCHDOG_PID", k == "SERVER_STARTER_PORT":
 			continue
 		}
@@ -283,9 +288,9 @@ func (s *supervisor) loop(sigs chan os.Signal) int {
 	s.startPool()
 	defer s.stopPool()
 	for !s.done {
-		s.ctlCheck()
 		s.publish()
 		s.publishPool()
+		s.ctlCheck()
 		select {
 		case sig := <-sigs:
 			s.signal(sig.(syscall.Signal))
@@ -351,6 +356,10 @@ func (s *supervisor) handle(ev any) {
 		s.handlePool(e)
 	case ctlEvent:
 		s.controlRequest(e)
+	case linkEvent:
+		if s.alive(e.w) {
+			e.fn()
+		}
 	}
 }
 

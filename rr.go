@@ -6,6 +6,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -128,27 +129,10 @@ func newDispatcher(lfds []int, window int, log *slog.Logger, onBroken func(id in
 		return nil, err
 	}
 	for i, lfd := range lfds {
-		typ, err := syscall.GetsockoptInt(lfd, syscall.SOL_SOCKET, syscall.SO_TYPE)
+		l, err := d.newListener(uint32(i), lfd)
 		if err != nil {
-			return fail(fmt.Errorf("prefork: rr listener %d: %w", i, os.NewSyscallError("getsockopt", err)))
+			return fail(err)
 		}
-		if typ != syscall.SOCK_STREAM {
-			return fail(fmt.Errorf("prefork: rr mode takes stream listeners only (TCP or unix), listener %d is not", i))
-		}
-		fd, err := dupCloexec(lfd)
-		if err != nil {
-			return fail(fmt.Errorf("prefork: rr listener %d: %w", i, err))
-		}
-		if err := syscall.SetNonblock(fd, true); err != nil {
-			syscall.Close(fd)
-			return fail(fmt.Errorf("prefork: rr listener %d: %w", i, os.NewSyscallError("fcntl", err)))
-		}
-		l := &rrListener{index: uint32(i), file: os.NewFile(uintptr(fd), fmt.Sprintf("prefork-rr-listener-%d", i))}
-		if l.rc, err = l.file.SyscallConn(); err != nil {
-			l.file.Close()
-			return fail(fmt.Errorf("prefork: rr listener %d: %w", i, err))
-		}
-		l.acceptFn = func(fd uintptr) bool { return d.acceptSome(l, int(fd)) }
 		d.listeners = append(d.listeners, l)
 	}
 	for _, l := range d.listeners {
@@ -156,6 +140,60 @@ func newDispatcher(lfds []int, window int, log *slog.Logger, onBroken func(id in
 		go d.acceptLoop(l)
 	}
 	return d, nil
+}
+
+// newListener makes the dispatcher's own non-blocking duplicate of a stream
+// listener; its accept loop is not started yet.
+func (d *dispatcher) newListener(i uint32, lfd int) (*rrListener, error) {
+	typ, err := syscall.GetsockoptInt(lfd, syscall.SOL_SOCKET, syscall.SO_TYPE)
+	if err != nil {
+		return nil, fmt.Errorf("prefork: rr listener %d: %w", i, os.NewSyscallError("getsockopt", err))
+	}
+	if typ != syscall.SOCK_STREAM {
+		return nil, fmt.Errorf("prefork: rr mode takes stream listeners only (TCP or unix), listener %d is not", i)
+	}
+	fd, err := dupCloexec(lfd)
+	if err != nil {
+		return nil, fmt.Errorf("prefork: rr listener %d: %w", i, err)
+	}
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		syscall.Close(fd)
+		return nil, fmt.Errorf("prefork: rr listener %d: %w", i, os.NewSyscallError("fcntl", err))
+	}
+	l := &rrListener{index: i, file: os.NewFile(uintptr(fd), fmt.Sprintf("prefork-rr-listener-%d", i))}
+	if l.rc, err = l.file.SyscallConn(); err != nil {
+		l.file.Close()
+		return nil, fmt.Errorf("prefork: rr listener %d: %w", i, err)
+	}
+	l.acceptFn = func(fd uintptr) bool { return d.acceptSome(l, int(fd)) }
+	return l, nil
+}
+
+// addListener accepts on one more listener from now on (a socket bound for a
+// Node worker's listen()) and returns its index.
+func (d *dispatcher) addListener(lfd int) (uint32, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return 0, errors.New("prefork: rr dispatcher closed")
+	}
+	l, err := d.newListener(uint32(len(d.listeners)), lfd)
+	if err != nil {
+		return 0, err
+	}
+	d.listeners = append(d.listeners, l)
+	d.wg.Add(1)
+	go d.acceptLoop(l)
+	return l.index, nil
+}
+
+// kick makes the dispatcher look again for workers that can take what it
+// holds or could accept (a Node worker now has a server on a listener).
+func (d *dispatcher) kick() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.pumpLocked()
+	d.room.Broadcast()
 }
 
 // attach takes ownership of the master end of a new worker's channel and reads
@@ -377,7 +415,7 @@ func (d *dispatcher) acceptLoop(l *rrListener) {
 	defer l.file.Close()
 	for {
 		d.mu.Lock()
-		for !d.acceptableLocked() && !d.closed {
+		for !d.acceptableLocked(l.index) && !d.closed {
 			d.room.Wait()
 		}
 		closed := d.closed
@@ -413,7 +451,7 @@ func (d *dispatcher) acceptLoop(l *rrListener) {
 func (d *dispatcher) acceptSome(l *rrListener, lfd int) bool {
 	for {
 		d.mu.Lock()
-		if !d.acceptableLocked() {
+		if !d.acceptableLocked(l.index) {
 			d.mu.Unlock()
 			return true
 		}
@@ -450,6 +488,21 @@ func (d *dispatcher) eligible(w *rrWorker) bool {
 	return w.ready && !w.draining && !w.gone && len(w.inflight) < d.window
 }
 
+// rrListenerFilter is a sender whose worker serves only some listeners (a
+// Node worker gets connections only for servers it has listen()ed on).
+type rrListenerFilter interface {
+	canTake(index uint32) bool
+}
+
+// eligibleFor reports whether w may get a connection from listener index now.
+func (d *dispatcher) eligibleFor(w *rrWorker, index uint32) bool {
+	if !d.eligible(w) {
+		return false
+	}
+	f, ok := w.send.(rrListenerFilter)
+	return !ok || f.canTake(index)
+}
+
 // placeLocked sends connection fd to the next eligible worker in turn; a worker
 // whose queue is full right now is skipped, one whose channel fails is broken.
 // It reports false when no worker could take it.
@@ -458,7 +511,7 @@ func (d *dispatcher) placeLocked(fd int, index uint32) bool {
 	for i := 0; i < n; i++ {
 		k := (d.next + i) % n
 		w := d.workers[k]
-		if !d.eligible(w) {
+		if !d.eligibleFor(w, index) {
 			continue
 		}
 		err := w.send.sendConn(d.seq, index, fd)
@@ -477,27 +530,56 @@ func (d *dispatcher) placeLocked(fd int, index uint32) bool {
 	return false
 }
 
-// pumpLocked hands pending connections out while workers have room, and
+// pumpLocked hands pending connections out, in order, while workers have room
+// for them (one no worker can take now does not hold up the others), and
 // reports whether none is left.
 func (d *dispatcher) pumpLocked() bool {
-	for len(d.pending) > 0 && !d.closed {
-		h := d.pending[0]
-		if !d.placeLocked(h.fd, h.index) {
-			return false
-		}
-		d.pending = d.pending[:copy(d.pending, d.pending[1:])]
+	if d.closed || len(d.pending) == 0 {
+		return len(d.pending) == 0
 	}
+	// A worker that breaks while placing queues its connections on d.pending:
+	// they go after what was pending before.
+	todo := d.pending
+	d.pending = nil
+	kept := make([]handoff, 0, len(todo))
+	for i, h := range todo {
+		if !d.placeLocked(h.fd, h.index) {
+			kept = append(kept, h)
+			if d.full() {
+				kept = append(kept, todo[i+1:]...)
+				break
+			}
+		}
+	}
+	d.pending = append(kept, d.pending...)
 	return len(d.pending) == 0
 }
 
-// acceptableLocked reports whether a newly accepted connection could be placed
-// at once: nothing is pending (it gets handed out first) and a worker has room.
-func (d *dispatcher) acceptableLocked() bool {
-	if d.closed || !d.pumpLocked() {
-		return false
-	}
+// full reports whether no worker could take any connection now.
+func (d *dispatcher) full() bool {
 	for _, w := range d.workers {
 		if d.eligible(w) {
+			return false
+		}
+	}
+	return true
+}
+
+// acceptableLocked reports whether a connection newly accepted on listener
+// index could be placed at once: none from it is pending (those go first) and
+// a worker has room for it.
+func (d *dispatcher) acceptableLocked(index uint32) bool {
+	if d.closed {
+		return false
+	}
+	d.pumpLocked()
+	for _, h := range d.pending {
+		if h.index == index {
+			return false
+		}
+	}
+	for _, w := range d.workers {
+		if d.eligibleFor(w, index) {
 			return true
 		}
 	}
