@@ -105,6 +105,8 @@ type dispatcher struct {
 	next    int         // round-robin cursor into workers
 	seq     uint32
 	pending []handoff // connections waiting for a worker, handed out before new accepts
+
+	nonblockConns bool // accept connections non-blocking (they go to Node workers)
 }
 
 // newDispatcher starts accepting on lfds: raw descriptors of TCP or unix stream
@@ -184,6 +186,14 @@ func (d *dispatcher) addListener(lfd int) (uint32, error) {
 	d.wg.Add(1)
 	go d.acceptLoop(l)
 	return l.index, nil
+}
+
+// setNonblockConns makes the connections the dispatcher accepts non-blocking
+// from now on, as Node workers need them.
+func (d *dispatcher) setNonblockConns() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.nonblockConns = true
 }
 
 // kick makes the dispatcher look again for workers that can take what it
@@ -434,7 +444,11 @@ func (d *dispatcher) acceptSome(l *rrListener, lfd int) bool {
 			d.mu.Unlock()
 			return true
 		}
-		fd, err := acceptConn(lfd)
+		accept := acceptConn
+		if d.nonblockConns {
+			accept = acceptConnNonblock
+		}
+		fd, err := accept(lfd)
 		if err != nil {
 			d.mu.Unlock()
 			switch err {
