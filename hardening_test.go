@@ -628,3 +628,35 @@ func TestReloadReentersWorkdir(t *testing.T) {
 		})
 	}
 }
+
+// Signals caught from prefork's first instant must not outlive the decision to
+// supervise: the control client, waiting for a reload that never ends, still
+// dies of the TERM (or ^C) sent to it.
+func TestCtlClientKeepsDefaultSignals(t *testing.T) {
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
+	in := startPrefork(t, "", nil, "--control", ctl, "-l", "127.0.0.1:0", "-n", "1", "--ready", "notify",
+		"--", "/bin/sh", "-c", "exec sleep 60")
+	in.waitFor("a worker", 10*time.Second, func(st statusFile) bool { return len(st.Workers) == 1 })
+	client := exec.Command(os.Args[0], "--ctl", ctl, "reload", "--timeout", "50s")
+	client.Env = preforkEnv("")
+	var out syncBuffer
+	client.Stdout, client.Stderr = &out, &out
+	if err := client.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { client.Wait(); close(done) }()
+	in.waitLog("reload asked for on the control socket", 10*time.Second)
+	time.Sleep(100 * time.Millisecond)
+	client.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		client.Process.Kill()
+		<-done
+		t.Fatalf("the control client did not die of TERM:\n%s", out.String())
+	}
+	if ws := client.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Errorf("the control client ended with %v, want death by SIGTERM:\n%s", client.ProcessState, out.String())
+	}
+}

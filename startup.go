@@ -65,6 +65,16 @@ func takeSignals() chan os.Signal {
 	return sigs
 }
 
+// releaseEarlySignals gives the signals caught since start-up their default
+// actions back, in a process of prefork's binary that turns out not to
+// supervise anything (the control client).
+func releaseEarlySignals() {
+	if earlySignals != nil {
+		releaseSignals(earlySignals)
+		earlySignals = nil
+	}
+}
+
 // releaseSignals undoes catchSignals, for a supervisor that returns into a
 // process that goes on (the tests).
 func releaseSignals(sigs chan os.Signal) {
