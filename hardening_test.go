@@ -660,3 +660,45 @@ func TestCtlClientKeepsDefaultSignals(t *testing.T) {
 		t.Errorf("the control client ended with %v, want death by SIGTERM:\n%s", client.ProcessState, out.String())
 	}
 }
+
+// Issue 9.10, the other side: a working directory that is deleted under a
+// prefork whose command does not live there (an absolute path) changes
+// nothing: reloads and restarts still work, the workers staying where
+// prefork is.
+func TestGoneWorkdirStillReloads(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "gone")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	in := startPreforkWrapped(t, []string{"/bin/sh", "-c", `cd "$0" && exec "$@"`, dir}, []string{workerEnv + "=http"},
+		"-v", "-l", "127.0.0.1:0", "-n", "2", "--ready", "notify", "--", os.Args[0])
+	st := in.readyWorkers(2, 15*time.Second)
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	in.signal(syscall.SIGHUP)
+	in.waitLog("reload complete", 15*time.Second)
+	victim := st.Workers[0].PID
+	for _, w := range in.readyWorkers(2, 15*time.Second).Workers {
+		victim = w.PID
+	}
+	syscall.Kill(victim, syscall.SIGKILL)
+	in.waitFor("the restart", 15*time.Second, func(st statusFile) bool {
+		if len(st.Workers) != 2 {
+			return false
+		}
+		for _, w := range st.Workers {
+			if w.PID == victim || w.State != stateReady {
+				return false
+			}
+		}
+		return true
+	})
+	if _, err := get(in.addr()); err != nil {
+		t.Fatal(err)
+	}
+	in.signal(syscall.SIGTERM)
+	if code := in.wait(20 * time.Second); code != 0 {
+		t.Fatalf("exit status %d, want 0", code)
+	}
+}
