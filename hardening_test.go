@@ -285,6 +285,26 @@ func TestSecondPreforkRefused(t *testing.T) {
 	if b, _ := os.ReadFile(pidfile); strings.TrimSpace(string(b)) != strconv.Itoa(in.cmd.Process.Pid) {
 		t.Errorf("stale pidfile not replaced: it says %q, prefork is %d", b, in.cmd.Process.Pid)
 	}
+	in.signal(syscall.SIGTERM)
+	in.wait(20 * time.Second)
+	if runtime.GOOS != "linux" {
+		return
+	}
+	// A stale pidfile whose pid was reused: the process that has it now
+	// started after the file was written (after a reboot, say).
+	reused := exec.Command("sleep", "30")
+	if err := reused.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { reused.Process.Kill(); reused.Wait() }()
+	os.WriteFile(pidfile, []byte(strconv.Itoa(reused.Process.Pid)+"\n"), 0o644)
+	hourAgo := time.Now().Add(-time.Hour)
+	os.Chtimes(pidfile, hourAgo, hourAgo)
+	in = startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1", "--pidfile", pidfile)
+	in.readyWorkers(1, 15*time.Second)
+	if b, _ := os.ReadFile(pidfile); strings.TrimSpace(string(b)) != strconv.Itoa(in.cmd.Process.Pid) {
+		t.Errorf("pidfile naming a reused pid not replaced: it says %q, prefork is %d", b, in.cmd.Process.Pid)
+	}
 }
 
 // Issue 9.7: with a descriptor limit the pool cannot fit in, prefork exits 1
