@@ -494,8 +494,11 @@ func TestExecFailuresFailFast(t *testing.T) {
 			if code != c.code || !strings.Contains(out, c.want) {
 				t.Errorf("status %d, want %d with %q:\n%s", code, c.code, c.want, out)
 			}
-			if started := strings.Count(out, "worker started slot="); c.viaShim != (started > 0) || started > 4 {
-				t.Errorf("%d workers started (found by the shim: %v):\n%s", started, c.viaShim, out)
+			// With binfmt_misc formats registered, prefork cannot tell a file in
+			// no format from one a handler runs: execve tells.
+			viaShim := c.viaShim || !strings.HasPrefix(c.text, "#!") && execFormatKnown([]byte(c.text))
+			if started := strings.Count(out, "worker started slot="); viaShim != (started > 0) || started > 4 {
+				t.Errorf("%d workers started (found by the shim: %v):\n%s", started, viaShim, out)
 			}
 			if strings.Contains(out, "restarting after backoff") || took > 5*time.Second {
 				t.Errorf("prefork restarted the command (it took %v):\n%s", took, out)
