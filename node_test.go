@@ -8,6 +8,7 @@ package main
 
 import (
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -121,9 +122,30 @@ func TestNodeServesUnmodifiedApp(t *testing.T) {
 				if withPort {
 					args = append(args, "-p", strconv.Itoa(port))
 				}
-				in := startNode(t, "app.js", []string{"APP_LISTEN=" + strconv.Itoa(port)}, args...)
+				// An inherited NODE_CHANNEL_SERIALIZATION_MODE=advanced must not reach the workers.
+				in := startNode(t, "app.js", []string{"APP_LISTEN=" + strconv.Itoa(port), "NODE_CHANNEL_SERIALIZATION_MODE=advanced"}, args...)
 				in.readyWorkers(2, 20*time.Second)
 				url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+				ids := map[string]bool{}
+				for i := 0; i < 10; i++ {
+					body, err := fetch(closeClient, url+"id")
+					if err != nil {
+						t.Fatal(err)
+					}
+					var id struct {
+						IsPrimary     bool
+						ID            int
+						Slot, Channel string
+						Mode          *string
+					}
+					if err := json.Unmarshal([]byte(body), &id); err != nil {
+						t.Fatalf("/id: %q: %v", body, err)
+					}
+					if id.IsPrimary || strconv.Itoa(id.ID-1) != id.Slot || id.Mode != nil {
+						t.Fatalf("/id: %s: want a cluster worker with id = slot+1 and no serialization mode", body)
+					}
+					ids[body] = true
+				}
 				pids := map[string]int{}
 				var order []string
 				for i := 0; i < 40; i++ {
@@ -148,6 +170,36 @@ func TestNodeServesUnmodifiedApp(t *testing.T) {
 				nodeStop(t, in)
 			})
 		}
+	}
+}
+
+func TestNodeUDP(t *testing.T) {
+	for _, mode := range []string{"shared", "rr"} {
+		t.Run(mode, func(t *testing.T) {
+			l, err := net.ListenPacket("udp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			port := l.LocalAddr().(*net.UDPAddr).Port
+			l.Close()
+			in := startNode(t, "udp.js", []string{"APP_LISTEN=" + strconv.Itoa(port)}, "-n", "2", "--mode", mode)
+			in.readyWorkers(2, 20*time.Second)
+			c, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			for i := 0; i < 5; i++ {
+				c.Write([]byte("ping"))
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				b := make([]byte, 100)
+				n, err := c.Read(b)
+				if err != nil || !strings.HasSuffix(string(b[:n]), " ping") {
+					t.Fatalf("echo %d: %q, %v", i, b[:n], err)
+				}
+			}
+			nodeStop(t, in)
+		})
 	}
 }
 
