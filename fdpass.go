@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file holds the descriptor passing that both platforms share: one
 // handoff message with its SCM_RIGHTS descriptor, without allocating.

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file implements prefork's end of a Node.js IPC channel, the codec of the
 // Node cluster protocol (../shared/NODE-CLUSTER.md): newline-delimited JSON on a

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file implements what Node's cluster primary does for a worker, on top of
 // the codec in nodeipc.go: it answers queryServer from prefork's listeners (or

@@ -1,8 +1,9 @@
 //go:build linux || darwin
 
 // This file holds the supervisor. One goroutine (loop) owns every piece of state:
-// workers, slots, timers, generations. Signals, the reaper, notify sockets, timers
-// and the rr dispatcher only send it events over one channel.
+// workers, slots, timers, generations. Signals, the reaper, notify sockets,
+// timers, the worker channels, the pool and the control socket only send it
+// events over one channel.
 package main
 
 import (
@@ -10,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -78,8 +78,9 @@ type supervisor struct {
 	c         *config
 	log       *slog.Logger
 	policy    restartPolicy
-	path      string   // the command, resolved
+	path      string   // the command, resolved in wd at start or at the last reload
 	argv      []string // its argv
+	wd        workdir  // where workers start (command.go)
 	shim      string   // prefork's own binary
 	cred      string   // --user, for the shim
 	listeners []*listener
@@ -91,6 +92,8 @@ type supervisor struct {
 	up        *upstream
 	rr        *dispatcher
 	ch        workerChannel
+	pool      *pool        // the pool goroutine's view and readings (poolrun.go); nil when not needed
+	ctl       ctlState     // the control socket's waiting clients (control.go)
 	nc        *nodeCluster // --node-cluster: the listeners Node workers share (nodeipc_primary.go)
 
 	workers   map[int]*worker
@@ -107,6 +110,8 @@ type supervisor struct {
 
 // supervise binds, starts the workers and runs until a stop; it returns the exit status.
 func supervise(c *config, stderr io.Writer) int {
+	sigs := takeSignals()
+	defer releaseSignals(sigs)
 	log := newLogger(stderr, c.logFormat, c.verbosity)
 	fail := func(code int, format string, a ...any) int {
 		log.Error(fmt.Sprintf(format, a...))
@@ -122,14 +127,15 @@ func supervise(c *config, stderr io.Writer) int {
 	if s.shim, err = selfExe(); err != nil {
 		return fail(exitFailure, "cannot find prefork's own binary: %v", err)
 	}
+	s.argv = c.command
 	if c.demo {
-		s.path, s.argv = s.shim, []string{"prefork-demo", demoWorkerArg}
-	} else {
-		path, code, err := resolveCommand(c.command[0])
-		if err != nil {
-			return fail(code, "%v", err)
-		}
-		s.path, s.argv = path, c.command
+		s.argv = []string{"prefork-demo", demoWorkerArg}
+	}
+	if s.wd, err = newWorkdir(); err != nil {
+		return fail(exitFailure, "%v", err)
+	}
+	if code, err := s.resolve(); err != nil {
+		return fail(code, "%v", err)
 	}
 	uid, gid := -1, -1
 	if c.user != "" {
@@ -139,6 +145,16 @@ func supervise(c *config, stderr io.Writer) int {
 	}
 	if c.workers == 0 {
 		c.workers = autoWorkers()
+	}
+	if c.pidfile != "" {
+		if err := checkPidfile(c.pidfile); err != nil {
+			return fail(exitFailure, "--pidfile %s: %v", c.pidfile, err)
+		}
+	}
+	if c.statusFile != "" {
+		if err := checkWritable(c.statusFile); err != nil {
+			return fail(exitFailure, "--status-file %s: %v", c.statusFile, err)
+		}
 	}
 	if len(c.specs) == 0 {
 		if s.listeners, err = adoptSystemd(); err != nil {
@@ -162,10 +178,18 @@ func supervise(c *config, stderr io.Writer) int {
 		}
 		log.Info("listening", "name", l.spec.name, "addr", l.addrString())
 	}
+	if warn, err := checkDescriptors(c, len(s.listeners)); err != nil {
+		fail(exitFailure, "%v", err)
+		log.Info(err.(*fdLimitError).hint())
+		return exitFailure
+	} else if warn != "" {
+		log.Warn(warn)
+	}
 	if s.notify, err = newNotifyDir(uid, gid); err != nil {
 		return fail(exitFailure, "%v", err)
 	}
 	defer s.notify.remove()
+	s.notify.log = log
 	if c.mode == "rr" {
 		fds := make([]int, len(s.listeners))
 		for i, l := range s.listeners {
@@ -191,13 +215,21 @@ func supervise(c *config, stderr io.Writer) int {
 	if c.statusFile != "" {
 		defer os.Remove(c.statusFile)
 	}
+	if err := s.openControl(); err != nil {
+		return fail(exitFailure, "%v", err)
+	}
+	defer s.closeControl()
 	if err := setSubreaper(); err != nil {
 		log.Debug("cannot become child subreaper", "err", err)
 	}
 	s.baseEnv = cleanEnv(os.Environ())
 	s.spawner = newSpawner()
 	s.reaper = startReaper(s.events)
-	return s.loop()
+	if stopBeforeStart(sigs) {
+		log.Info("stopped during start-up; no worker was started")
+		return exitOK
+	}
+	return s.loop(sigs)
 }
 
 // bindAll opens the listeners, in reuseport mode with SO_REUSEPORT set.
@@ -224,11 +256,7 @@ func cleanEnv(env []string) []string {
 	return out
 }
 
-func (s *supervisor) loop() int {
-	sigs := make(chan os.Signal, 32)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
-		syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
-	defer signal.Stop(sigs)
+func (s *supervisor) loop(sigs chan os.Signal) int {
 	var watchdog <-chan time.Time
 	if s.c.watchdog > 0 {
 		t := time.NewTicker(max(s.c.watchdog/4, 5*time.Millisecond))
@@ -245,7 +273,9 @@ func (s *supervisor) loop() int {
 	for i := 0; i < s.c.workers; i++ {
 		if _, err := s.addSlot(); err != nil {
 			s.log.Error(fmt.Sprintf("cannot start %d workers: slot %d: %v", s.c.workers, i, err))
-			s.log.Info("hint: raise the descriptor limit (ulimit -n) or run fewer workers (-n)")
+			if isFdLimit(err) {
+				s.log.Info("hint: raise the descriptor limit (ulimit -n) or run fewer workers (-n)")
+			}
 			for _, sl := range s.slots {
 				if sl.index > 0 {
 					closeFds(sl.socks)
@@ -257,8 +287,12 @@ func (s *supervisor) loop() int {
 	for _, sl := range s.slots {
 		s.startIn(sl)
 	}
+	s.startPool()
+	defer s.stopPool()
 	for !s.done {
 		s.publish()
+		s.publishPool()
+		s.ctlCheck()
 		select {
 		case sig := <-sigs:
 			s.signal(sig.(syscall.Signal))
@@ -320,6 +354,10 @@ func (s *supervisor) handle(ev any) {
 		}
 	case drainDoneEvent:
 		s.stopAll()
+	case poolEvent:
+		s.handlePool(e)
+	case ctlEvent:
+		s.controlRequest(e)
 	case linkEvent:
 		if s.alive(e.w) {
 			e.fn()
@@ -352,17 +390,26 @@ func (s *supervisor) signal(sig syscall.Signal) {
 			s.reloadGen = s.gen
 			s.up.send("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec())
 			s.log.Info("rolling reload", "generation", s.gen)
+			if _, err := s.resolve(); err != nil { // a deploy may have swapped the directory (command.go)
+				s.log.Error("reload abandoned; the old workers keep serving", "err", err)
+				s.reloadFinished(err)
+				return
+			}
 			s.advanceReload()
 		}
 	case syscall.SIGTTIN:
-		if !s.stopping && len(s.slots) < maxWorkers {
+		if _, hi := s.slotBounds(); !s.stopping && len(s.slots) < hi {
 			if err := s.scaleTo(len(s.slots) + 1); err != nil {
 				s.log.Error("cannot add a worker", "err", err)
 			}
+		} else if !s.stopping {
+			s.log.Info("already at the most workers", "workers", hi)
 		}
 	case syscall.SIGTTOU:
-		if !s.stopping {
+		if lo, _ := s.slotBounds(); !s.stopping && len(s.slots) > lo {
 			s.scaleTo(len(s.slots) - 1)
+		} else if !s.stopping {
+			s.log.Info("already at the fewest workers", "workers", lo)
 		}
 	default: // USR1, USR2, WINCH
 		for _, w := range s.workers {

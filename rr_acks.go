@@ -44,6 +44,9 @@ func (d *dispatcher) readAcks(w *rrWorker) bool {
 // handleAcksLocked handles one message read from a worker's channel: acks, end
 // of file, or anything else, which breaks the channel.
 func (d *dispatcher) handleAcksLocked(w *rrWorker, n, oobn, flags int, err error) {
+	if err == syscall.ECONNRESET { // closed with handoffs still unread: a close all the same
+		n, err = 0, nil
+	}
 	switch {
 	case err != nil:
 		d.breakLocked(w, os.NewSyscallError("recvmsg", err))
@@ -89,6 +92,7 @@ func (d *dispatcher) ackLocked(w *rrWorker, seq uint32) bool {
 			syscall.Close(w.inflight[i].fd)
 			w.inflight = append(w.inflight[:i], w.inflight[i+1:]...)
 			w.acked++
+			d.total.Acked++
 			return true
 		}
 	}
@@ -131,6 +135,7 @@ func (d *dispatcher) shutLocked(w *rrWorker) {
 	if w.file != nil {
 		w.file.SetReadDeadline(time.Now())
 	}
+	d.total.Redistributed += uint64(len(w.inflight))
 	d.pending = append(d.pending, w.inflight...)
 	w.inflight = nil
 }

@@ -1,14 +1,16 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file holds the exec shim. Go cannot run code between fork and exec, so
 // prefork starts every worker as a re-execution of its own binary that sets
-// LISTEN_PID to its own pid, drops privileges if --user asks, and then execs the
-// command in place, keeping the pid that LISTEN_PID names.
+// LISTEN_PID to its own pid, drops privileges if --user asks, empties the signal
+// mask, and then execs the command in place, keeping the pid that LISTEN_PID
+// names.
 package main
 
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"runtime"
 	"strconv"
@@ -20,6 +22,7 @@ const (
 	shimEnv      = "PREFORK_SHIM_EXEC" // marks the shim role; never reaches the command
 	shimCredEnv  = "PREFORK_SHIM_CRED" // uid:gid:group,group,...
 	shimPPIDEnv  = "PREFORK_SHIM_PPID" // prefork's pid, to detect its death during the shim
+	shimDirEnv   = "PREFORK_SHIM_DIR"  // the directory the command starts in (command.go)
 	shimArgv0    = "prefork-exec"
 	shimExitExec = 127
 )
@@ -46,10 +49,12 @@ func runShim(args []string) int {
 	}
 	cred := os.Getenv(shimCredEnv)
 	ppid := os.Getenv(shimPPIDEnv)
+	dir := os.Getenv(shimDirEnv)
 	env := make([]string, 0, len(os.Environ()))
 	for _, kv := range os.Environ() {
 		if strings.HasPrefix(kv, shimEnv+"=") || strings.HasPrefix(kv, shimCredEnv+"=") ||
-			strings.HasPrefix(kv, shimPPIDEnv+"=") || strings.HasPrefix(kv, "LISTEN_PID=") {
+			strings.HasPrefix(kv, shimPPIDEnv+"=") || strings.HasPrefix(kv, shimDirEnv+"=") ||
+			strings.HasPrefix(kv, "LISTEN_PID=") || dir != "" && strings.HasPrefix(kv, "PWD=") {
 			continue
 		}
 		env = append(env, kv)
@@ -57,10 +62,26 @@ func runShim(args []string) int {
 	if os.Getenv("LISTEN_FDS") != "" {
 		env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
 	}
+	fail := func(code int, msg string) int {
+		fmt.Fprintf(os.Stderr, "prefork: exec shim: %s\n", msg)
+		reportExecError(code, msg)
+		return code
+	}
+	if dir != "" {
+		// The directory prefork resolved at start or at the last reload: a
+		// deploy that swapped it since applies from the next reload on.
+		if err := os.Chdir(dir); err != nil {
+			code := exitNoExec
+			if errors.Is(err, fs.ErrNotExist) {
+				code = exitNotFound
+			}
+			return fail(code, fmt.Sprintf("cannot enter the working directory %s: %v", dir, unwrapPath(err)))
+		}
+		env = append(env, "PWD="+dir)
+	}
 	if cred != "" {
 		if err := dropPrivileges(cred); err != nil {
-			fmt.Fprintf(os.Stderr, "prefork: exec shim: %v\n", err)
-			return shimExitExec
+			return fail(shimExitExec, err.Error())
 		}
 		if err := setPdeathsig(); err != nil {
 			fmt.Fprintf(os.Stderr, "prefork: exec shim: %v\n", err)
@@ -69,12 +90,11 @@ func runShim(args []string) int {
 			return shimExitExec // prefork died before the signal was re-armed
 		}
 	}
-	err := syscall.Exec(args[0], args[1:], env)
-	fmt.Fprintf(os.Stderr, "prefork: exec %s: %v\n", args[0], err)
-	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.ENOEXEC) || errors.Is(err, syscall.EISDIR) {
-		return exitNoExec
+	if err := resetSignalMask(); err != nil {
+		fmt.Fprintf(os.Stderr, "prefork: exec shim: %v\n", err)
 	}
-	return exitNotFound
+	err := syscall.Exec(args[0], args[1:], env)
+	return fail(explainExec(args[0], err))
 }
 
 // dropPrivileges sets groups, gid and uid from "uid:gid:g1,g2".

@@ -26,7 +26,8 @@
 //	replacing  replace(why)                   nothing: one replacement at a time
 //	any        removed (scale down)           stop cur and next gracefully; sockets close after
 //
-// ¹ young: never ready, or a replacement up for less than --min-uptime.
+// ¹ young: never ready, or a replacement (or a restart after a failed start)
+// up for less than --min-uptime.
 package main
 
 import (
@@ -248,9 +249,10 @@ func (s *supervisor) allReady() bool {
 // quit at once cannot start a fork storm. With stop set it is also asked to stop.
 func (s *supervisor) quit(w *worker, why string, stop bool) {
 	sl := w.slot
-	// Young: it never came up, or it is itself a replacement that quits sooner
-	// than --min-uptime (a worker that says READY=1 then STOPPING=1 at once).
-	young := !w.wasReady || w.why != "" && time.Since(w.started) < s.c.minUptime
+	// Young: it never came up, or it quits sooner than --min-uptime and is
+	// itself a replacement or a restart after a failed start (a worker that
+	// says READY=1 then STOPPING=1 at once).
+	young := !w.wasReady || (w.why != "" || sl.failures > 0) && time.Since(w.started) < s.c.minUptime
 	switch {
 	case w == sl.next:
 		sl.next = nil
@@ -318,19 +320,23 @@ func (s *supervisor) exited(w *worker, status int) {
 	if w.timer != nil {
 		w.timer.Stop()
 	}
+	execErr := w.notify.execError() // the shim could not start the command (command.go)
 	w.notify.close()
 	w.link.detach()
 	sl := w.slot
 	sl.lastExit = status
 	uptime := time.Since(w.started)
 	s.log.Debug("worker exited", "slot", sl.index, "pid", w.pid, "status", status, "uptime", uptime.Round(time.Millisecond))
+	if execErr != "" {
+		s.execFailed(w, status, execErr)
+	}
 	switch {
 	case s.stopping:
 		s.checkDone()
 		return
 	case w == sl.next:
 		sl.next = nil
-		s.replaced(sl, w.why, fmt.Errorf("new worker pid %d exited with status %d before it was up", w.pid, status))
+		s.replaced(sl, w.why, fmt.Errorf("new worker pid %d exited with status %d before it was up%s", w.pid, status, colon(execErr)))
 	case w == sl.cur:
 		sl.cur = nil
 		switch {

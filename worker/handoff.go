@@ -66,6 +66,9 @@ func (a rrAddr) String() string  { return string(a) }
 // newHandoff starts reading connections from the handoff channel fd (the
 // worker end of prefork's socket pair) for one listener per name.
 func newHandoff(fd int, names []string) ([]net.Listener, error) {
+	if handoffType < 0 {
+		return nil, errNoHandoff
+	}
 	typ, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TYPE)
 	if err != nil {
 		return nil, fmt.Errorf("worker: fd %d is not prefork's handoff socket: %w", fd, os.NewSyscallError("getsockopt", err))

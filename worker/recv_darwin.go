@@ -7,6 +7,9 @@ import "syscall"
 // handoffType is the socket type of fd 3 in rr mode.
 const handoffType = syscall.SOCK_DGRAM
 
+// errNoHandoff is never returned: macOS has the handoff channel.
+var errNoHandoff error
+
 // recvNoWait reads one message without blocking; received descriptors are made
 // close-on-exec before any fork can see them.
 func recvNoWait(fd int, p, oob []byte) (n, oobn, flags int, err error) {

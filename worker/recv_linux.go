@@ -7,6 +7,9 @@ import "syscall"
 // handoffType is the socket type of fd 3 in rr mode.
 const handoffType = syscall.SOCK_SEQPACKET
 
+// errNoHandoff is never returned: Linux has the handoff channel.
+var errNoHandoff error
+
 // recvNoWait reads one message without blocking; received descriptors are
 // close-on-exec from the start.
 func recvNoWait(fd int, p, oob []byte) (n, oobn, flags int, err error) {
