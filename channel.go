@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // workerChannel prepares, for each new worker, what it inherits and the link
@@ -221,14 +222,51 @@ func (l *nodeLink) drain() {
 }
 
 // stop sends disconnect, so that Node closes its servers and finishes what is
-// in flight; the stop signal follows once the worker closes the channel.
+// in flight; the stop signal follows once the worker closes the channel. In rr
+// mode disconnect waits until the worker has acked every connection it was
+// handed and has had nodeSettle to read their requests: Node's server.close()
+// destroys connections on which no request has arrived yet (closeIdleConnections).
 func (l *nodeLink) stop(sig syscall.Signal) {
 	l.drain()
-	if l.nw == nil || l.ended || !l.nw.stop() {
+	if l.nw == nil || l.ended {
 		kill(l.pid, sig)
 		return
 	}
 	l.stopSig = sig
+	if l.s.rr == nil {
+		l.disconnect()
+		return
+	}
+	l.settle(time.Now())
+}
+
+// nodeSettle is how long an rr worker gets to read the request on a
+// connection it took, before disconnect.
+const nodeSettle = 100 * time.Millisecond
+
+// settle sends disconnect once the worker holds no unacked connection and
+// nodeSettle has passed since it last did (checked every few milliseconds).
+func (l *nodeLink) settle(lastBusy time.Time) {
+	if l.ended {
+		return
+	}
+	for _, st := range l.s.rr.stats() {
+		if st.id == l.pid && st.inflight > 0 {
+			lastBusy = time.Now()
+		}
+	}
+	if time.Since(lastBusy) >= nodeSettle || time.Since(lastBusy) < 0 {
+		l.disconnect()
+		return
+	}
+	w := l.s.workers[l.pid]
+	time.AfterFunc(10*time.Millisecond, func() { l.s.events <- linkEvent{w, func() { l.settle(lastBusy) }} })
+}
+
+func (l *nodeLink) disconnect() {
+	if !l.nw.stop() {
+		kill(l.pid, l.stopSig)
+	}
 }
 
 // channelEnded runs on the owner goroutine once the worker closed its channel.

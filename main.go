@@ -12,9 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
-	"os/exec"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -447,22 +445,6 @@ func parseSignal(v string) (syscall.Signal, error) {
 		return s, nil
 	}
 	return 0, fmt.Errorf("unknown signal %q (try TERM, INT, QUIT, USR1 or a number)", v)
-}
-
-// resolveCommand finds the command before anything starts: 127 when it does not
-// exist, 126 when it cannot be executed.
-func resolveCommand(name string) (string, int, error) {
-	path, err := exec.LookPath(name)
-	if errors.Is(err, exec.ErrDot) {
-		err = nil
-	}
-	if err == nil {
-		return path, 0, nil
-	}
-	if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EISDIR) {
-		return "", exitNoExec, fmt.Errorf("%s: permission denied (not executable)", name)
-	}
-	return "", exitNotFound, fmt.Errorf("%s: command not found", name)
 }
 
 func version() string {

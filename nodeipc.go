@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file implements prefork's end of a Node.js IPC channel, the codec of the
 // Node cluster protocol (../shared/NODE-CLUSTER.md): newline-delimited JSON on a
@@ -103,6 +103,9 @@ func parseNodeLine(line []byte, m *nodeMsg) (ok bool) {
 	if len(line) == 0 || line[0] != '{' {
 		return false
 	}
+	if parseAcceptedLine(line, m) {
+		return true
+	}
 	if err := json.Unmarshal(line, m); err != nil {
 		var u struct {
 			Act json.RawMessage `json:"act"`
@@ -119,6 +122,51 @@ func parseNodeLine(line []byte, m *nodeMsg) (ok bool) {
 		m.Cmd = ""
 	}
 	return true
+}
+
+// parseAcceptedLine reads, without encoding/json, the line a worker sends for
+// every rr connection, exactly as Node writes it:
+// {"cmd":"NODE_CLUSTER","ack":N,"accepted":true|false,"seq":M}.
+func parseAcceptedLine(line []byte, m *nodeMsg) bool {
+	const p1, p2, p3 = `{"cmd":"NODE_CLUSTER","ack":`, `,"accepted":`, `,"seq":`
+	b, ok := bytes.CutPrefix(line, []byte(p1))
+	if !ok {
+		return false
+	}
+	ack, b, ok := cutDigits(b)
+	if !ok {
+		return false
+	}
+	if b, ok = bytes.CutPrefix(b, []byte(p2)); !ok {
+		return false
+	}
+	var accepted bool
+	if r, ok := bytes.CutPrefix(b, []byte("true")); ok {
+		b, accepted = r, true
+	} else if b, ok = bytes.CutPrefix(b, []byte("false")); !ok {
+		return false
+	}
+	if b, ok = bytes.CutPrefix(b, []byte(p3)); !ok {
+		return false
+	}
+	seq, b, ok := cutDigits(b)
+	if !ok || string(b) != "}" {
+		return false
+	}
+	m.Cmd, m.Accepted = "NODE_CLUSTER", accepted
+	m.Ack = jsInt{raw: strconv.Itoa(ack), n: ack, num: true}
+	m.Seq = jsInt{raw: strconv.Itoa(seq), n: seq, num: true}
+	return true
+}
+
+// cutDigits reads a non-negative decimal integer of at most 15 digits.
+func cutDigits(b []byte) (int, []byte, bool) {
+	n, i := 0, 0
+	for i < len(b) && i < 15 && b[i] >= '0' && b[i] <= '9' {
+		n = n*10 + int(b[i]-'0')
+		i++
+	}
+	return n, b[i:], i > 0 && (i == len(b) || b[i] < '0' || b[i] > '9')
 }
 
 // nodeOut is a line waiting for the channel to take it, with the descriptor
@@ -389,7 +437,7 @@ func (c *nodeConn) send(line []byte, fd int) error {
 // sendNewconn hands connection conn to the worker under seq with its server's
 // key, without blocking and without queueing: errNodeBusy when the channel
 // cannot take it at once (nothing was sent). keyJSON is the key as a JSON string.
-func (c *nodeConn) sendNewconn(keyJSON []byte, seq uint32, conn int) error {
+func (c *nodeConn) sendNewconn(keyJSON []byte, seq uint32, conn int, setNonblock bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.shut {
@@ -404,8 +452,10 @@ func (c *nodeConn) sendNewconn(keyJSON []byte, seq uint32, conn int) error {
 	b = strconv.AppendUint(b, uint64(seq), 10)
 	b = append(b, "}}\n"...)
 	c.scratch = b
-	if err := setNonblockFd(conn); err != nil {
-		return err
+	if setNonblock {
+		if err := setNonblockFd(conn); err != nil {
+			return err
+		}
 	}
 	if err := c.writeLocked(b, conn, false); err != nil {
 		return err

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file implements what Node's cluster primary does for a worker, on top of
 // the codec in nodeipc.go: it answers queryServer from prefork's listeners (or
@@ -55,6 +55,8 @@ type nodeCluster struct {
 	backlog    int
 	sendServer []byte // --node-send-server as a JSON string; nil when not given
 	rr         nodeRR // rr mode only
+	// connsNonblock: the rr dispatcher accepts connections non-blocking already.
+	connsNonblock bool
 
 	mu sync.Mutex
 	ls []*nodeListener // index = the listener's index in the dispatcher
@@ -80,6 +82,8 @@ func newNodeCluster(log *slog.Logger, c *config, listeners []*listener, d *dispa
 	}
 	if d != nil {
 		nc.rr = dispatcherNodeRR{d}
+		d.setNonblockConns()
+		nc.connsNonblock = true
 	}
 	for i, l := range listeners {
 		nc.ls = append(nc.ls, &nodeListener{index: uint32(i), l: l, static: true, rr: d != nil && l.spec.network != "udp"})
@@ -215,7 +219,7 @@ func (w *nodeWorker) sendConn(seq, index uint32, conn int) error {
 	if key == nil {
 		return syscall.EAGAIN // no server on that listener (yet): another worker's turn
 	}
-	switch err := w.conn.sendNewconn(key, seq, conn); err {
+	switch err := w.conn.sendNewconn(key, seq, conn, !w.nc.connsNonblock); err {
 	case errNodeBusy:
 		return syscall.EAGAIN
 	case errNodeClosed:

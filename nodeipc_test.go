@@ -435,6 +435,28 @@ func TestNodeLineParsing(t *testing.T) {
 	}
 }
 
+// The hand-written parser of the per-connection ack line agrees with encoding/json.
+func TestNodeAcceptedLine(t *testing.T) {
+	for _, line := range []string{
+		`{"cmd":"NODE_CLUSTER","ack":2,"accepted":true,"seq":3}`,
+		`{"cmd":"NODE_CLUSTER","ack":4294967295,"accepted":false,"seq":0}`,
+		`{"cmd":"NODE_CLUSTER","ack":2,"accepted":true,"seq":3,"x":1}`,
+		`{"cmd":"NODE_CLUSTER","ack":-2,"accepted":true,"seq":3}`,
+		`{"cmd":"NODE_CLUSTER","ack":2,"accepted":truex,"seq":3}`,
+		`{"cmd":"NODE_CLUSTER","ack":2.5,"accepted":true,"seq":3}`,
+	} {
+		var fast, slow nodeMsg
+		ok := parseAcceptedLine([]byte(line), &fast)
+		json.Unmarshal([]byte(line), &slow)
+		if ok && (fast.Cmd != slow.Cmd || fast.Accepted != slow.Accepted || fast.Ack.n != slow.Ack.n || fast.Seq.n != slow.Seq.n) {
+			t.Errorf("%s: fast %+v, encoding/json %+v", line, fast, slow)
+		}
+		if want := strings.Count(line, ",") == 3 && !strings.ContainsAny(line, "-.x"); ok != want {
+			t.Errorf("%s: fast path taken %v, want %v", line, ok, want)
+		}
+	}
+}
+
 func TestNodeClusterOn(t *testing.T) {
 	for _, tc := range []struct {
 		flag string

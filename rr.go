@@ -106,6 +106,8 @@ type dispatcher struct {
 	seq     uint32
 	pending []handoff // connections waiting for a worker, handed out before new accepts
 	total   rrTotals  // counted over the dispatcher's life, for the metrics
+
+	nonblockConns bool // accept connections non-blocking (they go to Node workers)
 }
 
 // newDispatcher starts accepting on lfds: raw descriptors of TCP or unix stream
@@ -185,6 +187,14 @@ func (d *dispatcher) addListener(lfd int) (uint32, error) {
 	d.wg.Add(1)
 	go d.acceptLoop(l)
 	return l.index, nil
+}
+
+// setNonblockConns makes the connections the dispatcher accepts non-blocking
+// from now on, as Node workers need them.
+func (d *dispatcher) setNonblockConns() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.nonblockConns = true
 }
 
 // kick makes the dispatcher look again for workers that can take what it
@@ -455,7 +465,11 @@ func (d *dispatcher) acceptSome(l *rrListener, lfd int) bool {
 			d.mu.Unlock()
 			return true
 		}
-		fd, err := acceptConn(lfd)
+		accept := acceptConn
+		if d.nonblockConns {
+			accept = acceptConnNonblock
+		}
+		fd, err := accept(lfd)
 		if err != nil {
 			d.mu.Unlock()
 			switch err {

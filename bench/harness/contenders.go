@@ -34,12 +34,17 @@ func statusPath(port int) string {
 // startPrefork runs prefork with n workers of argv and waits until every
 // worker is ready by the status file.
 func startPrefork(port, n int, mode string, extra []string, argv ...string) (*proc, error) {
+	return startPreforkEnv(nil, port, n, mode, extra, argv...)
+}
+
+// startPreforkEnv is startPrefork with env added to prefork's (and so the workers').
+func startPreforkEnv(env []string, port, n int, mode string, extra []string, argv ...string) (*proc, error) {
 	sf := statusPath(port)
 	os.Remove(sf)
 	args := []string{binPath("prefork"), "-n", strconv.Itoa(n), "--mode", mode, "-q",
 		"--status-file", sf, "-l", fmt.Sprintf("127.0.0.1:%d", port)}
 	args = append(append(args, extra...), "--")
-	p, err := start(nil, append(args, argv...)...)
+	p, err := start(env, append(args, argv...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -71,6 +76,14 @@ func contenders() []contender {
 			return answering(p, port, err)
 		}
 	}
+	// The app as a user writes it: listen(PORT) in every worker, prefork
+	// answering as its cluster primary (--node-cluster, on for node).
+	nodeListen := func(mode string) func(int) (*proc, error) {
+		return func(port int) (*proc, error) {
+			p, err := startPreforkEnv([]string{"PORT=" + strconv.Itoa(port)}, port, workers, mode, nil, nodePath, app)
+			return answering(p, port, err)
+		}
+	}
 	nodeCluster := func(sched string) func(int) (*proc, error) {
 		return func(port int) (*proc, error) {
 			p, err := start([]string{"SCHED=" + sched, "WORKERS=" + strconv.Itoa(workers), "PORT=" + strconv.Itoa(port)}, nodePath, cluster)
@@ -86,6 +99,8 @@ func contenders() []contender {
 	cs := []contender{
 		{group: "node", name: "prefork shared", prefork: true, start: nodeUnder("shared")},
 		{group: "node", name: "prefork reuseport", prefork: true, start: nodeUnder("reuseport")},
+		{group: "node", name: "prefork shared listen()", prefork: true, start: nodeListen("shared")},
+		{group: "node", name: "prefork rr listen()", prefork: true, start: nodeListen("rr")},
 		{group: "node", name: "cluster SCHED_RR", start: nodeCluster("rr")},
 		{group: "node", name: "cluster SCHED_NONE", start: nodeCluster("none")},
 		{group: "node", name: "pm2 cluster", start: startPM2, pending: pm2Pending},

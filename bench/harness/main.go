@@ -62,6 +62,7 @@ func main() {
 	flag.StringVar(&nodePath, "node", "node", "node")
 	flag.StringVar(&pm2Path, "pm2", "", "pm2 (empty: skip PM2)")
 	flag.StringVar(&pm2Home, "pm2-home", "", "PM2_HOME")
+	flag.StringVar(&onlyGroup, "group", "", "measure only this group's throughput (node or go), nothing else")
 	flag.Parse()
 	if *smoke {
 		*reps, *dur, *distDur, *warm = 1, time.Second, 300*time.Millisecond, 0
@@ -114,6 +115,9 @@ func main() {
 
 var began = time.Now()
 
+// onlyGroup is -group: a quick run of one table (bench/run.sh never sets it).
+var onlyGroup string
+
 func logf(format string, a ...any) {
 	fmt.Fprintf(os.Stderr, "harness: %5.1fs "+format+"\n", append([]any{time.Since(began).Seconds()}, a...)...)
 }
@@ -129,6 +133,9 @@ func run(res *results.Results, rounds int, dur, distDur, warm time.Duration, con
 		res.Notes = append(res.Notes, "PM2: "+pm2Pending)
 	}
 	distReps := min(rounds, 3)
+	if onlyGroup != "" {
+		return throughput(res, onlyGroup, rounds, distReps, dur, distDur, warm, conns)
+	}
 	for _, group := range []string{"node", "go"} {
 		if err := throughput(res, group, rounds, distReps, dur, distDur, warm, conns); err != nil {
 			return err
