@@ -260,6 +260,9 @@ func (l *nodeLink) settle(lastBusy time.Time) {
 		return
 	}
 	w := l.s.workers[l.pid]
+	if w == nil {
+		return // gone meanwhile
+	}
 	time.AfterFunc(10*time.Millisecond, func() { l.s.events <- linkEvent{w, func() { l.settle(lastBusy) }} })
 }
 

@@ -8,6 +8,7 @@ package main
 
 import (
 	"crypto/tls"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -63,9 +64,12 @@ func nodeApp(t *testing.T, name string) string {
 
 // startNode runs prefork with args and then node app; env goes to prefork and
 // so to the workers.
+//
+// --ready-delay is long, so that a worker is up when it says listening and
+// not because a loaded machine took a second to start node.
 func startNode(t *testing.T, app string, env []string, args ...string) *instance {
 	t.Helper()
-	args = append(args, "--", nodeBinary(t), nodeApp(t, app))
+	args = append(append([]string{"--ready-delay", "60s"}, args...), "--", nodeBinary(t), nodeApp(t, app))
 	return startPrefork(t, "", env, args...)
 }
 
@@ -117,13 +121,34 @@ func TestNodeServesUnmodifiedApp(t *testing.T) {
 			t.Run(fmt.Sprintf("%s/p=%v", mode, withPort), func(t *testing.T) {
 				port := freePort(t)
 				// A long --ready-delay: the workers are up because they said listening.
-				args := []string{"-n", "2", "--mode", mode, "--ready-delay", "60s", "--grace", "30s"}
+				args := []string{"-n", "2", "--mode", mode, "--grace", "30s"}
 				if withPort {
 					args = append(args, "-p", strconv.Itoa(port))
 				}
-				in := startNode(t, "app.js", []string{"APP_LISTEN=" + strconv.Itoa(port)}, args...)
+				// An inherited NODE_CHANNEL_SERIALIZATION_MODE=advanced must not reach the workers.
+				in := startNode(t, "app.js", []string{"APP_LISTEN=" + strconv.Itoa(port), "NODE_CHANNEL_SERIALIZATION_MODE=advanced"}, args...)
 				in.readyWorkers(2, 20*time.Second)
 				url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+				ids := map[string]bool{}
+				for i := 0; i < 10; i++ {
+					body, err := fetch(closeClient, url+"id")
+					if err != nil {
+						t.Fatal(err)
+					}
+					var id struct {
+						IsPrimary     bool
+						ID            int
+						Slot, Channel string
+						Mode          *string
+					}
+					if err := json.Unmarshal([]byte(body), &id); err != nil {
+						t.Fatalf("/id: %q: %v", body, err)
+					}
+					if id.IsPrimary || strconv.Itoa(id.ID-1) != id.Slot || id.Mode != nil {
+						t.Fatalf("/id: %s: want a cluster worker with id = slot+1 and no serialization mode", body)
+					}
+					ids[body] = true
+				}
 				pids := map[string]int{}
 				var order []string
 				for i := 0; i < 40; i++ {
@@ -148,6 +173,36 @@ func TestNodeServesUnmodifiedApp(t *testing.T) {
 				nodeStop(t, in)
 			})
 		}
+	}
+}
+
+func TestNodeUDP(t *testing.T) {
+	for _, mode := range []string{"shared", "rr"} {
+		t.Run(mode, func(t *testing.T) {
+			l, err := net.ListenPacket("udp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			port := l.LocalAddr().(*net.UDPAddr).Port
+			l.Close()
+			in := startNode(t, "udp.js", []string{"APP_LISTEN=" + strconv.Itoa(port)}, "-n", "2", "--mode", mode)
+			in.readyWorkers(2, 20*time.Second)
+			c, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			for i := 0; i < 5; i++ {
+				c.Write([]byte("ping"))
+				c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				b := make([]byte, 100)
+				n, err := c.Read(b)
+				if err != nil || !strings.HasSuffix(string(b[:n]), " ping") {
+					t.Fatalf("echo %d: %q, %v", i, b[:n], err)
+				}
+			}
+			nodeStop(t, in)
+		})
 	}
 }
 
@@ -421,13 +476,12 @@ func TestNodeSeeds(t *testing.T) {
 		for _, mode := range []string{"shared", "rr"} {
 			t.Run(tc.file+"/"+mode, func(t *testing.T) {
 				port := freePort(t)
+				// server.listen(handle) listens on the socket itself (Node passes
+				// exclusive): no listening message, so up after --ready-delay.
 				in := startNode(t, "seeds/"+tc.file, nil, "-n", "2", "--mode", mode, "-p", strconv.Itoa(port),
-					"--node-send-server", "server")
+					"--node-send-server", "server", "--ready-delay", "1s")
 				in.readyWorkers(2, 20*time.Second)
-				seen := check(t, fmt.Sprintf("http://127.0.0.1:%d/", port), tc.want, 10)
-				if mode == "rr" && strings.Contains(tc.want, "pid") && len(seen) != 2 {
-					t.Fatalf("rr spread %v: want both workers", seen)
-				}
+				check(t, fmt.Sprintf("http://127.0.0.1:%d/", port), tc.want, 10)
 				nodeStop(t, in)
 			})
 		}
@@ -441,7 +495,7 @@ func TestNodeSeedSuicide(t *testing.T) {
 		t.Run(mode, func(t *testing.T) {
 			port := freePort(t)
 			in := startNode(t, "seeds/001_multi_process_worker.js", nil, "-n", "2", "--mode", mode,
-				"-p", strconv.Itoa(port), "--node-send-server", "server", "--min-uptime", "0s")
+				"-p", strconv.Itoa(port), "--node-send-server", "server", "--min-uptime", "0s", "--ready-delay", "1s")
 			in.readyWorkers(2, 20*time.Second)
 			url := fmt.Sprintf("http://127.0.0.1:%d/", port)
 			for i := 0; i < 6; i++ {

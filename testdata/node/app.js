@@ -14,6 +14,14 @@ const server = http.createServer((req, res) => {
     setTimeout(() => res.end(String(process.pid)), 1000);
     return;
   }
+  if (req.url === '/id') {
+    // What a cluster worker knows about itself.
+    const cluster = require('cluster');
+    res.end(JSON.stringify({ isPrimary: cluster.isPrimary === true || cluster.isMaster === true,
+      id: cluster.worker && cluster.worker.id, slot: process.env.PREFORK_WORKER,
+      channel: process.env.NODE_CHANNEL_FD, mode: process.env.NODE_CHANNEL_SERIALIZATION_MODE }));
+    return;
+  }
   if (req.url === '/block') {
     busy(2000); // the event loop (and the cluster channel) is stuck meanwhile
   }
