@@ -51,7 +51,12 @@ func newWorkdir() (workdir, error) {
 func (s *supervisor) resolve() (int, error) {
 	dir, err := filepath.EvalSymlinks(s.wd.path)
 	if err != nil {
-		return exitNotFound, fmt.Errorf("working directory %s: %w", s.wd.path, unwrapPath(err))
+		if relative := strings.Contains(s.argv[0], "/") && !filepath.IsAbs(s.argv[0]); relative && !s.c.demo {
+			return exitNotFound, fmt.Errorf("working directory %s: %w", s.wd.path, unwrapPath(err))
+		}
+		// Gone, but the command does not live there: workers start where
+		// prefork is, as they would without this (the shim says so).
+		dir = s.wd.path
 	}
 	path := s.shim // the demo worker is prefork's own binary
 	if !s.c.demo {

@@ -74,22 +74,18 @@ func runPrefork(t *testing.T, wrap []string, env []string, files []*os.File, arg
 	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 		code = 128 + int(ws.Signal())
 	}
+	if strings.Contains(string(out), "WARNING: DATA RACE") {
+		t.Errorf("the race detector found a race in prefork:\n%s", out)
+	}
 	return code, string(out), time.Since(start)
 }
 
-// startPreforkOut is startPrefork with prefork's stdout and stderr going to out
-// (a pipe the test controls) instead of the instance's buffer.
-func startPreforkOut(t *testing.T, out *os.File, role string, extraEnv []string, args ...string) *instance {
+// watch starts in.cmd and judges its end as startPrefork does: a race the
+// detector found, or an exit status the test did not read itself, fails the
+// test.
+func (in *instance) watch() {
+	t := in.t
 	t.Helper()
-	dir := t.TempDir()
-	in := &instance{t: t, stderr: &syncBuffer{}, status: filepath.Join(dir, "status.json"), done: make(chan struct{})}
-	full := append([]string{"--status-file", in.status, "-v"}, args...)
-	if role != "" {
-		full = append(full, "--", os.Args[0])
-	}
-	in.cmd = exec.Command(os.Args[0], full...)
-	in.cmd.Env = preforkEnv(role, extraEnv...)
-	in.cmd.Stderr, in.cmd.Stdout = out, out
 	if err := in.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -110,9 +106,36 @@ func startPreforkOut(t *testing.T, out *os.File, role string, extraEnv []string,
 			case <-in.done:
 			case <-time.After(10 * time.Second):
 				in.cmd.Process.Kill()
+				<-in.done
 			}
 		}
+		out := in.stderr.String()
+		if strings.Contains(out, "WARNING: DATA RACE") {
+			t.Errorf("the race detector found a race in prefork")
+		}
+		if !in.waited && in.code != 0 {
+			t.Errorf("prefork exited with status %d", in.code)
+		}
+		if t.Failed() {
+			t.Logf("prefork stderr:\n%s", out)
+		}
 	})
+}
+
+// startPreforkOut is startPrefork with prefork's stdout and stderr going to out
+// (a pipe the test controls) instead of the instance's buffer, which the test
+// may fill itself.
+func startPreforkOut(t *testing.T, out *os.File, role string, extraEnv []string, args ...string) *instance {
+	t.Helper()
+	in := &instance{t: t, stderr: &syncBuffer{}, status: filepath.Join(t.TempDir(), "status.json"), done: make(chan struct{})}
+	full := append([]string{"--status-file", in.status, "-v"}, args...)
+	if role != "" {
+		full = append(full, "--", os.Args[0])
+	}
+	in.cmd = exec.Command(os.Args[0], full...)
+	in.cmd.Env = preforkEnv(role, extraEnv...)
+	in.cmd.Stderr, in.cmd.Stdout = out, out
+	in.watch()
 	return in
 }
 
@@ -127,9 +150,8 @@ func TestBrokenStderrKeepsServing(t *testing.T) {
 			}
 			in := startPreforkOut(t, w, "http", nil, "--mode", mode, "-l", "127.0.0.1:0", "-n", "2", "--ready", "notify")
 			w.Close()
-			var log syncBuffer
 			copied := make(chan struct{})
-			go func() { io.Copy(&log, r); close(copied) }()
+			go func() { io.Copy(in.stderr, r); close(copied) }()
 			st := in.readyWorkers(2, 15*time.Second)
 			addr := in.addr()
 			r.Close() // the log reader goes away
@@ -154,7 +176,7 @@ func TestBrokenStderrKeepsServing(t *testing.T) {
 			}
 			in.signal(syscall.SIGTERM) // more log lines, then a clean exit
 			if code := in.wait(20 * time.Second); code != 0 {
-				t.Fatalf("prefork exited with status %d after its stderr broke, want 0; log before it broke:\n%s", code, log.String())
+				t.Fatalf("prefork exited with status %d after its stderr broke, want 0", code)
 			}
 		})
 	}
@@ -263,6 +285,26 @@ func TestSecondPreforkRefused(t *testing.T) {
 	if b, _ := os.ReadFile(pidfile); strings.TrimSpace(string(b)) != strconv.Itoa(in.cmd.Process.Pid) {
 		t.Errorf("stale pidfile not replaced: it says %q, prefork is %d", b, in.cmd.Process.Pid)
 	}
+	in.signal(syscall.SIGTERM)
+	in.wait(20 * time.Second)
+	if runtime.GOOS != "linux" {
+		return
+	}
+	// A stale pidfile whose pid was reused: the process that has it now
+	// started after the file was written (after a reboot, say).
+	reused := exec.Command("sleep", "30")
+	if err := reused.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { reused.Process.Kill(); reused.Wait() }()
+	os.WriteFile(pidfile, []byte(strconv.Itoa(reused.Process.Pid)+"\n"), 0o644)
+	hourAgo := time.Now().Add(-time.Hour)
+	os.Chtimes(pidfile, hourAgo, hourAgo)
+	in = startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1", "--pidfile", pidfile)
+	in.readyWorkers(1, 15*time.Second)
+	if b, _ := os.ReadFile(pidfile); strings.TrimSpace(string(b)) != strconv.Itoa(in.cmd.Process.Pid) {
+		t.Errorf("pidfile naming a reused pid not replaced: it says %q, prefork is %d", b, in.cmd.Process.Pid)
+	}
 }
 
 // Issue 9.7: with a descriptor limit the pool cannot fit in, prefork exits 1
@@ -325,25 +367,7 @@ func startPreforkWrapped(t *testing.T, wrap []string, env []string, args ...stri
 	in.cmd = exec.Command(argv[0], argv[1:]...)
 	in.cmd.Env = preforkEnv("", env...)
 	in.cmd.Stderr, in.cmd.Stdout = in.stderr, in.stderr
-	if err := in.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		in.cmd.Wait()
-		in.code = in.cmd.ProcessState.ExitCode()
-		close(in.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-in.done:
-		default:
-			in.cmd.Process.Signal(syscall.SIGQUIT)
-			<-in.done
-		}
-		if t.Failed() {
-			t.Logf("prefork stderr:\n%s", in.stderr.String())
-		}
-	})
+	in.watch()
 	return in
 }
 
@@ -622,5 +646,79 @@ func TestReloadReentersWorkdir(t *testing.T) {
 				t.Fatalf("exit status %d, want 0", code)
 			}
 		})
+	}
+}
+
+// Signals caught from prefork's first instant must not outlive the decision to
+// supervise: the control client, waiting for a reload that never ends, still
+// dies of the TERM (or ^C) sent to it.
+func TestCtlClientKeepsDefaultSignals(t *testing.T) {
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
+	in := startPrefork(t, "", nil, "--control", ctl, "-l", "127.0.0.1:0", "-n", "1", "--ready", "notify",
+		"--", "/bin/sh", "-c", "exec sleep 60")
+	in.waitFor("a worker", 10*time.Second, func(st statusFile) bool { return len(st.Workers) == 1 })
+	client := exec.Command(os.Args[0], "--ctl", ctl, "reload", "--timeout", "50s")
+	client.Env = preforkEnv("")
+	var out syncBuffer
+	client.Stdout, client.Stderr = &out, &out
+	if err := client.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { client.Wait(); close(done) }()
+	in.waitLog("reload asked for on the control socket", 10*time.Second)
+	time.Sleep(100 * time.Millisecond)
+	client.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		client.Process.Kill()
+		<-done
+		t.Fatalf("the control client did not die of TERM:\n%s", out.String())
+	}
+	if ws := client.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Errorf("the control client ended with %v, want death by SIGTERM:\n%s", client.ProcessState, out.String())
+	}
+}
+
+// Issue 9.10, the other side: a working directory that is deleted under a
+// prefork whose command does not live there (an absolute path) changes
+// nothing: reloads and restarts still work, the workers staying where
+// prefork is.
+func TestGoneWorkdirStillReloads(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "gone")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	in := startPreforkWrapped(t, []string{"/bin/sh", "-c", `cd "$0" && exec "$@"`, dir}, []string{workerEnv + "=http"},
+		"-v", "-l", "127.0.0.1:0", "-n", "2", "--ready", "notify", "--", os.Args[0])
+	st := in.readyWorkers(2, 15*time.Second)
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	in.signal(syscall.SIGHUP)
+	in.waitLog("reload complete", 15*time.Second)
+	victim := st.Workers[0].PID
+	for _, w := range in.readyWorkers(2, 15*time.Second).Workers {
+		victim = w.PID
+	}
+	syscall.Kill(victim, syscall.SIGKILL)
+	in.waitFor("the restart", 15*time.Second, func(st statusFile) bool {
+		if len(st.Workers) != 2 {
+			return false
+		}
+		for _, w := range st.Workers {
+			if w.PID == victim || w.State != stateReady {
+				return false
+			}
+		}
+		return true
+	})
+	if _, err := get(in.addr()); err != nil {
+		t.Fatal(err)
+	}
+	in.signal(syscall.SIGTERM)
+	if code := in.wait(20 * time.Second); code != 0 {
+		t.Fatalf("exit status %d, want 0", code)
 	}
 }

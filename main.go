@@ -474,6 +474,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	if c.ctl != "" {
+		releaseEarlySignals() // the client keeps the default actions: ^C ends it
 		return ctlMain(c.ctl, c.command, stdout, stderr)
 	}
 	return supervise(c, stderr)

@@ -8,9 +8,7 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"runtime"
 	"strconv"
@@ -50,6 +48,16 @@ func runShim(args []string) int {
 	cred := os.Getenv(shimCredEnv)
 	ppid := os.Getenv(shimPPIDEnv)
 	dir := os.Getenv(shimDirEnv)
+	if dir != "" {
+		// The directory prefork resolved at start or at the last reload: a
+		// deploy that swapped it since applies from the next reload on. One
+		// that is gone leaves the worker where prefork is, as before: a
+		// command that lived there is not found, and the shim says so.
+		if err := os.Chdir(dir); err != nil {
+			fmt.Fprintf(os.Stderr, "prefork: exec shim: warning: cannot enter the working directory %s: %v\n", dir, unwrapPath(err))
+			dir = ""
+		}
+	}
 	env := make([]string, 0, len(os.Environ()))
 	for _, kv := range os.Environ() {
 		if strings.HasPrefix(kv, shimEnv+"=") || strings.HasPrefix(kv, shimCredEnv+"=") ||
@@ -62,22 +70,13 @@ func runShim(args []string) int {
 	if os.Getenv("LISTEN_FDS") != "" {
 		env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
 	}
+	if dir != "" {
+		env = append(env, "PWD="+dir)
+	}
 	fail := func(code int, msg string) int {
 		fmt.Fprintf(os.Stderr, "prefork: exec shim: %s\n", msg)
 		reportExecError(code, msg)
 		return code
-	}
-	if dir != "" {
-		// The directory prefork resolved at start or at the last reload: a
-		// deploy that swapped it since applies from the next reload on.
-		if err := os.Chdir(dir); err != nil {
-			code := exitNoExec
-			if errors.Is(err, fs.ErrNotExist) {
-				code = exitNotFound
-			}
-			return fail(code, fmt.Sprintf("cannot enter the working directory %s: %v", dir, unwrapPath(err)))
-		}
-		env = append(env, "PWD="+dir)
 	}
 	if cred != "" {
 		if err := dropPrivileges(cred); err != nil {

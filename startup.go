@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // handledSignals are the signals the supervisor acts on.
@@ -65,6 +66,16 @@ func takeSignals() chan os.Signal {
 	return sigs
 }
 
+// releaseEarlySignals gives the signals caught since start-up their default
+// actions back, in a process of prefork's binary that turns out not to
+// supervise anything (the control client).
+func releaseEarlySignals() {
+	if earlySignals != nil {
+		releaseSignals(earlySignals)
+		earlySignals = nil
+	}
+}
+
 // releaseSignals undoes catchSignals, for a supervisor that returns into a
 // process that goes on (the tests).
 func releaseSignals(sigs chan os.Signal) {
@@ -101,13 +112,15 @@ func stopBeforeStart(sigs chan os.Signal) bool {
 }
 
 // checkPidfile refuses a pidfile that names a live process other than prefork
-// itself (another prefork, most likely); a stale one is replaced later. It also
-// makes sure the file can be written where it is asked for.
+// itself (another prefork, most likely); a stale one is replaced later: its
+// process is gone, or (Linux) started after the file was written, so its pid
+// was reused. It also makes sure the file can be written where it is asked for.
 func checkPidfile(path string) error {
 	if b, err := os.ReadFile(path); err == nil {
 		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err == nil && pid > 0 && pid != os.Getpid() {
-			if err := syscall.Kill(pid, 0); err == nil || errors.Is(err, syscall.EPERM) {
+		if err == nil && pid > 0 && pid != os.Getpid() && running(pid) {
+			fi, err := os.Stat(path)
+			if started, ok := pidStarted(pid); !ok || err != nil || !started.After(fi.ModTime().Add(time.Second)) {
 				return fmt.Errorf("it names pid %d, which is running (another prefork?); stop it or remove the file", pid)
 			}
 		}
@@ -115,6 +128,12 @@ func checkPidfile(path string) error {
 		return err
 	}
 	return checkWritable(path)
+}
+
+// running reports whether a process with this pid exists.
+func running(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // checkWritable makes sure a file prefork writes (and replaces by rename) can
