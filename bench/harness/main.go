@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -63,6 +64,7 @@ func main() {
 	flag.StringVar(&pm2Path, "pm2", "", "pm2 (empty: skip PM2)")
 	flag.StringVar(&pm2Home, "pm2-home", "", "PM2_HOME")
 	flag.StringVar(&onlyGroup, "group", "", "measure only this group's throughput (node or go), nothing else")
+	flag.StringVar(&onlyNames, "contenders", "", "with -group: only these contenders (comma-separated names)")
 	flag.Parse()
 	if *smoke {
 		*reps, *dur, *distDur, *warm = 1, time.Second, 300*time.Millisecond, 0
@@ -117,6 +119,9 @@ var began = time.Now()
 
 // onlyGroup is -group: a quick run of one table (bench/run.sh never sets it).
 var onlyGroup string
+
+// onlyNames is -contenders: with -group, the contenders to run ("" = all).
+var onlyNames string
 
 func logf(format string, a ...any) {
 	fmt.Fprintf(os.Stderr, "harness: %5.1fs "+format+"\n", append([]any{time.Since(began).Seconds()}, a...)...)
@@ -200,7 +205,7 @@ func throughput(res *results.Results, group string, rounds, distReps int, dur, d
 	dist := map[string]*[2]results.Dist{}
 	var order []string
 	for _, c := range contenders() {
-		if c.group != group {
+		if c.group != group || onlyNames != "" && !slices.Contains(strings.Split(onlyNames, ","), c.name) {
 			continue
 		}
 		order = append(order, c.name)
