@@ -6,12 +6,13 @@
 package main
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/internal/rrwire"
 )
 
 // readLoop reads a worker's acks until its channel is closed.
@@ -67,7 +68,7 @@ func (d *dispatcher) handleAcksLocked(w *rrWorker, n, oobn, flags int, err error
 		return
 	}
 	var bad error
-	w.seqs, bad = parseAcks(w.buf[:n], w.seqs[:0])
+	w.seqs, bad = rrwire.ParseAcks(w.buf[:n], w.seqs[:0])
 	// Acks before and after a bad one are honoured: the worker took those
 	// connections, handing them out again would serve them twice.
 	for _, seq := range w.seqs {
@@ -88,18 +89,6 @@ func (d *dispatcher) handleAcksLocked(w *rrWorker, n, oobn, flags int, err error
 	if bad != nil {
 		d.breakLocked(w, bad)
 	}
-}
-
-// parseAcks appends to dst the big-endian sequence numbers of one ack message;
-// a message that is empty or not a multiple of 4 bytes is an error.
-func parseAcks(b []byte, dst []uint32) ([]uint32, error) {
-	if len(b) == 0 || len(b)%4 != 0 {
-		return dst, fmt.Errorf("ack message of %d bytes, not a positive multiple of 4", len(b))
-	}
-	for ; len(b) > 0; b = b[4:] {
-		dst = append(dst, binary.BigEndian.Uint32(b))
-	}
-	return dst, nil
 }
 
 // breakLocked closes a worker's channel for a protocol or I/O error and tells
