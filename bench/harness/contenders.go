@@ -17,9 +17,10 @@ import (
 
 // contender is one way of running two workers of the same server.
 type contender struct {
-	group   string // "node" or "go"
+	group   string // "node", "go" or "c"
 	name    string
 	prefork bool // started by prefork, with a status file
+	master  bool // the process started hands out connections: its CPU per request is measured
 	start   func(port int) (*proc, error)
 	pending string // why it cannot run in this tree, if so
 }
@@ -77,9 +78,21 @@ func contenders() []contender {
 			return answering(p, port, err)
 		}
 	}
-	goUnder := func(mode string) func(int) (*proc, error) {
+	under := func(server, mode string) func(int) (*proc, error) {
 		return func(port int) (*proc, error) {
-			p, err := startPrefork(port, workers, mode, []string{"--ready", "notify"}, binPath("goserver"))
+			p, err := startPrefork(port, workers, mode, []string{"--ready", "notify"}, binPath(server))
+			return answering(p, port, err)
+		}
+	}
+	bare := func(server string) func(int) (*proc, error) {
+		return func(port int) (*proc, error) {
+			p, err := start(nil, binPath("barelaunch"), "-addr", fmt.Sprintf("127.0.0.1:%d", port), "-n", strconv.Itoa(workers), "--", binPath(server))
+			return answering(p, port, err)
+		}
+	}
+	ref := func(server string) func(int) (*proc, error) {
+		return func(port int) (*proc, error) {
+			p, err := start(nil, binPath("refmaster"), "-addr", fmt.Sprintf("127.0.0.1:%d", port), "-n", strconv.Itoa(workers), "--", binPath(server))
 			return answering(p, port, err)
 		}
 	}
@@ -89,13 +102,16 @@ func contenders() []contender {
 		{group: "node", name: "cluster SCHED_RR", start: nodeCluster("rr")},
 		{group: "node", name: "cluster SCHED_NONE", start: nodeCluster("none")},
 		{group: "node", name: "pm2 cluster", start: startPM2, pending: pm2Pending},
-		{group: "go", name: "prefork shared", prefork: true, start: goUnder("shared")},
-		{group: "go", name: "prefork reuseport", prefork: true, start: goUnder("reuseport")},
-		{group: "go", name: "prefork rr", prefork: true, start: goUnder("rr"), pending: rrPending},
-		{group: "go", name: "bare launcher", start: func(port int) (*proc, error) {
-			p, err := start(nil, binPath("barelaunch"), "-addr", fmt.Sprintf("127.0.0.1:%d", port), "-n", strconv.Itoa(workers), "--", binPath("goserver"))
-			return answering(p, port, err)
-		}},
+		{group: "go", name: "prefork shared", prefork: true, master: true, start: under("goserver", "shared")},
+		{group: "go", name: "prefork reuseport", prefork: true, master: true, start: under("goserver", "reuseport")},
+		{group: "go", name: "prefork rr", prefork: true, master: true, start: under("goserver", "rr"), pending: rrPending},
+		{group: "go", name: "reference master", master: true, start: ref("goserver")},
+		{group: "go", name: "bare launcher", start: bare("goserver")},
+		{group: "c", name: "prefork shared", prefork: true, master: true, start: under("cworker", "shared"), pending: cPending},
+		{group: "c", name: "prefork reuseport", prefork: true, master: true, start: under("cworker", "reuseport"), pending: cPending},
+		{group: "c", name: "prefork rr", prefork: true, master: true, start: under("cworker", "rr"), pending: or(cPending, rrPending)},
+		{group: "c", name: "reference master", master: true, start: ref("cworker"), pending: cPending},
+		{group: "c", name: "bare launcher", start: bare("cworker"), pending: cPending},
 	}
 	return cs
 }
@@ -105,6 +121,16 @@ var pm2Pending string
 
 // rrPending says why rr cannot run, if it cannot.
 var rrPending string
+
+// cPending says why the C server cannot run (no C compiler), if it cannot.
+var cPending string
+
+func or(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
 
 // probeRR finds out whether this tree's prefork implements --mode rr: the
 // worker side of the handoff has to be there, and prefork has to start.
