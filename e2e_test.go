@@ -153,6 +153,7 @@ type instance struct {
 	status string
 	done   chan struct{}
 	code   int
+	waited bool // the test read the exit status itself and judged it
 }
 
 // startPrefork runs the test binary as prefork with these options; the worker
@@ -196,8 +197,17 @@ func startPrefork(t *testing.T, role string, extraEnv []string, args ...string) 
 				in.cmd.Process.Kill()
 			}
 		}
+		// A race inside the supervisor must fail the test that provoked it, and
+		// a prefork the test did not expect to fail must not fail unseen.
+		out := in.stderr.String()
+		if strings.Contains(out, "WARNING: DATA RACE") {
+			t.Errorf("the race detector found a race in prefork")
+		}
+		if !in.waited && in.code != 0 {
+			t.Errorf("prefork exited with status %d", in.code)
+		}
 		if t.Failed() {
-			t.Logf("prefork stderr:\n%s", in.stderr.String())
+			t.Logf("prefork stderr:\n%s", out)
 		}
 	})
 	return in
@@ -215,6 +225,7 @@ func (in *instance) wait(timeout time.Duration) int {
 	in.t.Helper()
 	select {
 	case <-in.done:
+		in.waited = true
 		return in.code
 	case <-time.After(timeout):
 		in.t.Fatalf("prefork did not exit within %v", timeout)

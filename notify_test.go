@@ -166,7 +166,7 @@ func TestReadyNotifyTimeoutIsFailedStart(t *testing.T) {
 	never := filepath.Join(t.TempDir(), "never")
 	in := startPrefork(t, "notify", []string{readyWhenEnv + "=" + never}, "-l", "127.0.0.1:0", "-n", "1",
 		"--ready", "notify", "--ready-timeout", "300ms", "--backoff-min", "20ms", "--backoff-max", "40ms",
-		"--max-restarts", "2")
+		"--max-restarts", "2", "--grace", "300ms") // it ignores TERM until ready: SIGKILL after --grace
 	first := in.waitFor("a starting worker", 10*time.Second, func(st statusFile) bool { return len(st.Workers) == 1 })
 	if s := first.Workers[0].State; s != stateStarting {
 		t.Errorf("a worker that sent no READY=1 is %q, want starting", s)
@@ -257,7 +257,7 @@ func TestReloadAbortsWhenNewWorkerNeverReady(t *testing.T) {
 	ready := filepath.Join(t.TempDir(), "ready")
 	os.WriteFile(ready, nil, 0o644)
 	in := startPrefork(t, "notify", []string{readyWhenEnv + "=" + ready}, "-l", "127.0.0.1:0", "-n", "2",
-		"--ready", "notify", "--ready-timeout", "3s")
+		"--ready", "notify", "--ready-timeout", "3s", "--grace", "1s") // it ignores TERM until ready: SIGKILL after --grace
 	old := in.readyWorkers(2, 10*time.Second)
 	os.Remove(ready) // a broken deploy: the new generation never says READY=1
 	in.signal(syscall.SIGHUP)

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file holds the supervisor. One goroutine (loop) owns every piece of state:
 // workers, slots, timers, generations. Signals, the reaper, notify sockets, timers
@@ -34,8 +34,11 @@ type worker struct {
 	wasReady bool
 	retiring bool // stopped on purpose: its exit is not a crash
 	lastPing time.Time
+	failed   bool   // it quit young: its exit is a failed start
+	why      string // a replacement: why it replaces the slot's worker
 	status   string // last STATUS= it sent
 	notify   *notifySocket
+	link     link        // its channel: see channel.go
 	timer    *time.Timer // ready delay or ready timeout, then the grace period
 }
 
@@ -43,13 +46,13 @@ type worker struct {
 type slot struct {
 	index    int
 	cur      *worker // the worker serving this slot
-	next     *worker // during a reload: its replacement, until it is up
+	next     *worker // its replacement, until it is up (slots.go)
 	failures int     // failed starts in a row
 	restarts int
 	lastExit int
-	pending  bool  // a restart is scheduled
-	socks    []int // reuseport mode: this slot's own sockets, kept across restarts
-	removed  bool  // scaled down: its sockets close once its workers are gone
+	replaced string // why its worker was last replaced
+	socks    []int  // reuseport mode: this slot's own sockets, kept across restarts
+	removed  bool   // scaled down: its sockets close once its workers are gone
 }
 
 // Events the owner goroutine receives besides exitEvent and noChildrenEvent.
@@ -87,6 +90,7 @@ type supervisor struct {
 	notify    *notifyDir
 	up        *upstream
 	rr        *dispatcher
+	ch        workerChannel
 
 	workers   map[int]*worker
 	slots     []*slot
@@ -172,6 +176,7 @@ func supervise(c *config, stderr io.Writer) int {
 		}
 		defer s.rr.close()
 	}
+	s.ch = s.newChannel()
 	if c.pidfile != "" {
 		if err := os.WriteFile(c.pidfile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
 			return fail(exitFailure, "pidfile: %v", err)
@@ -266,7 +271,11 @@ func (s *supervisor) loop() int {
 func (s *supervisor) handle(ev any) {
 	switch e := ev.(type) {
 	case exitEvent:
-		s.exited(e)
+		if w := s.workers[e.pid]; w != nil {
+			s.exited(w, e.status)
+		} else {
+			s.log.Debug("reaped orphan", "pid", e.pid, "status", e.status)
+		}
 	case noChildrenEvent:
 		if s.sweeping {
 			s.done = true
@@ -283,8 +292,7 @@ func (s *supervisor) handle(ev any) {
 		}
 	case readyTimeoutEvent:
 		if s.alive(e.w) && e.w.state == stateStarting {
-			s.log.Error("worker not ready in time; killing it", "slot", e.w.slot.index, "pid", e.w.pid, "ready_timeout", s.c.readyTimeout)
-			kill(e.w.pid, syscall.SIGKILL)
+			s.readyTimedOut(e.w)
 		}
 	case graceEvent:
 		if s.alive(e.w) {
@@ -292,8 +300,7 @@ func (s *supervisor) handle(ev any) {
 			kill(e.w.pid, syscall.SIGKILL)
 		}
 	case restartEvent:
-		e.sl.pending = false
-		if !s.stopping && !e.sl.removed && e.sl.cur == nil {
+		if !s.stopping && !e.sl.removed && e.sl.cur == nil && e.sl.next == nil {
 			s.startIn(e.sl)
 		}
 	case notifyEvent:
@@ -301,9 +308,9 @@ func (s *supervisor) handle(ev any) {
 			s.notified(e.w, e.msg)
 		}
 	case brokenEvent:
-		if w := s.workers[e.pid]; w != nil {
-			s.log.Error("rr channel broken; killing worker", "slot", w.slot.index, "pid", w.pid, "err", e.err)
-			kill(w.pid, syscall.SIGKILL)
+		if w := s.workers[e.pid]; w != nil && !w.retiring {
+			s.log.Error("worker channel broken; stopping it", "slot", w.slot.index, "pid", w.pid, "err", e.err)
+			s.quit(w, whyBroken, true)
 		}
 	case drainDoneEvent:
 		s.stopAll()
@@ -339,15 +346,13 @@ func (s *supervisor) signal(sig syscall.Signal) {
 		}
 	case syscall.SIGTTIN:
 		if !s.stopping && len(s.slots) < maxWorkers {
-			if sl, err := s.addSlot(); err != nil {
+			if err := s.scaleTo(len(s.slots) + 1); err != nil {
 				s.log.Error("cannot add a worker", "err", err)
-			} else {
-				s.startIn(sl)
 			}
 		}
 	case syscall.SIGTTOU:
 		if !s.stopping {
-			s.removeSlot()
+			s.scaleTo(len(s.slots) - 1)
 		}
 	default: // USR1, USR2, WINCH
 		for _, w := range s.workers {

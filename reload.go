@@ -1,16 +1,18 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file holds the rolling reload (HUP) and the stop (TERM, INT, QUIT): the
 // supervisor's two walks over every worker.
 package main
 
 import (
+	"fmt"
 	"syscall"
 	"time"
 )
 
-// advanceReload starts the next slot's replacement, one slot at a time, so that
-// capacity never drops: the old worker stops only once the new one is up.
+// advanceReload replaces the next slot's worker of an older generation, one
+// slot at a time, so that capacity never drops: the old worker stops only once
+// the new one is up (slots.go). It runs again after every replacement's outcome.
 func (s *supervisor) advanceReload() {
 	if s.reloadGen == 0 || s.stopping {
 		return
@@ -22,24 +24,29 @@ func (s *supervisor) advanceReload() {
 	}
 	for _, sl := range s.slots {
 		if sl.cur != nil && sl.cur.gen < s.reloadGen {
-			w, err := s.spawn(sl)
-			if err != nil {
-				s.abortReload(sl, err.Error())
-				return
-			}
-			sl.next = w
+			s.replace(sl, whyReload)
 			return
 		}
 	}
-	s.log.Info("reload complete", "generation", s.reloadGen)
-	s.reloadGen = 0
-	s.up.send("READY=1")
+	s.reloadFinished(nil)
 }
 
 func (s *supervisor) abortReload(sl *slot, why string) {
 	s.log.Error("reload aborted; the old workers keep serving", "slot", sl.index, "generation", s.reloadGen, "reason", why)
+	s.reloadFinished(fmt.Errorf("slot %d: %s", sl.index, why))
+}
+
+// reloadFinished ends the reload that runs: err is nil when every slot runs the
+// new generation.
+func (s *supervisor) reloadFinished(err error) {
+	gen := s.reloadGen
 	s.reloadGen = 0
-	s.up.send("READY=1\nSTATUS=reload failed: " + why)
+	if err == nil {
+		s.log.Info("reload complete", "generation", gen)
+		s.up.send("READY=1")
+		return
+	}
+	s.up.send("READY=1\nSTATUS=reload failed: " + err.Error())
 }
 
 // beginStop starts a graceful stop, after --drain-delay when one is set.
@@ -60,8 +67,7 @@ func (s *supervisor) beginStop(drain time.Duration) {
 func (s *supervisor) stopAll() {
 	s.log.Info("stopping workers", "workers", len(s.workers), "grace", s.c.grace)
 	for _, w := range s.workers {
-		s.retire(w)
-		kill(w.pid, s.c.stopSignal)
+		s.stopWorker(w)
 	}
 	s.checkDone()
 }

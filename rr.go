@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file implements --mode rr: the dispatcher that accepts on prefork's
 // listeners and hands each connection to the next ready worker over its handoff
@@ -38,11 +38,25 @@ type handoff struct {
 	fd    int    // prefork's copy of the connection
 }
 
+// rrSender sends one connection to a worker: the SPEC §4 message on the handoff
+// socket, or a Node cluster newconn. Errors are raw; EAGAIN means "full for now".
+type rrSender interface {
+	sendConn(seq, index uint32, conn int) error
+}
+
+// handoffSender is the SPEC §4 codec on prefork's end of a handoff socket.
+type handoffSender int
+
+func (fd handoffSender) sendConn(seq, index uint32, conn int) error {
+	return sendConn(int(fd), seq, index, conn)
+}
+
 // rrWorker is one worker's handoff channel.
 type rrWorker struct {
 	id       int // the worker's pid
-	fd       int // master end, non-blocking
-	file     *os.File
+	send     rrSender
+	fd       int      // §4: master end, non-blocking; -1 for a channel read elsewhere
+	file     *os.File // §4: fd, read by readLoop; nil for a channel read elsewhere
 	rc       syscall.RawConn
 	readFn   func(uintptr) bool // d.readAcks bound once to this worker
 	ready    bool
@@ -148,6 +162,7 @@ func newDispatcher(lfds []int, window int, log *slog.Logger, onBroken func(id in
 func (d *dispatcher) attach(id int, fd int) {
 	w := &rrWorker{
 		id:   id,
+		send: handoffSender(fd),
 		fd:   fd,
 		buf:  make([]byte, 4*d.window),
 		oob:  make([]byte, syscall.CmsgSpace(4*4)),
@@ -184,6 +199,61 @@ func (d *dispatcher) attach(id int, fd int) {
 	go d.readLoop(w)
 }
 
+// attachSender adds a worker whose channel is read elsewhere (the Node cluster
+// channel): its acks come through acked and refused, its end through shut.
+func (d *dispatcher) attachSender(id int, snd rrSender) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if !d.closed {
+		d.workers = append(d.workers, &rrWorker{id: id, send: snd, fd: -1})
+	}
+}
+
+// acked takes a worker's ack of a connection from a channel read elsewhere.
+func (d *dispatcher) acked(id int, seq uint32) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	w := d.workerLocked(id)
+	if w == nil {
+		return nil
+	}
+	if !d.ackLocked(w, seq) {
+		return fmt.Errorf("ack for sequence number %d, which is not in flight", seq)
+	}
+	d.pumpLocked()
+	d.room.Broadcast()
+	return nil
+}
+
+// refused takes back a connection a worker did not take: it goes to another.
+func (d *dispatcher) refused(id int, seq uint32) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if w := d.workerLocked(id); w != nil {
+		for i, h := range w.inflight {
+			if h.seq == seq {
+				w.inflight = append(w.inflight[:i], w.inflight[i+1:]...)
+				d.pending = append(d.pending, h)
+				break
+			}
+		}
+		d.pumpLocked()
+		d.room.Broadcast()
+	}
+}
+
+// shut closes a channel read elsewhere: what the worker did not ack goes to
+// another worker.
+func (d *dispatcher) shut(id int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if w := d.workerLocked(id); w != nil {
+		d.shutLocked(w)
+		d.pumpLocked()
+		d.room.Broadcast()
+	}
+}
+
 // ready makes a worker eligible for connections.
 func (d *dispatcher) ready(id int) {
 	d.mu.Lock()
@@ -215,7 +285,7 @@ func (d *dispatcher) detach(id int) {
 	if w == nil {
 		return
 	}
-	for !w.gone {
+	for !w.gone && w.file != nil {
 		n, oobn, flags, err := recvNoWait(w.fd, w.buf, w.oob)
 		if err == syscall.EAGAIN {
 			break
@@ -248,7 +318,9 @@ func (d *dispatcher) close() {
 		}
 		for _, w := range d.workers {
 			w.gone = true
-			w.file.SetReadDeadline(now)
+			if w.file != nil {
+				w.file.SetReadDeadline(now)
+			}
 			for _, h := range w.inflight {
 				syscall.Close(h.fd)
 			}
@@ -368,7 +440,7 @@ func (d *dispatcher) placeLocked(fd int, index uint32) bool {
 		if !d.eligible(w) {
 			continue
 		}
-		err := sendConn(w.fd, d.seq, index, fd)
+		err := w.send.sendConn(d.seq, index, fd)
 		if err == nil {
 			w.inflight = append(w.inflight, handoff{seq: d.seq, index: index, fd: fd})
 			w.handed++
@@ -419,7 +491,3 @@ func (d *dispatcher) workerLocked(id int) *rrWorker {
 	}
 	return nil
 }
-
-// rightsTemplate is an SCM_RIGHTS control message for one descriptor; sendConn
-// copies it and writes the descriptor in, so a handoff allocates nothing.
-var rightsTemplate = syscall.UnixRights(0)

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file reads the acks of rr workers (SPEC §4): 4-byte big-endian sequence
 // numbers, several per message, and closes the channel of a worker that sends
@@ -45,6 +45,9 @@ func (d *dispatcher) readAcks(w *rrWorker) bool {
 // handleAcksLocked handles one message read from a worker's channel: acks, end
 // of file, or anything else, which breaks the channel.
 func (d *dispatcher) handleAcksLocked(w *rrWorker, n, oobn, flags int, err error) {
+	if err == syscall.ECONNRESET { // closed with handoffs still unread: a close all the same
+		n, err = 0, nil
+	}
 	switch {
 	case err != nil:
 		d.breakLocked(w, os.NewSyscallError("recvmsg", err))
@@ -58,13 +61,14 @@ func (d *dispatcher) handleAcksLocked(w *rrWorker, n, oobn, flags int, err error
 		return
 	case n == 0:
 		// The worker closed its end (it exited, or gave up the channel): what it
-		// did not ack can go elsewhere at once; the supervisor still detaches it.
-		if w.draining {
-			d.log.Debug("rr: worker closed its handoff channel", "pid", w.id, "unacked", len(w.inflight))
-		} else {
-			d.log.Warn("rr: worker closed its handoff channel", "pid", w.id, "unacked", len(w.inflight))
-		}
+		// did not ack can go elsewhere at once. A worker that is not leaving can
+		// get no more connections: it is broken, and the supervisor replaces it.
+		d.log.Debug("rr: worker closed its handoff channel", "pid", w.id, "unacked", len(w.inflight))
+		draining := w.draining
 		d.shutLocked(w)
+		if !draining && d.onBroken != nil {
+			go d.onBroken(w.id, errors.New("it closed its handoff channel"))
+		}
 		return
 	}
 	var bad error
@@ -72,23 +76,27 @@ func (d *dispatcher) handleAcksLocked(w *rrWorker, n, oobn, flags int, err error
 	// Acks before and after a bad one are honoured: the worker took those
 	// connections, handing them out again would serve them twice.
 	for _, seq := range w.seqs {
-		i := 0
-		for i < len(w.inflight) && w.inflight[i].seq != seq {
-			i++
+		if !d.ackLocked(w, seq) && bad == nil {
+			bad = fmt.Errorf("ack for sequence number %d, which is not in flight", seq)
 		}
-		if i == len(w.inflight) {
-			if bad == nil {
-				bad = fmt.Errorf("ack for sequence number %d, which is not in flight", seq)
-			}
-			continue
-		}
-		syscall.Close(w.inflight[i].fd)
-		w.inflight = append(w.inflight[:i], w.inflight[i+1:]...)
-		w.acked++
 	}
 	if bad != nil {
 		d.breakLocked(w, bad)
 	}
+}
+
+// ackLocked closes prefork's copy of a connection the worker took; it reports
+// false when seq is not in flight to that worker.
+func (d *dispatcher) ackLocked(w *rrWorker, seq uint32) bool {
+	for i := range w.inflight {
+		if w.inflight[i].seq == seq {
+			syscall.Close(w.inflight[i].fd)
+			w.inflight = append(w.inflight[:i], w.inflight[i+1:]...)
+			w.acked++
+			return true
+		}
+	}
+	return false
 }
 
 // breakLocked closes a worker's channel for a protocol or I/O error and tells
@@ -112,7 +120,9 @@ func (d *dispatcher) shutLocked(w *rrWorker) {
 		return
 	}
 	w.gone = true
-	w.file.SetReadDeadline(time.Now())
+	if w.file != nil {
+		w.file.SetReadDeadline(time.Now())
+	}
 	d.pending = append(d.pending, w.inflight...)
 	w.inflight = nil
 }

@@ -173,10 +173,27 @@ func TestRRWorkerClosesChannel(t *testing.T) {
 	a.close() // no detach: the end of file alone hands the connection on
 	m := b.must()
 	sameConn(t, c, m.conn, 'e')
+	// A worker that is not draining and closes its channel can get no more
+	// connections: it is broken, so that the supervisor replaces it.
 	select {
 	case e := <-f.broken:
-		t.Fatalf("onBroken(%d, %v) for a worker that closed its channel", e.id, e.err)
-	case <-time.After(100 * time.Millisecond):
+		if e.id != 451 {
+			t.Fatalf("onBroken(%d, %v), want worker 451", e.id, e.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no onBroken for a worker that closed its channel while not draining")
+	}
+}
+
+func TestRRDrainingWorkerClosesChannel(t *testing.T) {
+	f := newRRFixture(t, 1, 4)
+	a := f.worker(461, true)
+	f.d.drain(461)
+	a.close()
+	select {
+	case e := <-f.broken:
+		t.Fatalf("onBroken(%d, %v) for a draining worker that closed its channel", e.id, e.err)
+	case <-time.After(200 * time.Millisecond):
 	}
 }
 
