@@ -10,35 +10,19 @@ import (
 	"fmt"
 	"os"
 	"syscall"
-	"time"
 
 	"github.com/prefork/prefork/internal/rrwire"
 )
 
-// readLoop reads a worker's acks until its channel is closed.
-func (d *dispatcher) readLoop(w *rrWorker) {
-	defer d.wg.Done()
-	defer w.file.Close()
-	w.rc.Read(w.readFn) // ends when readAcks says so or on the deadline set when the channel is shut
-}
-
-// readAcks is the poller callback of a worker's channel.
-func (d *dispatcher) readAcks(w *rrWorker) bool {
-	for {
-		d.mu.Lock()
-		if w.gone {
-			d.mu.Unlock()
-			return true
-		}
+// readAcksLocked reads the acks waiting on a worker's channel, without
+// blocking, until none is left or the channel is closed.
+func (d *dispatcher) readAcksLocked(w *rrWorker) {
+	for !w.gone && w.fd >= 0 {
 		n, oobn, flags, err := recvNoWait(w.fd, w.buf, w.oob)
 		if err == syscall.EAGAIN {
-			d.mu.Unlock()
-			return false
+			return
 		}
 		d.handleAcksLocked(w, n, oobn, flags, err)
-		d.pumpLocked()
-		d.room.Broadcast()
-		d.mu.Unlock()
 	}
 }
 
@@ -112,16 +96,16 @@ func (d *dispatcher) breakLocked(w *rrWorker, err error) {
 	}
 }
 
-// shutLocked closes a worker's channel (its reader goroutine closes the
-// descriptor) and queues its unacked connections for other workers, ahead of
-// new accepts. The caller pumps.
+// shutLocked closes a worker's channel and queues its unacked connections for
+// other workers, ahead of new accepts. The caller pumps.
 func (d *dispatcher) shutLocked(w *rrWorker) {
 	if w.gone {
 		return
 	}
 	w.gone = true
-	if w.file != nil {
-		w.file.SetReadDeadline(time.Now())
+	if w.fd >= 0 {
+		d.poll.del(w.fd)
+		syscall.Close(w.fd)
 	}
 	d.pending = append(d.pending, w.inflight...)
 	w.inflight = nil
