@@ -33,6 +33,9 @@ func acceptConn(lfd int) (int, error) {
 	}
 }
 
+// closeConn closes prefork's copy of a connection.
+func closeConn(fd int) { syscall.Close(fd) }
+
 // dupCloexec duplicates fd close-on-exec; ForkLock keeps a concurrent fork from
 // inheriting it in between.
 func dupCloexec(fd int) (int, error) {

@@ -9,10 +9,12 @@ import (
 
 // acceptConn accepts one connection from the non-blocking listener lfd and
 // returns it blocking and close-on-exec. It asks for no peer address, so it
-// allocates nothing. Errors are raw syscall.Errno values (EAGAIN included).
+// allocates nothing, and never blocking, it enters the kernel without telling
+// the Go scheduler (RawSyscall). Errors are raw syscall.Errno values (EAGAIN
+// included).
 func acceptConn(lfd int) (int, error) {
 	for {
-		r, _, e := syscall.Syscall6(syscall.SYS_ACCEPT4, uintptr(lfd), 0, 0, syscall.SOCK_CLOEXEC, 0, 0)
+		r, _, e := syscall.RawSyscall6(syscall.SYS_ACCEPT4, uintptr(lfd), 0, 0, syscall.SOCK_CLOEXEC, 0, 0)
 		switch e {
 		case 0:
 			return int(r), nil
@@ -21,6 +23,13 @@ func acceptConn(lfd int) (int, error) {
 		}
 		return -1, e
 	}
+}
+
+// closeConn closes prefork's copy of a connection: never the last reference
+// while a worker holds it, and without SO_LINGER at most the start of a
+// close, so it does not block (RawSyscall, as acceptConn).
+func closeConn(fd int) {
+	syscall.RawSyscall(syscall.SYS_CLOSE, uintptr(fd), 0, 0)
 }
 
 // dupCloexec duplicates fd atomically close-on-exec (F_DUPFD_CLOEXEC).

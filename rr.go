@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/internal/rrwire"
 )
 
 // rrDefaultWindow is the default W: connections a worker may hold unacked.
@@ -62,9 +64,8 @@ type rrWorker struct {
 	inflight []handoff
 	handed   uint64
 	acked    uint64
-	buf      []byte   // one ack message
-	oob      []byte   // room to notice (and close) a descriptor sent by the worker
-	seqs     []uint32 // parsed acks of one message
+	acks     *rrwire.Batch // ack messages read in one call
+	seqs     []uint32      // parsed acks of one message
 }
 
 // rrListener is one listener the dispatcher accepts on.
@@ -161,8 +162,7 @@ func (d *dispatcher) attach(id int, fd int) {
 		id:   id,
 		send: handoffSender(fd),
 		fd:   fd,
-		buf:  make([]byte, 4*d.window),
-		oob:  make([]byte, syscall.CmsgSpace(4*4)),
+		acks: rrwire.NewBatch(min(d.window, 64), rrwire.AckLen*d.window),
 		seqs: make([]uint32, 0, d.window),
 	}
 	d.mu.Lock()

@@ -18,32 +18,39 @@ import (
 // blocking, until none is left or the channel is closed.
 func (d *dispatcher) readAcksLocked(w *rrWorker) {
 	for !w.gone && w.fd >= 0 {
-		n, oobn, flags, err := recvNoWait(w.fd, w.buf, w.oob)
+		n, err := w.acks.Recv(w.fd)
 		if err == syscall.EAGAIN {
 			return
 		}
-		d.handleAcksLocked(w, n, oobn, flags, err)
+		if err != nil {
+			d.handleAcksLocked(w, nil, nil, 0, err)
+			return
+		}
+		for i := 0; i < n && !w.gone; i++ {
+			p, oob, flags := w.acks.Msg(i)
+			d.handleAcksLocked(w, p, oob, flags, nil)
+		}
 	}
 }
 
 // handleAcksLocked handles one message read from a worker's channel: acks, end
 // of file, or anything else, which breaks the channel.
-func (d *dispatcher) handleAcksLocked(w *rrWorker, n, oobn, flags int, err error) {
+func (d *dispatcher) handleAcksLocked(w *rrWorker, p, oob []byte, flags int, err error) {
 	if err == syscall.ECONNRESET { // closed with handoffs still unread: a close all the same
-		n, err = 0, nil
+		p, err = nil, nil
 	}
 	switch {
 	case err != nil:
 		d.breakLocked(w, os.NewSyscallError("recvmsg", err))
 		return
-	case oobn > 0:
-		closeRights(w.oob[:oobn])
+	case len(oob) > 0:
+		closeRights(oob)
 		d.breakLocked(w, errors.New("worker sent a descriptor"))
 		return
 	case flags&(syscall.MSG_TRUNC|syscall.MSG_CTRUNC) != 0:
 		d.breakLocked(w, errors.New("ack message too long"))
 		return
-	case n == 0:
+	case len(p) == 0:
 		// The worker closed its end (it exited, or gave up the channel): what it
 		// did not ack can go elsewhere at once. A worker that is not leaving can
 		// get no more connections: it is broken, and the supervisor replaces it.
@@ -56,7 +63,7 @@ func (d *dispatcher) handleAcksLocked(w *rrWorker, n, oobn, flags int, err error
 		return
 	}
 	var bad error
-	w.seqs, bad = rrwire.ParseAcks(w.buf[:n], w.seqs[:0])
+	w.seqs, bad = rrwire.ParseAcks(p, w.seqs[:0])
 	// Acks before and after a bad one are honoured: the worker took those
 	// connections, handing them out again would serve them twice.
 	for _, seq := range w.seqs {
@@ -74,7 +81,7 @@ func (d *dispatcher) handleAcksLocked(w *rrWorker, n, oobn, flags int, err error
 func (d *dispatcher) ackLocked(w *rrWorker, seq uint32) bool {
 	for i := range w.inflight {
 		if w.inflight[i].seq == seq {
-			syscall.Close(w.inflight[i].fd)
+			closeConn(w.inflight[i].fd)
 			w.inflight = append(w.inflight[:i], w.inflight[i+1:]...)
 			w.acked++
 			return true

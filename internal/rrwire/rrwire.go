@@ -119,25 +119,8 @@ func CloseRights(oob []byte) {
 }
 
 // rightsHeader is the SCM_RIGHTS header for one descriptor; Send copies it and
-// writes the descriptor after it.
+// writes the descriptor after it, so a send allocates nothing.
 var rightsHeader = syscall.UnixRights(0)[:syscall.CmsgLen(0)]
-
-// Send sends one handoff message without blocking: seq and listener index with
-// conn in SCM_RIGHTS. It allocates nothing. Errors are raw syscall.Errno values
-// (see WouldBlock).
-func Send(ch int, seq, index uint32, conn int) error {
-	var msg [MsgLen]byte
-	Put(&msg, seq, index)
-	var oob [64]byte
-	copy(oob[:], rightsHeader)
-	binary.NativeEndian.PutUint32(oob[len(rightsHeader):], uint32(conn))
-	for {
-		err := syscall.Sendmsg(ch, msg[:], oob[:RightsSpace], nil, sendFlags)
-		if err != syscall.EINTR {
-			return err
-		}
-	}
-}
 
 // SendAcks writes one ack message (a multiple of 4 bytes).
 func SendAcks(ch int, acks []byte) error {

@@ -84,3 +84,32 @@ func cloexecRights(oob []byte) {
 func WouldBlock(err error) bool {
 	return err == syscall.EAGAIN || err == syscall.ENOBUFS
 }
+
+// Batch is room to read messages of up to size bytes; on macOS (no recvmmsg)
+// a Recv reads one.
+type Batch struct {
+	buf, oob []byte
+	n, oobn  int
+	flags    int
+}
+
+// NewBatch makes room for messages of up to size bytes.
+func NewBatch(n, size int) *Batch {
+	return &Batch{buf: make([]byte, size), oob: make([]byte, OOBSpace)}
+}
+
+// Recv reads one message waiting on fd without blocking; descriptors are made
+// close-on-exec. It returns 1, or a raw error, EAGAIN when none was waiting.
+func (b *Batch) Recv(fd int) (int, error) {
+	var err error
+	b.n, b.oobn, b.flags, err = Recv(fd, b.buf, b.oob, true)
+	if err != nil {
+		return 0, err
+	}
+	return 1, nil
+}
+
+// Msg returns the message of the last Recv.
+func (b *Batch) Msg(i int) (p, oob []byte, flags int) {
+	return b.buf[:b.n], b.oob[:b.oobn], b.flags
+}

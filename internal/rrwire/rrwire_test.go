@@ -191,3 +191,45 @@ func FuzzRights(f *testing.F) {
 		Rights(oob, nil) // must not panic on any control message
 	})
 }
+
+func TestBatch(t *testing.T) {
+	m, w := pair(t)
+	b := NewBatch(4, 64)
+	if _, err := b.Recv(m); err != syscall.EAGAIN {
+		t.Fatalf("empty: %v, want EAGAIN", err)
+	}
+	var ack [AckLen]byte
+	for seq := uint32(1); seq <= 6; seq++ {
+		PutAck(ack[:], seq)
+		if err := SendAcks(w, ack[:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []uint32
+	for len(got) < 6 {
+		n, err := b.Recv(m)
+		if err != nil || n < 1 {
+			t.Fatalf("Recv: %d %v", n, err)
+		}
+		for i := 0; i < n; i++ {
+			p, oob, _ := b.Msg(i)
+			if len(oob) != 0 {
+				t.Fatalf("control message %v", oob)
+			}
+			got, err = ParseAcks(p, got)
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for i, s := range got {
+		if s != uint32(i+1) {
+			t.Fatalf("acks %v", got)
+		}
+	}
+	syscall.Close(w)
+	n, err := b.Recv(m)
+	if p, _, _ := b.Msg(0); err != nil || n < 1 || len(p) != 0 {
+		t.Fatalf("after the peer's close: %d %v, want an empty message", n, err)
+	}
+}
