@@ -1,10 +1,11 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file adopts the sockets systemd (or systemd-socket-activate) passed to
 // prefork: LISTEN_FDS and LISTEN_PID, with their LISTEN_FDNAMES.
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -69,12 +70,25 @@ func adoptSystemd() ([]*listener, error) {
 // adoptFD makes an inherited socket a listener.
 func adoptFD(fd int, name string) (*listener, error) {
 	typ, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TYPE)
+	if errors.Is(err, syscall.ENOTSOCK) || errors.Is(err, syscall.EBADF) {
+		return nil, fmt.Errorf("%s, not a listening socket", describeFd(fd))
+	}
 	if err != nil {
 		return nil, os.NewSyscallError("getsockopt SO_TYPE", err)
 	}
 	sa, err := syscall.Getsockname(fd)
 	if err != nil {
 		return nil, os.NewSyscallError("getsockname", err)
+	}
+	if typ == syscall.SOCK_STREAM {
+		// Workers would accept on it: a connected socket (or one nobody called
+		// listen on) gives them EINVAL at once, and a crash loop.
+		if on, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN); err == nil && on == 0 {
+			if peer, err := syscall.Getpeername(fd); err == nil {
+				return nil, fmt.Errorf("is a connected stream socket (%s to %s), not a listening one", sockaddrString(sa), sockaddrString(peer))
+			}
+			return nil, fmt.Errorf("is a stream socket bound to %q that is not listening (listen(2) was not called)", sockaddrString(sa))
+		}
 	}
 	var spec listenSpec
 	switch sa.(type) {
@@ -109,4 +123,23 @@ func adoptFD(fd int, name string) (*listener, error) {
 		return nil, os.NewSyscallError("fcntl", err)
 	}
 	return &listener{spec: spec, fd: fd, bound: spec.addr}, nil
+}
+
+// describeFd says what a descriptor that is not a socket is, for messages.
+func describeFd(fd int) string {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return "is not open"
+	}
+	switch st.Mode & syscall.S_IFMT {
+	case syscall.S_IFREG:
+		return "is a regular file"
+	case syscall.S_IFDIR:
+		return "is a directory"
+	case syscall.S_IFIFO:
+		return "is a pipe"
+	case syscall.S_IFCHR:
+		return "is a character device (a terminal or /dev/null?)"
+	}
+	return "is not a socket"
 }

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file tests adopting sockets from systemd, in a re-executed child that
 // inherits them the way systemd passes them.
@@ -189,7 +189,7 @@ func TestAdoptSystemd(t *testing.T) {
 		{"bad count", `malformed LISTEN_FDS="two"`, 2, []string{"PREFORK_TEST_LISTEN_PID_SELF=1", "LISTEN_FDS=two"}},
 		{"bad pid", `malformed LISTEN_PID="me"`, 2, []string{"LISTEN_PID=me", "LISTEN_FDS=2"}},
 		{"names mismatch", "2 names for LISTEN_FDS=3", 3, []string{"PREFORK_TEST_LISTEN_PID_SELF=1", "LISTEN_FDS=3", "LISTEN_FDNAMES=a:b"}},
-		{"not a socket", "fd 6: getsockopt SO_TYPE", 4, []string{"PREFORK_TEST_LISTEN_PID_SELF=1", "LISTEN_FDS=4"}},
+		{"not a socket", "fd 6: is a regular file, not a listening socket", 4, []string{"PREFORK_TEST_LISTEN_PID_SELF=1", "LISTEN_FDS=4"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			rep := run(t, tc.nfiles, tc.env...)

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file binds the listeners as raw, blocking, close-on-exec descriptors
 // (never through Go's poller): TCP (dual-stack), unix stream and UDP sockets,
@@ -80,25 +80,45 @@ func openInet(spec listenSpec, backlog int, reuseport bool) (*listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("invalid port %q: %w", portText, err)
 	}
-	var fd int
-	if host == "" {
-		fd, err = inetSocket(spec.network, &syscall.SockaddrInet6{Port: port}, 0, reuseport, backlog)
-		if errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EADDRNOTAVAIL) {
-			fd, err = inetSocket(spec.network, &syscall.SockaddrInet4{Port: port}, -1, reuseport, backlog)
+	var sa syscall.Sockaddr = &syscall.SockaddrInet6{Port: port}
+	v6only := 0
+	if host != "" {
+		if sa, err = resolveSockaddr(host, port); err != nil {
+			return nil, err
 		}
-	} else {
-		var sa syscall.Sockaddr
-		sa, err = resolveSockaddr(host, port)
+		v6only = 1
+	}
+	open := func(reuseport bool, backlog int) (int, error) {
+		fd, err := inetSocket(spec.network, sa, v6only, reuseport, backlog)
+		if host == "" && (errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EADDRNOTAVAIL)) {
+			sa, v6only = &syscall.SockaddrInet4{Port: port}, -1 // no IPv6 on this machine
+			fd, err = inetSocket(spec.network, sa, v6only, reuseport, backlog)
+		}
+		return fd, err
+	}
+	if reuseport && port != 0 {
+		// A socket with SO_REUSEPORT joins the group of any socket already bound
+		// to the address by the same user: a second prefork would take half of
+		// the first one's connections. A bind without SO_REUSEPORT fails on any
+		// socket that holds the address, so it finds such a group first.
+		probe, err := open(false, bindOnly)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, fmt.Errorf("address already in use: another socket holds it, and --mode reuseport does not join another process's SO_REUSEPORT group (%w)", err)
+		}
 		if err != nil {
 			return nil, err
 		}
-		fd, err = inetSocket(spec.network, sa, 1, reuseport, backlog)
+		syscall.Close(probe)
 	}
+	fd, err := open(reuseport, backlog)
 	if err != nil {
 		return nil, err
 	}
 	return newListener(spec, fd)
 }
+
+// bindOnly as inetSocket's backlog binds a stream socket without listening.
+const bindOnly = -1
 
 // resolveSockaddr turns an IP literal or a host name into a socket address;
 // a name resolving to several addresses gives the first (IPv4 preferred).
@@ -127,7 +147,7 @@ func resolveSockaddr(host string, port int) (syscall.Sockaddr, error) {
 }
 
 // inetSocket makes a blocking, close-on-exec TCP or UDP socket bound to sa (and
-// listening, for TCP). v6only sets IPV6_V6ONLY on IPv6 sockets (0 or 1; -1 leaves it).
+// listening, for TCP, unless backlog is bindOnly). v6only sets IPV6_V6ONLY on IPv6 sockets (0 or 1; -1 leaves it).
 func inetSocket(network string, sa syscall.Sockaddr, v6only int, reuseport bool, backlog int) (int, error) {
 	family, typ := syscall.AF_INET, syscall.SOCK_STREAM
 	if _, ok := sa.(*syscall.SockaddrInet6); ok {
@@ -157,7 +177,7 @@ func inetSocket(network string, sa syscall.Sockaddr, v6only int, reuseport bool,
 	if err == nil {
 		err = os.NewSyscallError("bind", syscall.Bind(fd, sa))
 	}
-	if err == nil && typ == syscall.SOCK_STREAM {
+	if err == nil && typ == syscall.SOCK_STREAM && backlog != bindOnly {
 		err = os.NewSyscallError("listen", syscall.Listen(fd, backlog))
 	}
 	if err != nil {

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file tests binding: real sockets, their flags, unix socket files, the
 // all-or-nothing rule and SO_REUSEPORT.

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file holds the built-in demo worker (--demo): a tiny HTTP/1.1 server that
 // answers every request with its worker number and pid, in every mode, and on

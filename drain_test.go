@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file tests --drain-delay, the Kubernetes recipe: after TERM the workers
 // keep serving, untouched, for the drain delay, then stop gracefully.

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file holds the end-to-end test harness: the test binary plays prefork
 // itself (so the supervisor runs under the race detector), the exec shim, and the
@@ -27,6 +27,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(roleEnv) != "prefork" {
+		releaseEarlySignals() // only prefork catches signals from its first instant
+	}
 	switch {
 	case os.Getenv(shimEnv) != "":
 		os.Exit(runShim(os.Args[1:]))

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file binds the dispatcher to the rr wire format of internal/rrwire,
 // which prefork shares with the worker package.

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file holds the fuzz targets for the parsers that read outside input: the
 // option values (durations, signals, worker counts), whole command lines, and

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file holds prefork's listeners as the user names them: parsing -p and -l
 // and the names that go into LISTEN_FDNAMES. bind.go binds them; adopt.go takes

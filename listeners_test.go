@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file tests listeners.go on real sockets: parsing, binding, flags of the
 // descriptors, unix socket files, SO_REUSEPORT, and systemd adoption in a child.

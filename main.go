@@ -1,3 +1,5 @@
+//go:build linux || darwin
+
 // Command prefork binds ports once and runs a command N times, each worker
 // inheriting the listening sockets the way systemd passes them (fd 3, 4, …,
 // LISTEN_FDS, a per-worker LISTEN_PID, LISTEN_FDNAMES).
@@ -22,6 +24,8 @@ import (
 
 const usage = `usage: prefork [options] [--] command [args...]
        prefork [options] --demo
+       prefork --ctl PATH status [--json] | reload [--timeout DUR] |
+                          scale N [--timeout DUR] | stop [--timeout DUR] | metrics
 
 Bind the listeners once, then run command N times; every worker inherits the
 listening sockets as fd 3, 4, ... with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES.
@@ -31,7 +35,14 @@ Listeners:
   -l, --listen [NAME=]ADDR   HOST:PORT, :PORT, unix:/path or udp:HOST:PORT; repeatable
       --backlog N            listen backlog (default: the system maximum)
 Workers:
-  -n, --workers N|auto       number of workers (default auto: usable CPUs)
+  -n, --workers N|auto|MIN:MAX
+                             number of workers (default auto: usable CPUs);
+                             MIN:MAX sizes the pool from the accept queue
+      --idle-timeout DUR     MIN:MAX: stop a worker above MIN after the pool
+                             was idle this long (default 10s)
+      --max-rss SIZE         replace a worker whose process group's resident
+                             memory exceeds SIZE (512M, 2G; Linux)
+      --max-lifetime DUR     replace each worker after DUR, less up to 10% jitter
       --mode MODE            shared, reuseport or rr (default shared)
       --rr-window N          rr mode: unacked connections per worker (default 32)
       --user USER[:GROUP]    run workers as this user
@@ -51,11 +62,18 @@ Lifecycle:
 Output:
       --pidfile PATH         write prefork's pid here
       --status-file PATH     JSON state, rewritten on every change
+      --control PATH         serve the control socket (for prefork --ctl) at PATH
+      --metrics-file PATH    Prometheus text metrics, rewritten every 5s
       --log-format text|json prefork's own log lines on stderr (default text)
   -q, --quiet                only warnings and errors
   -v, --verbose              debug logging
   -h, --help                 show this help
       --version              print the version
+
+Control (talks to a prefork started with --control PATH; starts nothing):
+      --ctl PATH COMMAND     status, reload, scale N, stop or metrics; exit 0 done,
+                             1 failed (reload abandoned, refused, prefork gone),
+                             2 usage, 3 timed out (the command goes on in prefork)
 
 Signals: TERM/INT stop, HUP rolling reload, TTIN/TTOU one worker more/fewer,
 USR1/USR2/WINCH passed on, QUIT fast stop. See prefork(1).
@@ -80,7 +98,7 @@ const (
 type config struct {
 	specs        []listenSpec
 	backlog      int
-	workers      int // 0 = auto
+	workers      int // 0 = auto; with -n MIN:MAX, MIN
 	mode         string
 	rrWindow     int
 	user         string
@@ -98,9 +116,19 @@ type config struct {
 	drainDelay   time.Duration
 	pidfile      string
 	statusFile   string
+	control      string // --control: serve the control socket here
+	metricsFile  string
+	ctl          string // --ctl: be the control client of the prefork at this socket
 	logFormat    string
 	verbosity    int // -1 quiet, 0 normal, 1 verbose
 	command      []string
+
+	poolMin, poolMax int // -n MIN:MAX; poolMax 0 = a fixed pool
+	idleTimeout      time.Duration
+	idleTimeoutSet   bool
+	maxRSS           int64 // bytes; 0 = off
+	maxLifetime      time.Duration
+	maxLifetimeSet   bool
 }
 
 func defaultConfig() *config {
@@ -117,6 +145,7 @@ func defaultConfig() *config {
 		grace:        30 * time.Second,
 		stopSignal:   syscall.SIGTERM,
 		logFormat:    "text",
+		idleTimeout:  10 * time.Second,
 	}
 }
 
@@ -181,8 +210,28 @@ var options = []option{
 	}},
 	{long: "backlog", set: intOpt(func(c *config) *int { return &c.backlog }, 1, 1<<20)},
 	{long: "workers", short: "n", set: func(c *config, v string) error {
+		if strings.Contains(v, ":") {
+			lo, hi, err := parsePoolRange(v)
+			c.workers, c.poolMin, c.poolMax = lo, lo, hi
+			return err
+		}
 		n, err := parseWorkers(v)
-		c.workers = n
+		c.workers, c.poolMin, c.poolMax = n, 0, 0
+		return err
+	}},
+	{long: "idle-timeout", set: func(c *config, v string) error {
+		d, err := parseDuration(v)
+		c.idleTimeout, c.idleTimeoutSet = d, true
+		return err
+	}},
+	{long: "max-rss", set: func(c *config, v string) error {
+		n, err := parseSize(v)
+		c.maxRSS = n
+		return err
+	}},
+	{long: "max-lifetime", set: func(c *config, v string) error {
+		d, err := parseDuration(v)
+		c.maxLifetime, c.maxLifetimeSet = d, true
 		return err
 	}},
 	{long: "mode", set: choiceOpt(func(c *config) *string { return &c.mode }, "shared", "reuseport", "rr")},
@@ -206,6 +255,9 @@ var options = []option{
 	{long: "drain-delay", set: durationOpt(func(c *config) *time.Duration { return &c.drainDelay })},
 	{long: "pidfile", set: func(c *config, v string) error { c.pidfile = v; return nil }},
 	{long: "status-file", set: func(c *config, v string) error { c.statusFile = v; return nil }},
+	{long: "control", set: func(c *config, v string) error { c.control = v; return nil }},
+	{long: "metrics-file", set: func(c *config, v string) error { c.metricsFile = v; return nil }},
+	{long: "ctl", set: func(c *config, v string) error { c.ctl = v; return nil }},
 	{long: "log-format", set: choiceOpt(func(c *config) *string { return &c.logFormat }, "text", "json")},
 	{long: "quiet", short: "q", boolean: true, set: func(c *config, _ string) error { c.verbosity = -1; return nil }},
 	{long: "verbose", short: "v", boolean: true, set: func(c *config, _ string) error { c.verbosity = 1; return nil }},
@@ -288,6 +340,12 @@ func parseArgs(args []string) (*config, error) {
 
 // validate checks what no single option can check alone.
 func (c *config) validate() error {
+	if c.ctl != "" { // the control client: the words after PATH are its command
+		if len(c.command) == 0 {
+			return usagef("--ctl %s needs a command: %s", c.ctl, ctlCommands)
+		}
+		return nil
+	}
 	switch {
 	case c.demo && len(c.command) > 0:
 		return usagef("--demo runs the built-in worker: give no command")
@@ -304,6 +362,9 @@ func (c *config) validate() error {
 	}
 	if c.watchdog > 0 && c.watchdog < 10*time.Millisecond {
 		return usagef("--watchdog %v is too short (at least 10ms)", c.watchdog)
+	}
+	if err := c.validatePool(); err != nil {
+		return err
 	}
 	if c.mode == "reuseport" && !reuseportSupported {
 		return usagef("--mode reuseport needs Linux: the BSD kernel does not balance SO_REUSEPORT sockets (use --mode shared)")
@@ -416,6 +477,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case err != nil:
 		fmt.Fprintf(stderr, "prefork: %v\n", err)
 		return exitFailure
+	}
+	if c.ctl != "" {
+		return ctlMain(c.ctl, c.command, stdout, stderr)
 	}
 	return supervise(c, stderr)
 }

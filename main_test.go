@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file tests the command line: usage errors and their exit statuses,
 // help, version, and where option parsing stops.

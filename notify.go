@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file holds the sd_notify side of prefork: one datagram socket per worker
 // in a directory only prefork and the workers' user can reach, the parser for
@@ -7,12 +7,14 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	pw "github.com/prefork/prefork/worker"
@@ -24,6 +26,7 @@ type notifyDir struct {
 	uid  int // owner of the directory and sockets (-1: prefork's own user)
 	gid  int
 	seq  atomic.Uint64
+	log  *slog.Logger // for datagrams refused; nil: silent
 }
 
 func newNotifyDir(uid, gid int) (*notifyDir, error) {
@@ -47,10 +50,12 @@ func newNotifyDir(uid, gid int) (*notifyDir, error) {
 func (d *notifyDir) remove() { os.RemoveAll(d.path) }
 
 // notifySocket is one worker's NOTIFY_SOCKET: only that worker is told its path,
-// so a datagram on it comes from that worker (or from something it started).
+// and on Linux only datagrams sent by the worker or a process of its process
+// group count, as systemd's NotifyAccess=all counts the service's processes.
 type notifySocket struct {
 	path string
 	conn *net.UnixConn
+	log  *slog.Logger
 }
 
 func (d *notifyDir) open(slot int) (*notifySocket, error) {
@@ -59,27 +64,57 @@ func (d *notifyDir) open(slot int) (*notifySocket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("notify socket: %w", err)
 	}
+	if err := passCred(conn); err != nil {
+		conn.Close()
+		os.Remove(path)
+		return nil, fmt.Errorf("notify socket: %w", err)
+	}
 	if d.uid >= 0 {
 		if err := os.Chown(path, d.uid, d.gid); err != nil {
 			conn.Close()
 			return nil, fmt.Errorf("notify socket: %w", err)
 		}
 	}
-	return &notifySocket{path: path, conn: conn}, nil
+	return &notifySocket{path: path, conn: conn, log: d.log}, nil
 }
 
-// read delivers every datagram, parsed, until the socket is closed.
-func (n *notifySocket) read(deliver func(map[string]string)) {
+// read delivers every datagram from worker pid (or its process group), parsed,
+// until the socket is closed.
+func (n *notifySocket) read(pid int, deliver func(map[string]string)) {
 	buf := make([]byte, 4096)
+	oob := make([]byte, notifyOOB)
 	for {
-		k, err := n.conn.Read(buf)
+		k, oobn, _, _, err := n.conn.ReadMsgUnix(buf, oob)
 		if err != nil {
 			return
+		}
+		if notifyChecksSender {
+			if from := notifySender(oob[:oobn]); !fromWorker(pid, from) {
+				if n.log != nil {
+					n.log.Debug("ignored a notification from outside the worker's process group", "pid", pid, "sender", from)
+				}
+				continue
+			}
 		}
 		if msg := parseNotify(buf[:k]); len(msg) > 0 {
 			deliver(msg)
 		}
 	}
+}
+
+// fromWorker says whether sender is the worker or in its process group (the
+// worker leads its own group). A sender that has already exited and been
+// reaped cannot be placed and does not count: systemd-notify waits (BARRIER=1)
+// until its message was read, so it is still there.
+func fromWorker(pid, sender int) bool {
+	if sender <= 0 {
+		return false
+	}
+	if sender == pid {
+		return true
+	}
+	pg, err := syscall.Getpgid(sender)
+	return err == nil && pg == pid
 }
 
 func (n *notifySocket) close() {

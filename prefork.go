@@ -91,6 +91,8 @@ type supervisor struct {
 	up        *upstream
 	rr        *dispatcher
 	ch        workerChannel
+	pool      *pool    // the pool goroutine's view and readings (poolrun.go); nil when not needed
+	ctl       ctlState // the control socket's waiting clients (control.go)
 
 	workers   map[int]*worker
 	slots     []*slot
@@ -106,6 +108,8 @@ type supervisor struct {
 
 // supervise binds, starts the workers and runs until a stop; it returns the exit status.
 func supervise(c *config, stderr io.Writer) int {
+	sigs := takeSignals()
+	defer signal.Stop(sigs)
 	log := newLogger(stderr, c.logFormat, c.verbosity)
 	fail := func(code int, format string, a ...any) int {
 		log.Error(fmt.Sprintf(format, a...))
@@ -139,6 +143,16 @@ func supervise(c *config, stderr io.Writer) int {
 	if c.workers == 0 {
 		c.workers = autoWorkers()
 	}
+	if c.pidfile != "" {
+		if err := checkPidfile(c.pidfile); err != nil {
+			return fail(exitFailure, "--pidfile %s: %v", c.pidfile, err)
+		}
+	}
+	if c.statusFile != "" {
+		if err := checkWritable(c.statusFile); err != nil {
+			return fail(exitFailure, "--status-file %s: %v", c.statusFile, err)
+		}
+	}
 	if len(c.specs) == 0 {
 		if s.listeners, err = adoptSystemd(); err != nil {
 			return fail(exitFailure, "socket activation: %v", err)
@@ -161,10 +175,18 @@ func supervise(c *config, stderr io.Writer) int {
 		}
 		log.Info("listening", "name", l.spec.name, "addr", l.addrString())
 	}
+	if warn, err := checkDescriptors(c, len(s.listeners)); err != nil {
+		fail(exitFailure, "%v", err)
+		log.Info(err.(*fdLimitError).hint())
+		return exitFailure
+	} else if warn != "" {
+		log.Warn(warn)
+	}
 	if s.notify, err = newNotifyDir(uid, gid); err != nil {
 		return fail(exitFailure, "%v", err)
 	}
 	defer s.notify.remove()
+	s.notify.log = log
 	if c.mode == "rr" {
 		fds := make([]int, len(s.listeners))
 		for i, l := range s.listeners {
@@ -186,13 +208,21 @@ func supervise(c *config, stderr io.Writer) int {
 	if c.statusFile != "" {
 		defer os.Remove(c.statusFile)
 	}
+	if err := s.openControl(); err != nil {
+		return fail(exitFailure, "%v", err)
+	}
+	defer s.closeControl()
 	if err := setSubreaper(); err != nil {
 		log.Debug("cannot become child subreaper", "err", err)
 	}
 	s.baseEnv = cleanEnv(os.Environ())
 	s.spawner = newSpawner()
 	s.reaper = startReaper(s.events)
-	return s.loop()
+	if stopBeforeStart(sigs) {
+		log.Info("stopped during start-up; no worker was started")
+		return exitOK
+	}
+	return s.loop(sigs)
 }
 
 // bindAll opens the listeners, in reuseport mode with SO_REUSEPORT set.
@@ -218,11 +248,7 @@ func cleanEnv(env []string) []string {
 	return out
 }
 
-func (s *supervisor) loop() int {
-	sigs := make(chan os.Signal, 32)
-	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,
-		syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH)
-	defer signal.Stop(sigs)
+func (s *supervisor) loop(sigs chan os.Signal) int {
 	var watchdog <-chan time.Time
 	if s.c.watchdog > 0 {
 		t := time.NewTicker(max(s.c.watchdog/4, 5*time.Millisecond))
@@ -239,7 +265,9 @@ func (s *supervisor) loop() int {
 	for i := 0; i < s.c.workers; i++ {
 		if _, err := s.addSlot(); err != nil {
 			s.log.Error(fmt.Sprintf("cannot start %d workers: slot %d: %v", s.c.workers, i, err))
-			s.log.Info("hint: raise the descriptor limit (ulimit -n) or run fewer workers (-n)")
+			if isFdLimit(err) {
+				s.log.Info("hint: raise the descriptor limit (ulimit -n) or run fewer workers (-n)")
+			}
 			for _, sl := range s.slots {
 				if sl.index > 0 {
 					closeFds(sl.socks)
@@ -251,8 +279,12 @@ func (s *supervisor) loop() int {
 	for _, sl := range s.slots {
 		s.startIn(sl)
 	}
+	s.startPool()
+	defer s.stopPool()
 	for !s.done {
 		s.publish()
+		s.publishPool()
+		s.ctlCheck()
 		select {
 		case sig := <-sigs:
 			s.signal(sig.(syscall.Signal))
@@ -314,6 +346,10 @@ func (s *supervisor) handle(ev any) {
 		}
 	case drainDoneEvent:
 		s.stopAll()
+	case poolEvent:
+		s.handlePool(e)
+	case ctlEvent:
+		s.controlRequest(e)
 	}
 }
 
@@ -345,14 +381,18 @@ func (s *supervisor) signal(sig syscall.Signal) {
 			s.advanceReload()
 		}
 	case syscall.SIGTTIN:
-		if !s.stopping && len(s.slots) < maxWorkers {
+		if _, hi := s.slotBounds(); !s.stopping && len(s.slots) < hi {
 			if err := s.scaleTo(len(s.slots) + 1); err != nil {
 				s.log.Error("cannot add a worker", "err", err)
 			}
+		} else if !s.stopping {
+			s.log.Info("already at the most workers", "workers", hi)
 		}
 	case syscall.SIGTTOU:
-		if !s.stopping {
+		if lo, _ := s.slotBounds(); !s.stopping && len(s.slots) > lo {
 			s.scaleTo(len(s.slots) - 1)
+		} else if !s.stopping {
+			s.log.Info("already at the fewest workers", "workers", lo)
 		}
 	default: // USR1, USR2, WINCH
 		for _, w := range s.workers {

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file tests prefork end to end: the test binary plays prefork itself (so the
 // supervisor runs under the race detector), the exec shim, and the workers, chosen

@@ -41,6 +41,7 @@ func (s *supervisor) abortReload(sl *slot, why string) {
 func (s *supervisor) reloadFinished(err error) {
 	gen := s.reloadGen
 	s.reloadGen = 0
+	s.ctlReloadFinished(gen, err)
 	if err == nil {
 		s.log.Info("reload complete", "generation", gen)
 		s.up.send("READY=1")

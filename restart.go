@@ -1,3 +1,5 @@
+//go:build linux || darwin
+
 // This file holds the restart policy: which exits count as failed starts, the
 // exponential backoff between them, and when a crash loop makes prefork give up.
 package main

@@ -102,6 +102,7 @@ type dispatcher struct {
 	next    int         // round-robin cursor into workers
 	seq     uint32
 	pending []handoff // connections waiting for a worker, handed out before new accepts
+	total   rrTotals  // counted over the dispatcher's life, for the metrics
 }
 
 // newDispatcher starts accepting on lfds: raw descriptors of TCP or unix stream
@@ -335,6 +336,26 @@ func (d *dispatcher) stats() []rrWorkerStats {
 	return s
 }
 
+// waiting returns how many connections prefork holds that no worker has taken
+// yet: the pending ones, and those handed to a worker before mark (the
+// sequence number the previous call returned) and still not acked. An ack
+// means the worker took the connection, so these have waited at least since
+// the previous call; what was handed since, and is in transit, is not counted.
+// The pool reads it every tick (pool.go).
+func (d *dispatcher) waiting(mark uint32) (n int, next uint32) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n = len(d.pending)
+	for _, w := range d.workers {
+		for _, h := range w.inflight {
+			if int32(mark-h.seq) > 0 {
+				n++
+			}
+		}
+	}
+	return n, d.seq
+}
+
 // run is the dispatcher's loop, on a thread of its own: wait, read acks,
 // accept and hand out, until the dispatcher is closed.
 func (d *dispatcher) run() {
@@ -457,6 +478,7 @@ func (d *dispatcher) placeLocked(fd int, index uint32) bool {
 		if err == nil {
 			w.inflight = append(w.inflight, handoff{seq: d.seq, index: index, fd: fd})
 			w.handed++
+			d.total.Handed++
 			d.seq++
 			d.next = (k + 1) % n
 			return true

@@ -84,6 +84,7 @@ func (d *dispatcher) ackLocked(w *rrWorker, seq uint32) bool {
 			closeConn(w.inflight[i].fd)
 			w.inflight = append(w.inflight[:i], w.inflight[i+1:]...)
 			w.acked++
+			d.total.Acked++
 			return true
 		}
 	}
@@ -114,6 +115,7 @@ func (d *dispatcher) shutLocked(w *rrWorker) {
 		d.poll.del(w.fd)
 		syscall.Close(w.fd)
 	}
+	d.total.Redistributed += uint64(len(w.inflight))
 	d.pending = append(d.pending, w.inflight...)
 	w.inflight = nil
 }

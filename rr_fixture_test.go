@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file holds the rr dispatcher's test fixture: a real listening socket and
 // real socket pairs as worker channels, driven by the test the way a worker would.

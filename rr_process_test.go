@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file tests rr mode with real worker processes (Python and Go) and holds
 // the churn benchmarks of rr against shared mode.

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file tests the rr dispatcher with real listening sockets and real socket
 // pairs standing in for workers: the test reads the handoff messages itself.

@@ -1,9 +1,10 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file holds the exec shim. Go cannot run code between fork and exec, so
 // prefork starts every worker as a re-execution of its own binary that sets
-// LISTEN_PID to its own pid, drops privileges if --user asks, and then execs the
-// command in place, keeping the pid that LISTEN_PID names.
+// LISTEN_PID to its own pid, drops privileges if --user asks, empties the signal
+// mask, and then execs the command in place, keeping the pid that LISTEN_PID
+// names.
 package main
 
 import (
@@ -68,6 +69,9 @@ func runShim(args []string) int {
 		if hasPdeathsig && strconv.Itoa(os.Getppid()) != ppid {
 			return shimExitExec // prefork died before the signal was re-armed
 		}
+	}
+	if err := resetSignalMask(); err != nil {
+		fmt.Fprintf(os.Stderr, "prefork: exec shim: %v\n", err)
 	}
 	err := syscall.Exec(args[0], args[1:], env)
 	fmt.Fprintf(os.Stderr, "prefork: exec %s: %v\n", args[0], err)

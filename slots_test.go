@@ -112,7 +112,7 @@ func TestReadyTimeoutStopsGracefully(t *testing.T) {
 	// stops a unit that missed its start timeout, not SIGKILL at once.
 	marks := t.TempDir()
 	in := startPrefork(t, "termlog", []string{markerEnv + "=" + marks}, "-l", "127.0.0.1:0", "-n", "1",
-		"--ready", "notify", "--ready-timeout", "300ms", "--grace", "20s",
+		"--ready", "notify", "--ready-timeout", "2s", "--grace", "20s", // 2s: time to install its TERM handler under -race
 		"--backoff-min", "20ms", "--backoff-max", "40ms", "--max-restarts", "2")
 	if code := in.wait(15 * time.Second); code != 1 {
 		t.Fatalf("exit status %d, want 1 after workers that never came up", code)

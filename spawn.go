@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file starts worker processes and reaps every child. Forks happen on one
 // goroutine locked to an OS thread that never exits (the parent-death signal

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file publishes prefork's state: the --status-file JSON, rewritten
 // atomically whenever it changes, and the one-line STATUS= sent upward.
@@ -14,12 +14,16 @@ import (
 )
 
 type statusFile struct {
-	PID        int            `json:"pid"`
-	Mode       string         `json:"mode"`
-	Generation int            `json:"generation"`
-	Stopping   bool           `json:"stopping"`
-	Listeners  []string       `json:"listeners"`
-	Workers    []workerStatus `json:"workers"`
+	PID        int      `json:"pid"`
+	Mode       string   `json:"mode"`
+	Generation int      `json:"generation"`
+	Stopping   bool     `json:"stopping"`
+	Listeners  []string `json:"listeners"`
+	// AcceptQueue is, by listener, the connections waiting in its accept
+	// queue at the last sample (null where it cannot be read); absent when
+	// nothing samples it (poolrun.go).
+	AcceptQueue []*int         `json:"accept_queue,omitempty"`
+	Workers     []workerStatus `json:"workers"`
 }
 
 type workerStatus struct {
@@ -31,17 +35,36 @@ type workerStatus struct {
 	Restarts   int       `json:"restarts"`
 	LastExit   *int      `json:"last_exit"`
 	Status     string    `json:"status,omitempty"`
+	// RSS (bytes, the process group's) and CPU (seconds) at the last sample,
+	// where /proc can be read; Replaced is why the slot's worker was last
+	// replaced (max-rss, max-lifetime, reload, STOPPING=1, watchdog, …).
+	RSS      int64   `json:"rss,omitempty"`
+	CPU      float64 `json:"cpu_seconds,omitempty"`
+	Replaced string  `json:"replaced,omitempty"`
 }
 
 func (s *supervisor) snapshot() statusFile {
 	st := statusFile{PID: os.Getpid(), Mode: s.c.mode, Generation: s.gen, Stopping: s.stopping,
 		Listeners: []string{}, Workers: []workerStatus{}}
-	for _, l := range s.listeners {
+	for i, l := range s.listeners {
 		st.Listeners = append(st.Listeners, l.addrString())
+		if s.pool != nil && i < len(s.pool.stats.queues) {
+			var q *int
+			if n := s.pool.stats.queues[i]; n >= 0 {
+				q = &n
+			}
+			st.AcceptQueue = append(st.AcceptQueue, q)
+		}
 	}
 	for _, w := range s.workers {
 		ws := workerStatus{Slot: w.slot.index, PID: w.pid, Generation: w.gen, State: w.state,
 			Started: w.started.UTC().Truncate(time.Millisecond), Restarts: w.slot.restarts, Status: w.status}
+		ws.Replaced = w.slot.replaced
+		if s.pool != nil {
+			if u, ok := s.pool.stats.usage[w.pid]; ok {
+				ws.RSS, ws.CPU = u.RSS, u.CPU.Round(10*time.Millisecond).Seconds()
+			}
+		}
 		if w.slot.lastExit >= 0 {
 			last := w.slot.lastExit
 			ws.LastExit = &last

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file tests UDP listeners: in shared and reuseport modes every worker
 // receives datagrams on fd 3; rr mode refuses UDP, given or adopted.

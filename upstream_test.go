@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file tests prefork's own sd_notify to its supervisor: READY=1 once the
 // first generation is up, RELOADING=1 and READY=1 around a reload, STOPPING=1,

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file resolves --user USER[:GROUP] and keeps prefork's own descriptors
 // out of workers.

@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux || darwin
 
 // This file tests --watchdog end to end: a ready worker that stops sending
 // WATCHDOG=1 gets SIGABRT, then SIGKILL after --grace, and is replaced, while a

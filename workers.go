@@ -37,7 +37,7 @@ func (s *supervisor) spawn(sl *slot) (*worker, error) {
 	w := &worker{pid: pid, slot: sl, gen: s.gen, state: stateStarting, started: time.Now(), notify: ns, link: lk}
 	s.workers[pid] = w
 	lk.attach(w)
-	go ns.read(func(m map[string]string) { s.events <- notifyEvent{w, m} })
+	go ns.read(pid, func(m map[string]string) { s.events <- notifyEvent{w, m} })
 	if s.c.ready == "notify" {
 		w.timer = time.AfterFunc(s.c.readyTimeout, func() { s.events <- readyTimeoutEvent{w} })
 	} else {

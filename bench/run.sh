@@ -9,26 +9,44 @@
 #                          writes bench/out/benchmarks.* and leaves docs/ alone
 #   bench/run.sh --rr      the Go and C tables only (rr against shared and the
 #                          reference master), 7 rounds; bench/out/ only
+#   bench/run.sh --pool    only the elastic pool's step load, about 2 minutes;
+#                          writes bench/out/pool.md and leaves docs/ alone
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
 smoke=0
 rronly=0
+pool=0
 for a in "$@"; do
 	case $a in
 	--smoke) smoke=1 ;;
 	--rr) rronly=1 ;;
-	-h | --help) sed -n '2,11p' "$0"; exit 0 ;;
+	--pool) pool=1 ;;
+	-h | --help) sed -n '2,13p' "$0"; exit 0 ;;
 	*) echo "bench/run.sh: unknown argument $a (try --smoke)" >&2; exit 2 ;;
 	esac
 done
-command="bench/run.sh$([ $smoke = 1 ] && echo ' --smoke' || true)$([ $rronly = 1 ] && echo ' --rr' || true)"
+command="bench/run.sh$([ $smoke = 1 ] && echo ' --smoke' || true)$([ $rronly = 1 ] && echo ' --rr' || true)$([ $pool = 1 ] && echo ' --pool' || true)"
 
 say() { echo "bench: $*" >&2; }
 cache=$root/bench/.cache
 out=$root/bench/out
 mkdir -p "$cache" "$out/bin"
+
+if [ $pool = 1 ]; then # the blocking worker under prefork: no wrk, Node or PM2
+	say "building prefork and the bench programs"
+	CGO_ENABLED=0 go build -o "$out/bin/prefork" .
+	for p in blockserver harness report; do
+		go build -o "$out/bin/$p" "./bench/$p"
+	done
+	args=(-only pool -bench "$root/bench" -bin "$out/bin" -out "$out" -command "$command" -o "$out/pool.json")
+	[ $smoke = 1 ] && args+=(-smoke)
+	"$out/bin/harness" "${args[@]}"
+	"$out/bin/report" -i "$out/pool.json" -md "$out/pool.md" -svg "$out/pool.svg" -svg-ref pool.svg
+	say "wrote bench/out/pool.md"
+	exit 0
+fi
 
 # wrk: from Debian when missing and installable; otherwise bench/load stands in.
 if ! command -v wrk >/dev/null; then
@@ -69,7 +87,7 @@ fi
 
 say "building prefork and the bench programs"
 CGO_ENABLED=0 go build -o "$out/bin/prefork" . # static, as released (README)
-for p in goserver barelaunch refmaster load harness report; do
+for p in goserver barelaunch blockserver refmaster load harness report; do
 	go build -o "$out/bin/$p" "./bench/$p"
 done
 rm -f "$out/bin/cworker"

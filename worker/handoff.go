@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -26,6 +27,9 @@ import (
 
 // maxBatch is the most connections received at once, and queued per listener.
 const maxBatch = 64
+
+// errNoHandoff says that rr mode does not run on this system.
+var errNoHandoff = errors.New("worker: prefork's rr mode needs Linux or macOS, not " + runtime.GOOS)
 
 // errShut says the handoff channel is closed: a connection taken from a queue
 // now can no longer be acked, and prefork gives it to another worker.
@@ -67,6 +71,9 @@ func (a rrAddr) String() string  { return string(a) }
 // newHandoff starts reading connections from the handoff channel fd (the
 // worker end of prefork's socket pair) for one listener per name.
 func newHandoff(fd int, names []string) ([]net.Listener, error) {
+	if rrwire.SocketType < 0 {
+		return nil, errNoHandoff
+	}
 	typ, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TYPE)
 	if err != nil {
 		return nil, fmt.Errorf("worker: fd %d is not prefork's handoff socket: %w", fd, os.NewSyscallError("getsockopt", err))

@@ -53,6 +53,7 @@ func main() {
 	warm := flag.Duration("warm", time.Second, "warm-up before measuring")
 	conns := flag.Int("c", 16, "connections")
 	out := flag.String("o", "", "results JSON")
+	only := flag.String("only", "", "run one part only: pool (the elastic pool's step load)")
 	command := flag.String("command", "bench/run.sh", "the command line, for the report")
 	flag.StringVar(&benchDir, "bench", "bench", "the bench directory")
 	flag.StringVar(&binDir, "bin", "bench/out/bin", "built binaries")
@@ -94,7 +95,15 @@ func main() {
 	if wrkPath == "" {
 		res.Notes = append(res.Notes, "wrk was not installed: bench/load measured requests/s and p99 (a slower client; ratios still compare)")
 	}
-	err := run(res, strings.Split(*groups, ","), *life, *reps, *dur, *distDur, *warm, *conns, *smoke)
+	var err error
+	switch *only {
+	case "":
+		err = run(res, strings.Split(*groups, ","), *life, *reps, *dur, *distDur, *warm, *conns, *smoke)
+	case "pool":
+		err = poolBench(res, min(*reps, 3), *smoke)
+	default:
+		err = fmt.Errorf("-only %q: the only part is pool", *only)
+	}
 	stopAll()
 	pm2Kill()
 	if err != nil {
@@ -159,7 +168,11 @@ func run(res *results.Results, groups []string, life bool, rounds int, dur, dist
 		kills = 2
 	}
 	logf("restart after SIGKILL")
-	return restart(res, kills, modes)
+	if err := restart(res, kills, modes); err != nil {
+		return err
+	}
+	logf("elastic pool under a step load")
+	return poolBench(res, distReps, smoke)
 }
 
 // running is one started contender and the port it answers on.

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/prefork/prefork/bench/internal/results"
@@ -105,6 +106,8 @@ func fmtVal(v float64, unit string) string {
 		return fmt.Sprintf("%.1f", v/1024)
 	case "us":
 		return fmt.Sprintf("%.1f", v)
+	case "n":
+		return fmt.Sprintf("%.0f", v)
 	}
 	return fmt.Sprintf("%.2f", v)
 }
@@ -148,6 +151,10 @@ func markdown(r *results.Results, svgRef, findings string) string {
 	}
 	w("Machine: %d CPUs (`nproc`), %s, %s, %s. Go %s, Node.js %s, %s, PM2 %s, prefork %s.\n\n",
 		m.Nproc, m.CPU, m.Kernel, m.Date, m.Go, m.Node, orNone(m.Wrk, "no wrk"), orNone(m.PM2, "none"), m.Prefork)
+	if len(r.Throughput) == 0 && len(r.Pool) > 0 { // bench/run.sh --pool
+		w("Command: `%s`.\n\n%s", r.Command, poolSection(r))
+		return b.String()
+	}
 	w("Command: `%s`. Every contender runs 2 workers; all contenders of a table run side by side on ports of "+
 		"their own (idle ones cost next to nothing) and are loaded one at a time on 127.0.0.1 only, by "+
 		"`wrk -t1 -c16 -d%s`, with and without `-H 'Connection: close'`, after a warm-up. One round loads every "+
@@ -244,6 +251,8 @@ func markdown(r *results.Results, svgRef, findings string) string {
 	}
 	w("\n")
 
+	b.WriteString(poolSection(r))
+
 	if len(r.Notes) > 0 {
 		w("## Notes from this run\n\n")
 		for _, n := range r.Notes {
@@ -257,6 +266,30 @@ func markdown(r *results.Results, svgRef, findings string) string {
 			b.WriteByte('\n')
 		}
 	}
+	return b.String()
+}
+
+// poolSection is the elastic pool's table (bench/harness/pool.go).
+func poolSection(r *results.Results) string {
+	if len(r.Pool) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	w("## Elastic pool\n\n")
+	w("%s. Latencies count from each request's scheduled time, over the requests sent during the step. "+
+		"*Caught up* is the time from the step until the last request that waited for a worker (took over twice the "+
+		"service time) was sent: the time to capacity. Medians over %d repetitions, range in small print.\n\n", r.PoolLoad, len(r.Pool[0].P99ms))
+	w("| pool | p99 ms | max ms | failed | caught up after ms | workers at the end |\n|---|---|---|---|---|---|\n")
+	for _, p := range r.Pool {
+		caught := num(p.CapacityMs, "n")
+		if slices.Contains(p.CapacityMs, -1) {
+			caught = "never (falls behind)"
+		}
+		w("| %s | %s | %s | %s | %s | %s |\n", p.Name, num(p.P99ms, "ms"), num(p.MaxMs, "ms"), num(p.Failed, "n"),
+			caught, num(p.Workers, "n"))
+	}
+	w("\n")
 	return b.String()
 }
 

@@ -11,16 +11,18 @@ import (
 
 // Results is one run of bench/run.sh.
 type Results struct {
-	Machine      Machine  `json:"machine"`
-	Command      string   `json:"command"`
-	Smoke        bool     `json:"smoke"`
-	Reps         int      `json:"reps"`
-	Duration     string   `json:"duration"` // of each wrk run
-	Throughput   []Row    `json:"throughput"`
-	Distribution []Dist   `json:"distribution"`
-	Memory       []Mem    `json:"memory"`
-	Lifecycle    []Life   `json:"lifecycle"`
-	Notes        []string `json:"notes"`
+	Machine      Machine   `json:"machine"`
+	Command      string    `json:"command"`
+	Smoke        bool      `json:"smoke"`
+	Reps         int       `json:"reps"`
+	Duration     string    `json:"duration"` // of each wrk run
+	Throughput   []Row     `json:"throughput"`
+	Distribution []Dist    `json:"distribution"`
+	Memory       []Mem     `json:"memory"`
+	Lifecycle    []Life    `json:"lifecycle"`
+	Pool         []PoolRow `json:"pool"`
+	PoolLoad     string    `json:"pool_load"` // what the pool rows measured
+	Notes        []string  `json:"notes"`
 }
 
 // Machine is where the run happened.
@@ -70,6 +72,17 @@ type Mem struct {
 type Life struct {
 	Name string    `json:"name"`
 	Ms   []float64 `json:"ms"`
+}
+
+// PoolRow is one pool size under the step load of bench/harness/pool.go, per
+// repetition.
+type PoolRow struct {
+	Name       string    `json:"name"`
+	P99ms      []float64 `json:"p99_ms"`      // requests sent during the step
+	MaxMs      []float64 `json:"max_ms"`      // the same
+	Failed     []float64 `json:"failed"`      // requests not answered
+	CapacityMs []float64 `json:"capacity_ms"` // from the step until no request waits for a worker; -1 never
+	Workers    []float64 `json:"workers"`     // ready at the end of the step
 }
 
 // Median of xs; 0 for none.

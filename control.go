@@ -1,0 +1,502 @@
+//go:build linux || darwin
+
+// This file holds the control socket (--control PATH): a unix stream socket,
+// mode 0600, that serves peers of prefork's own uid or root only (their
+// credentials are checked, not just the file mode). One goroutine per client
+// reads one JSON request line under a deadline; the request becomes a ctlEvent
+// for the supervisor's owner goroutine, whose answer comes back on the event's
+// reply channel. ctl.go is the client; metrics.go renders the metrics.
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+)
+
+const (
+	ctlRequestTimeout = 5 * time.Second // a client must send its request this soon
+	ctlWriteTimeout   = 5 * time.Second // and read the answer this soon
+	ctlMaxClients     = 64              // served at once; more are told to retry
+	ctlMaxRequest     = 64 << 10
+	ctlServerName     = "prefork" // every answer carries it: a client knows it reached prefork
+)
+
+// ctlRequest is what a client sends: one JSON line.
+type ctlRequest struct {
+	Cmd     string `json:"cmd"`               // status, metrics, reload, scale, stop
+	Workers int    `json:"workers,omitempty"` // scale
+}
+
+// ctlResponse is prefork's answer: one JSON line. reload and scale answer once
+// they are done; stop answers at once and keeps the connection open until
+// prefork exits.
+type ctlResponse struct {
+	Server  string     `json:"server"`
+	OK      bool       `json:"ok"`
+	Error   string     `json:"error,omitempty"`
+	Message string     `json:"message,omitempty"`
+	Status  *ctlStatus `json:"status,omitempty"`
+	Metrics string     `json:"metrics,omitempty"`
+}
+
+// ctlStatus is the status file plus what only the control socket reports,
+// sampled when asked rather than written on every change.
+type ctlStatus struct {
+	statusFile
+	Workers        []ctlWorker `json:"workers"`             // in place of statusFile's
+	Reloading      int         `json:"reloading,omitempty"` // the generation a reload in progress brings in
+	Reloads        int         `json:"reloads"`
+	ReloadFailures int         `json:"reload_failures"`
+	RR             *rrTotals   `json:"rr,omitempty"`
+	Queues         []ctlQueue  `json:"listen_queues,omitempty"`
+	Sampled        time.Time   `json:"sampled"`
+	slots          []slotCount // restarts per slot, for the metrics
+}
+
+// ctlWorker is a status file's worker plus its usage and rr counters. RSS and
+// CPU are sampled for this answer (and shadow any the status file has).
+type ctlWorker struct {
+	workerStatus
+	RSS        *int64   `json:"rss,omitempty"` // bytes, the worker's whole process group
+	CPU        *float64 `json:"cpu_seconds,omitempty"`
+	RRInflight *int     `json:"rr_inflight,omitempty"`
+	RRHanded   *uint64  `json:"rr_handed,omitempty"`
+	RRAcked    *uint64  `json:"rr_acked,omitempty"`
+}
+
+// ctlQueue is one listener's accept queue at the time of the sample.
+type ctlQueue struct {
+	Listener string `json:"listener"`
+	Addr     string `json:"addr"`
+	Length   int    `json:"length"`
+}
+
+type slotCount struct{ slot, restarts int }
+
+// ctlEvent is a client's request on its way to the owner goroutine.
+type ctlEvent struct {
+	req   ctlRequest
+	reply chan ctlResponse // buffered (1): the owner never blocks on it
+}
+
+// ctlState is the owner goroutine's part of the control socket: the clients
+// waiting for a reload or a scale to finish.
+type ctlState struct {
+	server         *ctlServer
+	metrics        *metricsWriter
+	reloads        []ctlWaiter
+	scales         []scaleWaiter
+	reloadFailures int
+}
+
+type ctlWaiter struct {
+	gen   int
+	reply chan ctlResponse
+}
+
+type scaleWaiter struct {
+	n     int
+	reply chan ctlResponse
+	base  map[*slot]int // each slot's restarts when the scale began
+}
+
+// ctlServer accepts and serves control clients.
+type ctlServer struct {
+	sock   *listener // the socket file, removed on close
+	ln     net.Listener
+	uid    int
+	events chan<- any
+	log    *slog.Logger
+	quit   chan struct{}
+	sem    chan struct{}
+}
+
+// openControl serves the control socket at path: a stale socket file there is
+// replaced, a live one is an error, as for the unix listeners.
+func openControl(path string, events chan<- any, log *slog.Logger) (*ctlServer, error) {
+	sock, err := openUnix(listenSpec{name: "control", network: "unix", addr: path, text: path}, ctlMaxClients)
+	if err != nil {
+		return nil, fmt.Errorf("--control %s: %w", path, err)
+	}
+	if sock.unixPath != "" {
+		// The peer check is what keeps others out; the mode says so to a reader.
+		if err := os.Chmod(path, 0o600); err != nil {
+			closeListeners([]*listener{sock})
+			return nil, fmt.Errorf("--control %s: %w", path, err)
+		}
+	}
+	f := os.NewFile(uintptr(sock.fd), path)
+	ln, err := net.FileListener(f) // a close-on-exec duplicate in Go's poller
+	f.Close()
+	sock.fd = -1
+	if err != nil {
+		closeListeners([]*listener{sock})
+		return nil, fmt.Errorf("--control %s: %w", path, err)
+	}
+	c := &ctlServer{sock: sock, ln: ln, uid: os.Getuid(), events: events, log: log,
+		quit: make(chan struct{}), sem: make(chan struct{}, ctlMaxClients)}
+	go c.serve()
+	return c, nil
+}
+
+// close stops accepting and removes the socket file; clients still connected
+// see their connection close when prefork exits.
+func (c *ctlServer) close() {
+	if c == nil {
+		return
+	}
+	c.ln.Close()
+	closeListeners([]*listener{c.sock})
+	close(c.quit) // then waiting clients (stop) see their connection close
+}
+
+func (c *ctlServer) serve() {
+	for {
+		conn, err := c.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			c.log.Warn("control socket: accept failed", "err", err) // EMFILE and the like
+			select {
+			case <-c.quit:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		select {
+		case c.sem <- struct{}{}:
+			go func() {
+				defer func() { <-c.sem }()
+				c.client(conn.(*net.UnixConn))
+			}()
+		default:
+			c.log.Warn("control socket: too many clients at once; refusing one", "max", ctlMaxClients)
+			go func() {
+				defer conn.Close()
+				c.answer(conn, ctlResponse{Error: "too many control clients at once; try again"})
+			}()
+		}
+	}
+}
+
+// answer writes one response line, bounded in time.
+func (c *ctlServer) answer(conn net.Conn, r ctlResponse) error {
+	r.Server = ctlServerName
+	b, _ := json.Marshal(r)
+	conn.SetWriteDeadline(time.Now().Add(ctlWriteTimeout))
+	_, err := conn.Write(append(b, '\n'))
+	return err
+}
+
+// client serves one connection: check the peer, read one request, hand it to
+// the owner goroutine and write its answer.
+func (c *ctlServer) client(conn *net.UnixConn) {
+	defer conn.Close()
+	uid, err := connPeerUID(conn)
+	if err != nil {
+		c.log.Warn("control socket: cannot read the peer's credentials; closing", "err", err)
+		return
+	}
+	if uid != c.uid && uid != 0 {
+		c.log.Warn("control socket: refused a client of another user", "uid", uid)
+		c.answer(conn, ctlResponse{Error: fmt.Sprintf("permission denied: uid %d is neither prefork's (%d) nor root", uid, c.uid)})
+		return
+	}
+	conn.SetReadDeadline(time.Now().Add(ctlRequestTimeout))
+	line, err := bufio.NewReader(io.LimitReader(conn, ctlMaxRequest)).ReadBytes('\n')
+	if err != nil && !(errors.Is(err, io.EOF) && len(line) > 0) {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			c.log.Debug("control socket: a client sent no request in time; closing", "timeout", ctlRequestTimeout)
+			c.answer(conn, ctlResponse{Error: fmt.Sprintf("no request within %v", ctlRequestTimeout)})
+		}
+		return
+	}
+	conn.SetReadDeadline(time.Time{})
+	var req ctlRequest
+	if err := json.Unmarshal(line, &req); err != nil {
+		c.answer(conn, ctlResponse{Error: "malformed request: " + err.Error()})
+		return
+	}
+	switch req.Cmd {
+	case "status", "metrics", "reload", "scale", "stop":
+	default:
+		c.answer(conn, ctlResponse{Error: fmt.Sprintf("unknown command %q", req.Cmd)})
+		return
+	}
+	c.log.Debug("control request", "cmd", req.Cmd)
+	// The client may hang up while it waits (a reload can take minutes): notice.
+	gone := make(chan struct{})
+	go func() {
+		io.Copy(io.Discard, conn)
+		close(gone)
+	}()
+	reply := make(chan ctlResponse, 1)
+	select {
+	case c.events <- ctlEvent{req, reply}:
+	case <-c.quit:
+		return
+	case <-gone:
+		return
+	}
+	var r ctlResponse
+	select {
+	case r = <-reply:
+	case <-c.quit:
+		return
+	case <-gone:
+		return
+	}
+	if r.Status != nil {
+		sampleUsage(r.Status)
+		if req.Cmd == "metrics" {
+			r.Metrics, r.Status = string(renderMetrics(r.Status)), nil
+		}
+	}
+	if c.answer(conn, r) != nil || req.Cmd != "stop" || !r.OK {
+		return
+	}
+	// stop: the connection stays open until prefork exits, so the client can
+	// wait for that.
+	select {
+	case <-gone:
+	case <-c.quit:
+	}
+}
+
+// connPeerUID reads the uid of a connection's peer.
+func connPeerUID(conn *net.UnixConn) (int, error) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	uid, perr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) { uid, perr = peerUID(int(fd)) }); err != nil {
+		return -1, err
+	}
+	return uid, perr
+}
+
+// controlRequest answers a client, in the owner goroutine.
+func (s *supervisor) controlRequest(e ctlEvent) {
+	fail := func(format string, a ...any) { e.reply <- ctlResponse{Error: fmt.Sprintf(format, a...)} }
+	switch e.req.Cmd {
+	case "status", "metrics":
+		e.reply <- ctlResponse{OK: true, Status: s.ctlSnapshot()}
+	case "stop":
+		s.log.Info("stop asked for on the control socket")
+		s.beginStop(s.c.drainDelay)
+		e.reply <- ctlResponse{OK: true, Message: "stopping"}
+	case "reload":
+		if s.stopping {
+			fail("prefork is stopping")
+			return
+		}
+		if s.reloadGen != 0 { // join the reload under way
+			s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{s.reloadGen, e.reply})
+			return
+		}
+		// Wait first: the reload may end at once (a worker that cannot be forked).
+		s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{s.gen + 1, e.reply})
+		s.log.Info("reload asked for on the control socket")
+		s.signal(syscall.SIGHUP)
+	case "scale":
+		n := e.req.Workers
+		switch {
+		case s.stopping:
+			fail("prefork is stopping")
+			return
+		case n < 1 || n > maxWorkers:
+			fail("cannot scale to %d workers: give 1 to %d", n, maxWorkers)
+			return
+		}
+		s.log.Info("scale asked for on the control socket", "workers", n)
+		if err := s.scaleTo(n); err != nil {
+			fail("cannot add a worker (at %d of %d): %v", len(s.slots), n, err)
+			return
+		}
+		w := scaleWaiter{n: n, reply: e.reply, base: map[*slot]int{}}
+		for _, sl := range s.slots {
+			w.base[sl] = sl.restarts
+		}
+		s.ctl.scales = append(s.ctl.scales, w)
+	}
+}
+
+// ctlCheck answers the clients waiting for a scale whose outcome is known, and
+// every waiting client once prefork stops; the owner loop calls it after every
+// event and signal.
+func (s *supervisor) ctlCheck() {
+	if len(s.ctl.scales) == 0 && len(s.ctl.reloads) == 0 {
+		return
+	}
+	if s.stopping {
+		for _, w := range s.ctl.reloads {
+			w.reply <- ctlResponse{Error: fmt.Sprintf("prefork is stopping; the reload to generation %d did not finish", w.gen)}
+		}
+		for _, w := range s.ctl.scales {
+			w.reply <- ctlResponse{Error: "prefork is stopping"}
+		}
+		s.ctl.reloads, s.ctl.scales = nil, nil
+		return
+	}
+	keep := s.ctl.scales[:0]
+	for _, w := range s.ctl.scales {
+		if r, done := s.scaleOutcome(w); done {
+			w.reply <- r
+		} else {
+			keep = append(keep, w)
+		}
+	}
+	clear(s.ctl.scales[len(keep):])
+	s.ctl.scales = keep
+}
+
+func (s *supervisor) scaleOutcome(w scaleWaiter) (ctlResponse, bool) {
+	if len(s.slots) != w.n {
+		return ctlResponse{Error: fmt.Sprintf("the worker count changed to %d before %d workers were up", len(s.slots), w.n)}, true
+	}
+	for _, sl := range s.slots {
+		if base, ok := w.base[sl]; ok && sl.restarts > base && sl.failures > 0 {
+			return ctlResponse{Error: fmt.Sprintf("slot %d: the worker failed to start (last exit status %d); prefork keeps retrying after backoff",
+				sl.index, sl.lastExit)}, true
+		}
+	}
+	if !s.allReady() {
+		return ctlResponse{}, false
+	}
+	stopping := 0
+	for _, wk := range s.workers {
+		if wk.state == stateStopping {
+			stopping++
+		}
+	}
+	msg := fmt.Sprintf("%d workers up", w.n)
+	if stopping > 0 {
+		msg += fmt.Sprintf(", %d stopping", stopping)
+	}
+	return ctlResponse{OK: true, Message: msg}, true
+}
+
+// ctlReloadFinished answers the clients waiting for a reload up to gen.
+func (s *supervisor) ctlReloadFinished(gen int, err error) {
+	if err != nil {
+		s.ctl.reloadFailures++
+	}
+	keep := s.ctl.reloads[:0]
+	for _, w := range s.ctl.reloads {
+		switch {
+		case w.gen > gen:
+			keep = append(keep, w)
+		case err != nil:
+			w.reply <- ctlResponse{Error: fmt.Sprintf("generation %d abandoned: %v; the old workers keep serving", gen, err)}
+		default:
+			w.reply <- ctlResponse{OK: true, Message: fmt.Sprintf("every slot runs generation %d", gen)}
+		}
+	}
+	clear(s.ctl.reloads[len(keep):])
+	s.ctl.reloads = keep
+}
+
+// ctlSnapshot is the state the control socket reports, sampled in the owner
+// goroutine; the client's goroutine adds each worker's memory and CPU time.
+func (s *supervisor) ctlSnapshot() *ctlStatus {
+	st := &ctlStatus{statusFile: s.snapshot(), Reloading: s.reloadGen, Reloads: s.gen - 1,
+		ReloadFailures: s.ctl.reloadFailures, Sampled: time.Now().UTC()}
+	for _, w := range st.statusFile.Workers {
+		st.Workers = append(st.Workers, ctlWorker{workerStatus: w})
+	}
+	st.statusFile.Workers = nil
+	for _, sl := range s.slots {
+		st.slots = append(st.slots, slotCount{sl.index, sl.restarts})
+	}
+	if s.rr != nil {
+		t := s.rr.totals()
+		st.RR = &t
+		byPID := map[int]rrWorkerStats{}
+		for _, ws := range s.rr.stats() {
+			byPID[ws.id] = ws
+		}
+		for i := range st.Workers {
+			if ws, ok := byPID[st.Workers[i].PID]; ok {
+				inflight, handed, acked := ws.inflight, ws.handed, ws.acked
+				st.Workers[i].RRInflight, st.Workers[i].RRHanded, st.Workers[i].RRAcked = &inflight, &handed, &acked
+			}
+		}
+	}
+	for _, l := range s.listeners {
+		if l.fd < 0 || l.spec.network != "tcp" {
+			continue
+		}
+		if n, err := listenQueue(l.fd); err == nil {
+			st.Queues = append(st.Queues, ctlQueue{Listener: l.spec.name, Addr: l.addrString(), Length: n})
+		}
+	}
+	return st
+}
+
+// sampleUsage fills in each worker's memory and CPU time (its whole process
+// group), outside the owner goroutine: reading /proc takes a while.
+func sampleUsage(st *ctlStatus) {
+	pids := make([]int, len(st.Workers))
+	for i, w := range st.Workers {
+		pids[i] = w.PID
+	}
+	usage, err := workerUsage(pids)
+	if err != nil {
+		return
+	}
+	for i := range st.Workers {
+		if u, ok := usage[st.Workers[i].PID]; ok {
+			rss, cpu := u.rss, u.cpu.Seconds()
+			st.Workers[i].RSS, st.Workers[i].CPU = &rss, &cpu
+		}
+	}
+}
+
+// ctlSummary is the one-line description of prefork a status table starts with.
+func ctlSummary(st *ctlStatus) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "prefork pid %d, mode %s, generation %d", st.PID, st.Mode, st.Generation)
+	if st.Reloading > 0 {
+		fmt.Fprintf(&b, " (reloading to %d)", st.Reloading)
+	}
+	if st.Stopping {
+		b.WriteString(", stopping")
+	}
+	fmt.Fprintf(&b, "\nlisteners: %s", strings.Join(st.Listeners, ", "))
+	return b.String()
+}
+
+// openControl starts what --control and --metrics-file ask for.
+func (s *supervisor) openControl() error {
+	var err error
+	if s.c.control != "" {
+		if s.ctl.server, err = openControl(s.c.control, s.events, s.log); err != nil {
+			return err
+		}
+	}
+	if s.c.metricsFile != "" {
+		if s.ctl.metrics, err = startMetricsFile(s.c.metricsFile, s.events, s.log); err != nil {
+			s.ctl.server.close()
+			return fmt.Errorf("--metrics-file %s: %w", s.c.metricsFile, err)
+		}
+	}
+	return nil
+}
+
+// closeControl removes the control socket and the metrics file.
+func (s *supervisor) closeControl() {
+	s.ctl.metrics.close()
+	s.ctl.server.close()
+}

@@ -1,0 +1,157 @@
+// This file tests the signal dispositions and mask workers start with, and
+// stop signals sent in prefork's first milliseconds: Linux, where /proc shows
+// a process's signal state.
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// caughtUp waits until prefork catches the stop signals: it ignores SIGPIPE
+// at the same instant. Before that, while the Go runtime itself starts, any Go
+// program dies of SIGTERM.
+func caughtUp(t *testing.T, pid int) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Microsecond) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sigMasks(t, string(b))["SigIgn"]&(1<<(syscall.SIGPIPE-1)) != 0 {
+			return
+		}
+	}
+	t.Fatal("prefork never ignored SIGPIPE")
+}
+
+// sigMasks reads a process's signal masks from /proc/PID/status, or from a
+// copy of its Sig* lines.
+func sigMasks(t *testing.T, status string) map[string]uint64 {
+	t.Helper()
+	m := map[string]uint64{}
+	for _, line := range strings.Split(status, "\n") {
+		name, hex, _ := strings.Cut(line, ":")
+		if name != "SigIgn" && name != "SigBlk" && name != "SigCgt" {
+			continue
+		}
+		v, err := strconv.ParseUint(strings.TrimSpace(hex), 16, 64)
+		if err != nil {
+			t.Fatalf("cannot read %q: %v", line, err)
+		}
+		m[name] = v
+	}
+	return m
+}
+
+// Issue 9.1: prefork ignores SIGPIPE, and ignored signals survive execve: the
+// workers must still get the default disposition, and no blocked signal. A
+// shell keeps an ignored signal ignored for what it runs, so grep shows what
+// the worker got.
+func TestWorkersGetDefaultSignals(t *testing.T) {
+	marks := t.TempDir()
+	status := filepath.Join(t.TempDir(), "status.json")
+	cmd := exec.Command(os.Args[0], "--status-file", status, "-l", "127.0.0.1:0", "-n", "2", "--ready-delay", "100ms", "--",
+		"/bin/sh", "-c", `grep -E '^Sig(Ign|Blk):' /proc/self/status > "$0/$$.tmp" && mv "$0/$$.tmp" "$0/$$"; exec sleep 60`, marks)
+	var out syncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.Env = append(os.Environ(), roleEnv+"=prefork", "GORACE=atexit_sleep_ms=0")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	in := &instance{t: t, cmd: cmd, stderr: &out, status: status, done: make(chan struct{})}
+	go func() { cmd.Wait(); in.code = cmd.ProcessState.ExitCode(); close(in.done) }()
+	defer func() {
+		if t.Failed() {
+			t.Logf("prefork output:\n%s", out.String())
+		}
+	}()
+	defer cmd.Process.Kill()
+	caughtUp(t, cmd.Process.Pid)
+	st := in.readyWorkers(2, 15*time.Second)
+	for _, w := range st.Workers {
+		var b []byte
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if b, _ = os.ReadFile(filepath.Join(marks, strconv.Itoa(w.PID))); len(b) > 0 {
+				break
+			}
+		}
+		m := sigMasks(t, string(b))
+		if len(m) != 2 || m["SigIgn"]&(1<<(syscall.SIGPIPE-1)) != 0 || m["SigBlk"] != 0 {
+			t.Errorf("worker %d: %q; want SIGPIPE not ignored and no signal blocked", w.PID, b)
+		}
+	}
+	in.signal(syscall.SIGTERM)
+	if code := in.wait(20 * time.Second); code != 0 {
+		t.Errorf("exit status %d, want 0", code)
+	}
+}
+
+// Issue 9.9: a TERM in the first milliseconds of prefork's life ends it with
+// status 0 and leaves nothing behind: no pidfile, no unix socket file, no
+// notify directory. The delay counts from the instant prefork catches signals,
+// which is as early as a Go program can: while the Go runtime itself starts,
+// SIGTERM's default action still applies (and prefork has created nothing).
+func TestStopRightAfterStart(t *testing.T) {
+	dir := t.TempDir()
+	tmp := filepath.Join(dir, "tmp")
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "XDG_RUNTIME_DIR=") {
+			env = append(env, kv)
+		}
+	}
+	env = append(env, "TMPDIR="+tmp, "GORACE=atexit_sleep_ms=0")
+	const runs = 42
+	started := 0
+	for i := 0; i < runs; i++ {
+		delay := time.Duration(i%21) * time.Millisecond
+		pidfile, sock := filepath.Join(dir, "prefork.pid"), filepath.Join(dir, "s.sock")
+		cmd := exec.Command(os.Args[0], "--pidfile", pidfile, "-l", "unix:"+sock, "-l", "127.0.0.1:0", "-n", "2",
+			"--ready", "notify", "-v", "--", os.Args[0])
+		cmd.Env = env
+		var out syncBuffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		cmd.Env = append(env, roleEnv+"=prefork", workerEnv+"=http")
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		caughtUp(t, cmd.Process.Pid)
+		time.Sleep(delay)
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+			t.Fatalf("run %d: prefork did not exit within 20s of a TERM %v after start:\n%s", i, delay, out.String())
+		}
+		ws := cmd.ProcessState.Sys().(syscall.WaitStatus)
+		if ws.Signaled() || ws.ExitStatus() != 0 {
+			t.Fatalf("run %d: TERM %v after start: exit status %d (signal %v), want 0:\n%s", i, delay, ws.ExitStatus(), ws.Signal(), out.String())
+		}
+		if strings.Contains(out.String(), "worker started slot=") {
+			started++
+		}
+		for _, p := range []string{pidfile, sock} {
+			if _, err := os.Lstat(p); err == nil {
+				t.Fatalf("run %d: TERM %v after start left %s behind:\n%s", i, delay, p, out.String())
+			}
+		}
+		if ents, _ := os.ReadDir(tmp); len(ents) > 0 {
+			t.Fatalf("run %d: TERM %v after start left %s in the temporary directory:\n%s", i, delay, ents[0].Name(), out.String())
+		}
+	}
+	t.Logf("%d of %d runs stopped before any worker started", runs-started, runs)
+}

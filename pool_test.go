@@ -1,0 +1,292 @@
+// This file tests the pool policy's decisions sample by sample, with a fake
+// clock: samples in, decisions out, in microseconds.
+package main
+
+import (
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// poolSim feeds an elastic policy samples every poolTick and applies what it
+// decides to a simulated pool whose new workers are up after upAfter.
+type poolSim struct {
+	t       *testing.T
+	e       *elastic
+	now     time.Time
+	workers int
+	pending []time.Time // when each starting worker is up
+	upAfter time.Duration
+	cpu     float64
+	ups     int
+	log     []string
+}
+
+func newPoolSim(t *testing.T, min, max int, idle time.Duration) *poolSim {
+	return &poolSim{t: t, e: newElastic(min, max, idle), now: time.Unix(1e9, 0), workers: min, upAfter: 300 * time.Millisecond, cpu: -1}
+}
+
+// run advances d with waiting(now) connections waiting at each sample.
+func (p *poolSim) run(d time.Duration, waiting func(workers int) int) {
+	for end := p.now.Add(d); p.now.Before(end); p.now = p.now.Add(poolTick) {
+		up := p.pending[:0]
+		for _, at := range p.pending {
+			if p.now.Before(at) {
+				up = append(up, at)
+			}
+		}
+		p.pending = up
+		delta := p.e.decide(poolSample{now: p.now, waiting: waiting(p.workers), workers: p.workers, starting: len(p.pending), cpu: p.cpu})
+		if delta != 0 {
+			p.workers += delta
+			p.ups += b2i(delta > 0)
+			p.log = append(p.log, p.now.Format("05.0")+" "+strconv.Itoa(p.workers))
+			for i := 0; i < delta; i++ {
+				p.pending = append(p.pending, p.now.Add(p.upAfter))
+			}
+		}
+		if p.workers < p.e.min || p.workers > p.e.max {
+			p.t.Fatalf("pool left %d..%d: %d", p.e.min, p.e.max, p.workers)
+		}
+	}
+}
+
+// demand is a load that keeps need workers busy: what exceeds the pool waits.
+func demand(need int) func(int) int { return func(w int) int { return max(need-w, 0) } }
+
+func TestElasticGrowsWhileConnectionsWaitAndDoublesItsStep(t *testing.T) {
+	p := newPoolSim(t, 1, 16, 10*time.Second)
+	p.run(150*time.Millisecond, demand(100))
+	if p.workers != 1 {
+		t.Fatalf("grew after %d samples of waiting: %v", 2, p.log)
+	}
+	p.run(6*time.Second, demand(100))
+	if p.workers != 16 {
+		t.Fatalf("workers %d after 6s of waiting, want 16: %v", p.workers, p.log)
+	}
+	// steps of 1, 2, 4, 8 a second apart
+	if got := strings.Join(p.log, ","); got != "40.2 2,41.2 4,42.2 8,43.2 16" {
+		t.Fatalf("scale-up steps %v, want +1 +2 +4 +8 a second apart", got)
+	}
+}
+
+func TestElasticWaitsForStartingWorkers(t *testing.T) {
+	p := newPoolSim(t, 1, 16, 10*time.Second)
+	p.upAfter = 5 * time.Second // slow starts: no new step while the last one starts
+	p.run(4*time.Second, demand(100))
+	if p.workers != 2 {
+		t.Fatalf("workers %d while the first added worker still starts, want 2: %v", p.workers, p.log)
+	}
+}
+
+func TestElasticStopsOnceTheQueueStaysEmpty(t *testing.T) {
+	p := newPoolSim(t, 1, 4, 2*time.Second)
+	p.run(5*time.Second, demand(8))
+	if p.workers != 4 {
+		t.Fatalf("workers %d under load, want 4: %v", p.workers, p.log)
+	}
+	p.log = nil
+	p.run(1900*time.Millisecond, demand(0))
+	if p.workers != 4 {
+		t.Fatalf("stopped a worker before --idle-timeout: %v", p.log)
+	}
+	p.run(200*time.Millisecond, demand(0))
+	if p.workers != 3 {
+		t.Fatalf("workers %d after --idle-timeout idle, want 3: %v", p.workers, p.log)
+	}
+	p.run(2*time.Second, demand(0))
+	if p.workers != 1 {
+		t.Fatalf("workers %d, want 1 (one a second once idle): %v", p.workers, p.log)
+	}
+	p.run(30*time.Second, demand(0))
+	if p.workers != 1 {
+		t.Fatalf("went below MIN: %v", p.log)
+	}
+}
+
+func TestElasticIsNotIdleWhileTheQueueFlickers(t *testing.T) {
+	p := newPoolSim(t, 1, 4, 2*time.Second)
+	p.workers = 4
+	i := 0
+	p.run(20*time.Second, func(int) int { i++; return b2i(i%15 == 0) }) // a connection waits every 1.5s, never for long
+	if p.workers != 4 || len(p.log) != 0 {
+		t.Fatalf("pool moved on a flickering queue: %v", p.log)
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func TestElasticIsNotIdleWhileBusyOnCPU(t *testing.T) {
+	p := newPoolSim(t, 1, 4, time.Second)
+	p.workers, p.cpu = 4, 2.0 // 2 CPUs busy: three workers at half a CPU each would be 1.5
+	p.run(10*time.Second, demand(0))
+	if p.workers != 4 {
+		t.Fatalf("stopped workers while the pool used 2 CPUs: %v", p.log)
+	}
+	p.cpu = 0.01
+	p.run(5*time.Second, demand(0))
+	if p.workers != 1 {
+		t.Fatalf("workers %d once CPU use fell, want 1: %v", p.workers, p.log)
+	}
+}
+
+func TestElasticDoesNotFlap(t *testing.T) {
+	// A load that needs exactly 3 workers: at 4 the queue is empty, at 3 a
+	// connection waits briefly every 5s, at 2 connections keep waiting.
+	p := newPoolSim(t, 1, 8, 2*time.Second)
+	p.workers = 4
+	i := 0
+	p.run(120*time.Second, func(w int) int {
+		i++
+		switch {
+		case w >= 4:
+			return 0
+		case w == 3:
+			return b2i(i%50 == 0)
+		}
+		return 1
+	})
+	// each regretted scale-down doubles the idle time the next needs: 2, 4,
+	// 8, 16, 16… seconds, so at most a handful of cycles in two minutes.
+	if p.ups > 3 || p.workers != 3 {
+		t.Fatalf("%d scale-ups in 120s, %d workers at the end: flapping: %v", p.ups, p.workers, p.log)
+	}
+	if p.e.hold < 4 {
+		t.Fatalf("hold %d after regretted scale-downs, want it doubled", p.e.hold)
+	}
+}
+
+func TestElasticWithoutAQueueStaysPut(t *testing.T) {
+	p := newPoolSim(t, 1, 4, time.Second)
+	p.workers = 3
+	p.run(10*time.Second, func(int) int { return -1 })
+	if p.workers != 3 {
+		t.Fatalf("moved without a readable queue: %v", p.log)
+	}
+}
+
+func TestElasticKeepsStillDuringAReload(t *testing.T) {
+	e := newElastic(1, 4, time.Second)
+	now := time.Unix(1e9, 0)
+	for i := 0; i < 50; i++ {
+		if d := e.decide(poolSample{now: now, workers: 4, reloading: true, cpu: -1}); d != 0 {
+			t.Fatalf("decided %d during a reload", d)
+		}
+		now = now.Add(poolTick)
+	}
+}
+
+func TestLimitsMaxRSSReplacesTheLargestFirst(t *testing.T) {
+	now := time.Unix(1e9, 0)
+	l := newLimits(100<<20, 0, nil, time.Second, 8*time.Second)
+	ws := []poolWorker{{pid: 10, ready: true}, {pid: 11, ready: true}, {pid: 12, ready: true}, {pid: 13, ready: false}}
+	use := map[int]procUsage{10: {RSS: 50 << 20}, 11: {RSS: 150 << 20}, 12: {RSS: 300 << 20}, 13: {RSS: 900 << 20}}
+	if pid, why := l.check(ws, use, 0, now); pid != 12 || why != reasonMaxRSS {
+		t.Fatalf("check = %d %q, want 12 max-rss (13 is not ready)", pid, why)
+	}
+	if pid, _ := l.check(ws, use, 1, now); pid != 0 {
+		t.Fatalf("asked for %d while a replacement runs", pid)
+	}
+	// 12's replacement failed: it still serves; 11 is next, 12 waits its backoff
+	if pid, _ := l.check(ws, use, 0, now.Add(10*time.Millisecond)); pid != 11 {
+		t.Fatalf("check = %d, want 11 while 12 backs off", pid)
+	}
+	if pid, _ := l.check(ws, use, 0, now.Add(500*time.Millisecond)); pid != 0 {
+		t.Fatalf("check = %d, want none: both back off", pid)
+	}
+	if pid, _ := l.check(ws, use, 0, now.Add(1100*time.Millisecond)); pid != 12 {
+		t.Fatalf("check = %d, want 12 again after its backoff", pid)
+	}
+	if pid, _ := l.check(ws, use, 0, now.Add(2*time.Second)); pid != 11 {
+		t.Fatalf("check = %d, want 11 again after its backoff", pid)
+	}
+	// 12's second failure doubles its backoff to 2s
+	if pid, _ := l.check(ws, use, 0, now.Add(2500*time.Millisecond)); pid != 0 {
+		t.Fatalf("check = %d, want none", pid)
+	}
+	ws[2].replaced = true
+	if pid, _ := l.check(ws, use, 0, now.Add(time.Hour)); pid != 11 {
+		t.Fatalf("check = %d, want 11 (12 is being replaced)", pid)
+	}
+}
+
+func TestLimitsMaxLifetimeWithJitter(t *testing.T) {
+	start := time.Unix(1e9, 0)
+	j := []float64{0, 0.999, 0.5}
+	l := newLimits(0, 100*time.Second, func() float64 { v := j[0]; j = j[1:]; return v }, time.Second, time.Minute)
+	ws := []poolWorker{{pid: 1, ready: true, started: start}, {pid: 2, ready: true, started: start}, {pid: 3, ready: true, started: start}}
+	if pid, _ := l.check(ws, nil, 0, start.Add(89900*time.Millisecond)); pid != 0 {
+		t.Fatalf("replaced %d before 90%% of its lifetime", pid)
+	}
+	if pid, why := l.check(ws, nil, 0, start.Add(90100*time.Millisecond)); pid != 2 || why != reasonMaxLifetime {
+		t.Fatalf("check = %d %q, want 2 (jitter 0.999 → 90.01s)", pid, why)
+	}
+	ws[1].replaced = true
+	if pid, _ := l.check(ws, nil, 0, start.Add(95100*time.Millisecond)); pid != 3 {
+		t.Fatalf("check = %d, want 3 at 95s", pid)
+	}
+	ws[2].replaced = true
+	if pid, _ := l.check(ws, nil, 0, start.Add(100*time.Second)); pid != 1 {
+		t.Fatalf("check = %d, want 1 at 100s (no jitter)", pid)
+	}
+	// gone workers are forgotten
+	l.check(nil, nil, 0, start)
+	if len(l.deadline) != 0 || len(l.asked) != 0 {
+		t.Fatalf("kept state of gone workers: %v %v", l.deadline, l.asked)
+	}
+}
+
+func TestCPURate(t *testing.T) {
+	prev := map[int]procUsage{1: {CPU: time.Second}, 2: {CPU: 5 * time.Second}}
+	cur := map[int]procUsage{1: {CPU: 1500 * time.Millisecond}, 3: {CPU: time.Hour}}
+	if r := cpuRate(prev, cur, time.Second); r != 0.5 {
+		t.Fatalf("cpuRate = %v, want 0.5 (2 left, 3 arrived)", r)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	good := map[string]int64{"512M": 512 << 20, "2G": 2 << 30, "2g": 2 << 30, "1048576": 1 << 20, "1024K": 1 << 20, "1T": 1 << 40}
+	for v, want := range good {
+		if n, err := parseSize(v); err != nil || n != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", v, n, err, want)
+		}
+	}
+	for _, v := range []string{"", "M", "1.5G", "-1G", "512MB", "512 M", "10", "1023K", "0", "9999999999T", "+5M", "5MM", "0x10M"} {
+		if n, err := parseSize(v); err == nil {
+			t.Errorf("parseSize(%q) = %d, want an error", v, n)
+		}
+	}
+}
+
+func TestParsePoolRange(t *testing.T) {
+	if lo, hi, err := parsePoolRange("2:16"); err != nil || lo != 2 || hi != 16 {
+		t.Fatalf("2:16 → %d %d %v", lo, hi, err)
+	}
+	for _, v := range []string{":4", "1:", "0:4", "4:2", "1:100000", "a:b", "1:2:3", "+1:4", " 1:4"} {
+		if _, _, err := parsePoolRange(v); err == nil {
+			t.Errorf("parsePoolRange(%q) succeeded", v)
+		}
+	}
+}
+
+func TestPoolOptions(t *testing.T) {
+	c, err := parseArgs([]string{"-n", "2:16", "--idle-timeout", "3s", "--max-lifetime", "1h", "./server"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.workers != 2 || c.poolMin != 2 || c.poolMax != 16 || c.idleTimeout != 3*time.Second || c.maxLifetime != time.Hour {
+		t.Fatalf("read wrong: %+v", c)
+	}
+	if c, err = parseArgs([]string{"-n", "1:4", "-n", "3", "./server"}); err != nil || c.poolMax != 0 || c.workers != 3 {
+		t.Fatalf("a later -n N must make the pool fixed: %+v %v", c, err)
+	}
+	if c, _ = parseArgs([]string{"-n", "1:4", "./server"}); c.idleTimeout != 10*time.Second {
+		t.Fatalf("default --idle-timeout %v, want 10s", c.idleTimeout)
+	}
+}

@@ -1,0 +1,39 @@
+// This file is the macOS side of procstat_linux.go. The standard library cannot
+// read another process's resident memory or CPU time on macOS (that takes
+// libproc's proc_pidinfo, outside the syscall package), nor the accept-queue
+// length of a listener: the functions say so, and the options that need them
+// are usage errors.
+package main
+
+import (
+	"errors"
+	"time"
+)
+
+// procUsage is what one worker's process group uses at the moment of a sample.
+type procUsage struct {
+	RSS   int64         // bytes, summed over the group's processes
+	CPU   time.Duration // user + system time, with reaped children's
+	Procs int           // processes in the group
+}
+
+// procstatSupported says whether groupUsage can read other processes here.
+const procstatSupported = false
+
+// acceptQueueSupported says whether acceptQueue can read a listener's queue here.
+const acceptQueueSupported = false
+
+// errProcstatUnsupported is what groupUsage returns on macOS.
+var errProcstatUnsupported = errors.New("reading another process's memory and CPU time needs libproc on macOS, which prefork (standard library only) does not use")
+
+// errAcceptQueueUnsupported is what acceptQueue returns on macOS.
+var errAcceptQueueUnsupported = errors.New("the accept-queue length of a listener cannot be read on macOS")
+
+// groupUsage is not available on macOS.
+func groupUsage(pgids []int) (map[int]procUsage, error) { return nil, errProcstatUnsupported }
+
+// acceptQueue is not available on macOS.
+func acceptQueue(fd int) (int, error) { return 0, errAcceptQueueUnsupported }
+
+// acceptQueueInfo is not available on macOS.
+func acceptQueueInfo(fd int) (queue, limit int, err error) { return 0, 0, errAcceptQueueUnsupported }

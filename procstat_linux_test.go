@@ -1,0 +1,123 @@
+// This file tests procstat_linux.go against real processes and sockets.
+package main
+
+import (
+	"net"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// startGroup runs a shell script as the leader of its own process group.
+func startGroup(t *testing.T, script string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command("/bin/sh", "-c", script)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+	})
+	return cmd
+}
+
+func TestGroupUsageCountsEveryProcessOfTheGroup(t *testing.T) {
+	a := startGroup(t, "sleep 30 & sleep 30 & wait")
+	b := startGroup(t, "while :; do :; done")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		u, err := groupUsage([]int{a.Process.Pid, b.Process.Pid, 1 << 30})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ua, ub := u[a.Process.Pid], u[b.Process.Pid]
+		if _, ok := u[1<<30]; ok {
+			t.Fatalf("a group with no process is in the map: %+v", u)
+		}
+		if ua.Procs == 3 && ub.Procs == 1 && ub.CPU >= 200*time.Millisecond {
+			if ua.RSS <= 0 || ub.RSS <= 0 {
+				t.Fatalf("no resident memory: %+v %+v", ua, ub)
+			}
+			if ua.CPU > ub.CPU {
+				t.Fatalf("sleeping group used more CPU than the busy one: %+v %+v", ua, ub)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sleeping group %+v (want 3 processes), busy group %+v (want 1 process, >= 200ms CPU)", ua, ub)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestGroupUsageEmpty(t *testing.T) {
+	u, err := groupUsage(nil)
+	if err != nil || len(u) != 0 {
+		t.Fatalf("groupUsage(nil) = %v, %v", u, err)
+	}
+}
+
+func TestParseProcStat(t *testing.T) {
+	line := "4242 (a) b) (c) S 1 4240 4240 0 -1 4194560 100 0 0 0 7 5 3 1 20 0 1 0 123 1000000 321 18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 3 0 0 0 0 0\n"
+	st, ok := parseProcStat([]byte(line))
+	if !ok || st.pgrp != 4240 || st.ticks != 16 || st.rssPages != 321 {
+		t.Fatalf("parseProcStat = %+v, %v", st, ok)
+	}
+	for _, bad := range []string{"", "1 (x", "1 (x) S 1 notanumber 0", "1 (x) S 1 2 3"} {
+		if _, ok := parseProcStat([]byte(bad)); ok {
+			t.Errorf("parseProcStat(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestClockTick(t *testing.T) {
+	if d := clockTick(); d != 10*time.Millisecond {
+		t.Logf("clock tick %v (not the usual 100 Hz)", d)
+	}
+	if d := clockTick(); d <= 0 || d > time.Second {
+		t.Fatalf("clock tick %v", d)
+	}
+}
+
+func TestAcceptQueueCountsUnacceptedConnections(t *testing.T) {
+	fd, addr := rawTCPListener(t)
+	if q, limit, err := acceptQueueInfo(fd); err != nil || q != 0 || limit != 128 {
+		t.Fatalf("empty listener: queue %d, limit %d, err %v (want 0, 128)", q, limit, err)
+	}
+	for i := 1; i <= 3; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if q, err := acceptQueue(fd); err != nil || q != i {
+			t.Fatalf("after %d connections: queue %d, err %v", i, q, err)
+		}
+	}
+	nfd, _, err := syscall.Accept(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(nfd)
+	if q, err := acceptQueue(fd); err != nil || q != 2 {
+		t.Fatalf("after one accept: queue %d, err %v (want 2)", q, err)
+	}
+	if _, err := acceptQueue(nfd); err != errNotListener {
+		t.Fatalf("a connected socket: err %v, want errNotListener", err)
+	}
+}
+
+func TestAcceptQueueRefusesNonTCP(t *testing.T) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Close(fds[0])
+	defer syscall.Close(fds[1])
+	if _, err := acceptQueue(fds[0]); err == nil {
+		t.Fatal("acceptQueue on a unix socket succeeded")
+	}
+}
