@@ -9,6 +9,7 @@
 #                          writes bench/out/benchmarks.* and leaves docs/ alone
 #   bench/run.sh --rr      the Go and C tables only (rr against shared and the
 #                          reference master), 7 rounds; bench/out/ only
+#   PREFORK_BEFORE=BIN     also measure an earlier prefork binary in rr mode
 #   bench/run.sh --pool    only the elastic pool's step load, about 2 minutes;
 #                          writes bench/out/pool.md and leaves docs/ alone
 set -euo pipefail
@@ -23,7 +24,7 @@ for a in "$@"; do
 	--smoke) smoke=1 ;;
 	--rr) rronly=1 ;;
 	--pool) pool=1 ;;
-	-h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,14p' "$0"; exit 0 ;;
 	*) echo "bench/run.sh: unknown argument $a (try --smoke)" >&2; exit 2 ;;
 	esac
 done
@@ -101,6 +102,7 @@ args=(-bench "$root/bench" -bin "$out/bin" -out "$out" -node "$node" -wrk "$wrk"
 	-pm2 "$pm2" -pm2-home "$cache/pm2home" -command "$command" -o "$out/results.json")
 [ $smoke = 1 ] && args+=(-smoke)
 [ $rronly = 1 ] && args+=(-groups go,c -life=false -rounds 7 -dist-d 1s)
+[ -n "${PREFORK_BEFORE:-}" ] && args+=(-before "$PREFORK_BEFORE") # an earlier prefork, measured beside in rr mode
 mkdir -p docs
 say "running the harness ($([ $smoke = 1 ] && echo smoke || echo full) run)"
 "$out/bin/harness" "${args[@]}"

@@ -112,6 +112,24 @@ func startup(res *results.Results, reps, n int, modes []string) error {
 	return nil
 }
 
+// spawnMany times prefork from exec until n `sleep` workers are all up (alive
+// 10 ms, --ready-delay), by the status file: the pace of spawning alone.
+func spawnMany(res *results.Results, reps, n int) error {
+	life := results.Life{Name: fmt.Sprintf("startup: prefork, %d sleep workers all started (--ready-delay 10ms)", n)}
+	for rep := 0; rep < reps; rep++ {
+		port := nextPort()
+		t0 := time.Now()
+		p, err := startPrefork(port, n, "shared", []string{"--ready-delay", "10ms"}, "sleep", "1000000")
+		if err != nil {
+			return fmt.Errorf("startup of %d sleep workers: %w", n, err)
+		}
+		life.Ms = append(life.Ms, float64(time.Since(t0).Microseconds())/1000)
+		p.Stop()
+	}
+	res.Lifecycle = append(res.Lifecycle, life)
+	return nil
+}
+
 // restart SIGKILLs slot 0's worker `kills` times and times until the status
 // file shows its replacement ready, and until the replacement answers a
 // request.

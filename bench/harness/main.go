@@ -63,6 +63,7 @@ func main() {
 	flag.StringVar(&pm2Path, "pm2", "", "pm2 (empty: skip PM2)")
 	flag.StringVar(&pm2Home, "pm2-home", "", "PM2_HOME")
 	groups := flag.String("groups", "node,go,c", "throughput tables to run, comma-separated")
+	flag.StringVar(&beforeBin, "before", "", "an earlier prefork binary to measure in rr mode beside this one")
 	life := flag.Bool("life", true, "measure memory, startup and restart after throughput")
 	flag.Parse()
 	if *smoke {
@@ -76,6 +77,9 @@ func main() {
 	}
 	if pm2Path == "" {
 		pm2Pending = "skipped: pm2 is not installed (see the run.sh output)"
+	}
+	if beforeBin == "" {
+		beforePending = "skipped: no -before binary"
 	}
 	if _, err := os.Stat(binPath("cworker")); err != nil {
 		cPending = "skipped: bench/cworker was not built (no C compiler?)"
@@ -161,6 +165,14 @@ func run(res *results.Results, groups []string, life bool, rounds int, dur, dist
 	}
 	logf("startup of %d workers", n)
 	if err := startup(res, distReps, n, modes); err != nil {
+		return err
+	}
+	many := 1024
+	if smoke {
+		many = 64
+	}
+	logf("startup of %d sleep workers", many)
+	if err := spawnMany(res, distReps, many); err != nil {
 		return err
 	}
 	kills := 3 * distReps

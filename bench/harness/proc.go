@@ -139,17 +139,23 @@ func (s status) readyCount() int {
 }
 
 // waitStatus polls the status file every millisecond until ok says yes or
-// the timeout passes.
+// the timeout passes; a large file (hundreds of workers) every 10 ms, so that
+// parsing it does not take the CPU the workers are starting on.
 func waitStatus(path string, p *proc, timeout time.Duration, ok func(status) bool) (status, error) {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		if p != nil && p.exited() {
 			return status{}, fmt.Errorf("exited: %s", lastLines(p.stderr.String(), 5))
 		}
-		if s, err := readStatus(path); err == nil && ok(s) {
+		s, err := readStatus(path)
+		if err == nil && ok(s) {
 			return s, nil
 		}
-		time.Sleep(time.Millisecond)
+		if len(s.Workers) > 64 {
+			time.Sleep(10 * time.Millisecond)
+		} else {
+			time.Sleep(time.Millisecond)
+		}
 	}
 	return status{}, fmt.Errorf("status file %s: not there after %v", path, timeout)
 }

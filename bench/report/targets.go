@@ -44,6 +44,17 @@ func targets(r *results.Results) []target {
 				target{g.server + " under " + name + " ≥ 0.98× bare, keep-alive", fmt.Sprintf("%.2f×", k), verdict(k >= 0.98)})
 		}
 	}
+	for _, l := range r.Lifecycle {
+		ms := results.Median(l.Ms)
+		switch {
+		case strings.HasPrefix(l.Name, "startup: prefork --mode shared, 64 Go workers"):
+			ts = append(ts, target{"64 workers all answering < 0.5 s (shared)", fmt.Sprintf("%.2f s", ms/1000), verdict(ms < 500)})
+		case strings.HasPrefix(l.Name, "startup: prefork, 1024 sleep workers"):
+			ts = append(ts, target{"1,024 `sleep` workers started < 5 s", fmt.Sprintf("%.2f s", ms/1000), verdict(ms < 5000)})
+		case strings.HasPrefix(l.Name, "restart: prefork --mode") && strings.HasSuffix(l.Name, "replacement answering"):
+			ts = append(ts, target{"SIGKILL to replacement answering < 20 ms (" + strings.Fields(l.Name)[3] + ")", fmt.Sprintf("%.1f ms", ms), verdict(ms < 20)})
+		}
+	}
 	for _, m := range r.Memory {
 		if strings.HasPrefix(m.Name, "prefork, 4 ") {
 			mb := results.Median(m.KiB) / 1024
