@@ -88,7 +88,7 @@ fi
 
 say "building prefork and the bench programs"
 CGO_ENABLED=0 go build -o "$out/bin/prefork" . # static, as released (README)
-for p in goserver barelaunch blockserver refmaster load harness report; do
+for p in goserver barelaunch blockserver refmaster spawnref load harness report; do
 	go build -o "$out/bin/$p" "./bench/$p"
 done
 rm -f "$out/bin/cworker"

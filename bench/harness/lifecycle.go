@@ -7,7 +7,9 @@ package main
 
 import (
 	"fmt"
+	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -127,6 +129,28 @@ func spawnMany(res *results.Results, reps, n int) error {
 		p.Stop()
 	}
 	res.Lifecycle = append(res.Lifecycle, life)
+	// The kernel's pace: the same number of ForkExec calls with nothing
+	// around them, straight and through prefork's exec shim.
+	for _, shim := range []bool{false, true} {
+		ref := results.Life{Name: fmt.Sprintf("reference: %d ForkExec of sleep in a row, no supervisor (bench/spawnref)", n)}
+		args := []string{"-n", strconv.Itoa(n)}
+		if shim {
+			ref.Name = fmt.Sprintf("reference: %d ForkExec of sleep through prefork's exec shim, no supervisor", n)
+			args = append(args, "-shim", binPath("prefork"))
+		}
+		for rep := 0; rep < reps; rep++ {
+			out, err := exec.Command(binPath("spawnref"), append(args, "--", "sleep", "1000000")...).Output()
+			if err != nil {
+				return fmt.Errorf("spawnref: %w", err)
+			}
+			ms, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
+			if err != nil {
+				return fmt.Errorf("spawnref: %q", out)
+			}
+			ref.Ms = append(ref.Ms, ms)
+		}
+		res.Lifecycle = append(res.Lifecycle, ref)
+	}
 	return nil
 }
 
