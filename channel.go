@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // workerChannel prepares, for each new worker, what it inherits and the link
@@ -37,6 +38,9 @@ type link interface {
 
 // newChannel picks the channel for this run.
 func (s *supervisor) newChannel() workerChannel {
+	if s.nc != nil {
+		return nodeChannel{s, s.nc}
+	}
 	switch s.c.mode {
 	case "rr":
 		return handoffChannel{s}
@@ -119,3 +123,168 @@ func (l *handoffLink) stop(sig syscall.Signal) {
 }
 
 func (l *handoffLink) detach() { l.d.detach(l.pid) }
+
+// nodeChannel is --node-cluster: prefork is the Node.js cluster primary of each
+// worker (nodeipc*.go). The worker inherits what shared or reuseport mode gives
+// (nothing in rr mode), and after it the IPC channel at NODE_CHANNEL_FD.
+type nodeChannel struct {
+	s  *supervisor
+	nc *nodeCluster
+}
+
+func (c nodeChannel) prepare(sl *slot) ([]int, []string, link, error) {
+	var fds, socks []int
+	var env []string
+	switch c.s.c.mode {
+	case "rr":
+	case "reuseport":
+		fds, socks, env = append(fds, sl.socks...), sl.socks, listenEnv(c.s.listeners)
+	default:
+		for _, l := range c.s.listeners {
+			fds = append(fds, l.fd)
+		}
+		env = listenEnv(c.s.listeners)
+	}
+	master, child, err := newNodePair()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	env = append(env, "NODE_CHANNEL_FD="+strconv.Itoa(3+len(fds)), "NODE_UNIQUE_ID="+strconv.Itoa(sl.index+1))
+	fds = append(fds, child)
+	return fds, env, &nodeLink{s: c.s, nc: c.nc, master: master, child: child, slot: sl.index, socks: socks}, nil
+}
+
+// linkEvent runs fn on the owner goroutine while w is alive: how a link's
+// goroutines act on the supervisor's side of a worker.
+type linkEvent struct {
+	w  *worker
+	fn func()
+}
+
+// nodeLink is one Node worker's channel. Its fields other than nw are owned by
+// the supervisor goroutine.
+type nodeLink struct {
+	s             *supervisor
+	nc            *nodeCluster
+	master, child int
+	slot          int
+	socks         []int
+	pid           int
+	nw            *nodeWorker
+	ended         bool           // the channel is closed
+	stopSig       syscall.Signal // to send once the worker closes the channel after disconnect
+}
+
+func (l *nodeLink) attach(w *worker) {
+	l.pid = w.pid
+	syscall.Close(l.child)
+	s := l.s
+	notify := func(msg map[string]string) {
+		if msg["READY"] == "1" && s.c.ready != "delay" {
+			delete(msg, "READY") // --ready notify: the worker says READY=1 itself
+		}
+		if len(msg) > 0 {
+			s.events <- notifyEvent{w, msg}
+		}
+	}
+	ended := func(err error) {
+		if s.rr != nil {
+			s.rr.shut(w.pid)
+		}
+		if err != nil {
+			s.log.Debug("node channel error", "pid", w.pid, "err", err)
+		}
+		s.events <- linkEvent{w, l.channelEnded}
+	}
+	nw, err := l.nc.newNodeWorker(w.pid, l.slot, l.master, l.socks, notify, ended)
+	if err != nil {
+		go func() { s.events <- brokenEvent{w.pid, err} }()
+		return
+	}
+	l.nw = nw
+	if s.rr != nil {
+		s.rr.attachSender(w.pid, nw)
+	}
+}
+
+func (l *nodeLink) abort() { closeFds([]int{l.master, l.child}) }
+
+func (l *nodeLink) ready() {
+	if l.s.rr != nil {
+		l.s.rr.ready(l.pid)
+	}
+}
+
+func (l *nodeLink) drain() {
+	if l.s.rr != nil {
+		l.s.rr.drain(l.pid)
+	}
+}
+
+// stop sends disconnect, so that Node closes its servers and finishes what is
+// in flight; the stop signal follows once the worker closes the channel. In rr
+// mode disconnect waits until the worker has acked every connection it was
+// handed and has had nodeSettle to read their requests: Node's server.close()
+// destroys connections on which no request has arrived yet (closeIdleConnections).
+func (l *nodeLink) stop(sig syscall.Signal) {
+	l.drain()
+	if l.nw == nil || l.ended {
+		kill(l.pid, sig)
+		return
+	}
+	l.stopSig = sig
+	if l.s.rr == nil {
+		l.disconnect()
+		return
+	}
+	l.settle(time.Now())
+}
+
+// nodeSettle is how long an rr worker gets to read the request on a
+// connection it took, before disconnect.
+const nodeSettle = 100 * time.Millisecond
+
+// settle sends disconnect once the worker holds no unacked connection and
+// nodeSettle has passed since it last did (checked every few milliseconds).
+func (l *nodeLink) settle(lastBusy time.Time) {
+	if l.ended {
+		return
+	}
+	for _, st := range l.s.rr.stats() {
+		if st.id == l.pid && st.inflight > 0 {
+			lastBusy = time.Now()
+		}
+	}
+	if time.Since(lastBusy) >= nodeSettle || time.Since(lastBusy) < 0 {
+		l.disconnect()
+		return
+	}
+	w := l.s.workers[l.pid]
+	if w == nil {
+		return // gone meanwhile
+	}
+	time.AfterFunc(10*time.Millisecond, func() { l.s.events <- linkEvent{w, func() { l.settle(lastBusy) }} })
+}
+
+func (l *nodeLink) disconnect() {
+	if !l.nw.stop() {
+		kill(l.pid, l.stopSig)
+	}
+}
+
+// channelEnded runs on the owner goroutine once the worker closed its channel.
+func (l *nodeLink) channelEnded() {
+	l.ended = true
+	if l.stopSig != 0 {
+		kill(l.pid, l.stopSig)
+	}
+}
+
+func (l *nodeLink) detach() {
+	if l.nw != nil {
+		l.nw.detach()
+	}
+	if l.s.rr != nil {
+		l.s.rr.detach(l.pid)
+	}
+}

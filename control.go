@@ -312,12 +312,13 @@ func (s *supervisor) controlRequest(e ctlEvent) {
 		s.signal(syscall.SIGHUP)
 	case "scale":
 		n := e.req.Workers
+		lo, hi := s.slotBounds() // -n MIN:MAX bounds it as TTIN and TTOU
 		switch {
 		case s.stopping:
 			fail("prefork is stopping")
 			return
-		case n < 1 || n > maxWorkers:
-			fail("cannot scale to %d workers: give 1 to %d", n, maxWorkers)
+		case n < lo || n > hi:
+			fail("cannot scale to %d workers: give %d to %d", n, lo, hi)
 			return
 		}
 		s.log.Info("scale asked for on the control socket", "workers", n)
@@ -438,7 +439,7 @@ func (s *supervisor) ctlSnapshot() *ctlStatus {
 		if l.fd < 0 || l.spec.network != "tcp" {
 			continue
 		}
-		if n, err := listenQueue(l.fd); err == nil {
+		if n, err := acceptQueue(l.fd); err == nil {
 			st.Queues = append(st.Queues, ctlQueue{Listener: l.spec.name, Addr: l.addrString(), Length: n})
 		}
 	}
@@ -452,13 +453,13 @@ func sampleUsage(st *ctlStatus) {
 	for i, w := range st.Workers {
 		pids[i] = w.PID
 	}
-	usage, err := workerUsage(pids)
+	usage, err := groupUsage(pids) // procstat_*.go
 	if err != nil {
 		return
 	}
 	for i := range st.Workers {
 		if u, ok := usage[st.Workers[i].PID]; ok {
-			rss, cpu := u.rss, u.cpu.Seconds()
+			rss, cpu := u.RSS, u.CPU.Seconds()
 			st.Workers[i].RSS, st.Workers[i].CPU = &rss, &cpu
 		}
 	}

@@ -21,6 +21,20 @@ import (
 	"time"
 )
 
+func init() {
+	extraRoles["rrhold"] = rrHoldWorker
+}
+
+// rrHoldWorker in slot 0 takes rr connections and never acks them (it never
+// reads its channel); in any other slot it is the ordinary HTTP worker.
+func rrHoldWorker() int {
+	if os.Getenv("PREFORK_WORKER") == "0" {
+		time.Sleep(time.Minute)
+		return 0
+	}
+	return testWorker("http")
+}
+
 // ctl runs `prefork --ctl sock args...` and returns its exit status and output.
 func ctl(sock string, args ...string) (code int, stdout, stderr string) {
 	var out, errb bytes.Buffer
@@ -535,5 +549,49 @@ func TestControlStopTimeout(t *testing.T) {
 	}
 	if code := in.wait(10 * time.Second); code != 0 {
 		t.Errorf("prefork exited %d, want 0", code)
+	}
+}
+
+// With an elastic pool, scale stays within -n MIN:MAX, as TTIN and TTOU do.
+func TestControlScaleWithinPoolBounds(t *testing.T) {
+	sock := ctlSock(t)
+	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1:3", "--control", sock)
+	in.readyWorkers(1, 10*time.Second)
+	if code, _, errs := ctl(sock, "scale", "5"); code != 1 || !strings.Contains(errs, "give 1 to 3") {
+		t.Errorf("scale 5 with -n 1:3: exit %d %q; want 1 and the bounds", code, errs)
+	}
+	if out := mustCtl(t, sock, "scale", "3"); !strings.Contains(out, "3 workers up") {
+		t.Errorf("scale 3 with -n 1:3: %q", out)
+	}
+}
+
+// rr: connections a worker held unacked when it died go to another worker, and
+// the metrics count them as redistributed.
+func TestControlMetricsRedistributed(t *testing.T) {
+	sock := ctlSock(t)
+	in := startPrefork(t, "rrhold", nil, "-l", "127.0.0.1:0", "-n", "2", "--mode", "rr",
+		"--ready", "delay", "--ready-delay", "300ms", "--control", sock)
+	st := in.readyWorkers(2, 10*time.Second)
+	addr := in.addr()
+	errs := make(chan error, 4)
+	for i := 0; i < 4; i++ {
+		go func() { _, err := get(addr); errs <- err }()
+	}
+	holder := st.Workers[0].PID
+	deadline := time.Now().Add(5 * time.Second)
+	for promValue(t, mustProm(t, sock), "prefork_rr_connections_inflight", "pid", strconv.Itoa(holder)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("slot 0 never held a connection")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	syscall.Kill(holder, syscall.SIGKILL)
+	for i := 0; i < 4; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("request %d: %v (a connection the dead worker held was lost)", i, err)
+		}
+	}
+	if v := promValue(t, mustProm(t, sock), "prefork_rr_connections_redistributed_total"); v < 1 {
+		t.Errorf("redistributed %v, want at least 1", v)
 	}
 }

@@ -27,9 +27,6 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	if os.Getenv(roleEnv) != "prefork" {
-		releaseEarlySignals() // only prefork catches signals from its first instant
-	}
 	switch {
 	case os.Getenv(shimEnv) != "":
 		os.Exit(runShim(os.Args[1:]))

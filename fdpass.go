@@ -13,6 +13,12 @@ func sendConn(ch int, seq, index uint32, conn int) error {
 	return rrwire.Send(ch, seq, index, conn)
 }
 
+// recvNoWait reads one message without blocking; descriptors that arrive with it
+// are close-on-exec from the start. Errors are raw.
+func recvNoWait(fd int, p, oob []byte) (n, oobn, flags int, err error) {
+	return rrwire.Recv(fd, p, oob, true)
+}
+
 // closeRights closes every descriptor carried by a control message.
 func closeRights(oob []byte) { rrwire.CloseRights(oob) }
 

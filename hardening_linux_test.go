@@ -60,20 +60,10 @@ func TestWorkersGetDefaultSignals(t *testing.T) {
 	status := filepath.Join(t.TempDir(), "status.json")
 	cmd := exec.Command(os.Args[0], "--status-file", status, "-l", "127.0.0.1:0", "-n", "2", "--ready-delay", "100ms", "--",
 		"/bin/sh", "-c", `grep -E '^Sig(Ign|Blk):' /proc/self/status > "$0/$$.tmp" && mv "$0/$$.tmp" "$0/$$"; exec sleep 60`, marks)
-	var out syncBuffer
-	cmd.Stdout, cmd.Stderr = &out, &out
+	in := &instance{t: t, cmd: cmd, stderr: &syncBuffer{}, status: status, done: make(chan struct{})}
+	cmd.Stdout, cmd.Stderr = in.stderr, in.stderr
 	cmd.Env = append(os.Environ(), roleEnv+"=prefork", "GORACE=atexit_sleep_ms=0")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	in := &instance{t: t, cmd: cmd, stderr: &out, status: status, done: make(chan struct{})}
-	go func() { cmd.Wait(); in.code = cmd.ProcessState.ExitCode(); close(in.done) }()
-	defer func() {
-		if t.Failed() {
-			t.Logf("prefork output:\n%s", out.String())
-		}
-	}()
-	defer cmd.Process.Kill()
+	in.watch()
 	caughtUp(t, cmd.Process.Pid)
 	st := in.readyWorkers(2, 15*time.Second)
 	for _, w := range st.Workers {
@@ -136,6 +126,9 @@ func TestStopRightAfterStart(t *testing.T) {
 		case <-time.After(20 * time.Second):
 			cmd.Process.Kill()
 			t.Fatalf("run %d: prefork did not exit within 20s of a TERM %v after start:\n%s", i, delay, out.String())
+		}
+		if strings.Contains(out.String(), "WARNING: DATA RACE") {
+			t.Fatalf("run %d: the race detector found a race in prefork:\n%s", i, out.String())
 		}
 		ws := cmd.ProcessState.Sys().(syscall.WaitStatus)
 		if ws.Signaled() || ws.ExitStatus() != 0 {

@@ -1,9 +1,11 @@
 //go:build linux || darwin
 
 // This file tests what hostile workers, bad input and careless operators did
-// to prefork (issue 9): a broken stderr, stop signals during start-up, forged
-// notifications, a second prefork on the port, the descriptor limit, adopted
-// sockets that do not listen, and files prefork cannot write.
+// to prefork (issue 9): a broken stderr, forged notifications, a second
+// prefork on the port, the descriptor limit, adopted sockets that do not
+// listen, files prefork cannot write, commands that cannot be executed, and
+// deploys that swap the working directory. hardening_linux_test.go holds the
+// signal tests.
 package main
 
 import (
@@ -23,6 +25,11 @@ import (
 
 	pw "github.com/prefork/prefork/worker"
 )
+
+// Only the test binary playing prefork catches signals from its first instant:
+// playing a worker, it must die of a TERM sent while it starts. Package
+// variables are initialised before any init function runs.
+var _ = func() bool { earlySignalsOff = os.Getenv(roleEnv) != "prefork"; return true }()
 
 func init() {
 	// A process started by a worker that sends what TESTWORKER_SEND says (READY=1
@@ -67,22 +74,18 @@ func runPrefork(t *testing.T, wrap []string, env []string, files []*os.File, arg
 	if ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 		code = 128 + int(ws.Signal())
 	}
+	if strings.Contains(string(out), "WARNING: DATA RACE") {
+		t.Errorf("the race detector found a race in prefork:\n%s", out)
+	}
 	return code, string(out), time.Since(start)
 }
 
-// startPreforkOut is startPrefork with prefork's stdout and stderr going to out
-// (a pipe the test controls) instead of the instance's buffer.
-func startPreforkOut(t *testing.T, out *os.File, role string, extraEnv []string, args ...string) *instance {
+// watch starts in.cmd and judges its end as startPrefork does: a race the
+// detector found, or an exit status the test did not read itself, fails the
+// test.
+func (in *instance) watch() {
+	t := in.t
 	t.Helper()
-	dir := t.TempDir()
-	in := &instance{t: t, stderr: &syncBuffer{}, status: filepath.Join(dir, "status.json"), done: make(chan struct{})}
-	full := append([]string{"--status-file", in.status, "-v"}, args...)
-	if role != "" {
-		full = append(full, "--", os.Args[0])
-	}
-	in.cmd = exec.Command(os.Args[0], full...)
-	in.cmd.Env = preforkEnv(role, extraEnv...)
-	in.cmd.Stderr, in.cmd.Stdout = out, out
 	if err := in.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -103,9 +106,36 @@ func startPreforkOut(t *testing.T, out *os.File, role string, extraEnv []string,
 			case <-in.done:
 			case <-time.After(10 * time.Second):
 				in.cmd.Process.Kill()
+				<-in.done
 			}
 		}
+		out := in.stderr.String()
+		if strings.Contains(out, "WARNING: DATA RACE") {
+			t.Errorf("the race detector found a race in prefork")
+		}
+		if !in.waited && in.code != 0 {
+			t.Errorf("prefork exited with status %d", in.code)
+		}
+		if t.Failed() {
+			t.Logf("prefork stderr:\n%s", out)
+		}
 	})
+}
+
+// startPreforkOut is startPrefork with prefork's stdout and stderr going to out
+// (a pipe the test controls) instead of the instance's buffer, which the test
+// may fill itself.
+func startPreforkOut(t *testing.T, out *os.File, role string, extraEnv []string, args ...string) *instance {
+	t.Helper()
+	in := &instance{t: t, stderr: &syncBuffer{}, status: filepath.Join(t.TempDir(), "status.json"), done: make(chan struct{})}
+	full := append([]string{"--status-file", in.status, "-v"}, args...)
+	if role != "" {
+		full = append(full, "--", os.Args[0])
+	}
+	in.cmd = exec.Command(os.Args[0], full...)
+	in.cmd.Env = preforkEnv(role, extraEnv...)
+	in.cmd.Stderr, in.cmd.Stdout = out, out
+	in.watch()
 	return in
 }
 
@@ -120,9 +150,8 @@ func TestBrokenStderrKeepsServing(t *testing.T) {
 			}
 			in := startPreforkOut(t, w, "http", nil, "--mode", mode, "-l", "127.0.0.1:0", "-n", "2", "--ready", "notify")
 			w.Close()
-			var log syncBuffer
 			copied := make(chan struct{})
-			go func() { io.Copy(&log, r); close(copied) }()
+			go func() { io.Copy(in.stderr, r); close(copied) }()
 			st := in.readyWorkers(2, 15*time.Second)
 			addr := in.addr()
 			r.Close() // the log reader goes away
@@ -147,7 +176,7 @@ func TestBrokenStderrKeepsServing(t *testing.T) {
 			}
 			in.signal(syscall.SIGTERM) // more log lines, then a clean exit
 			if code := in.wait(20 * time.Second); code != 0 {
-				t.Fatalf("prefork exited with status %d after its stderr broke, want 0; log before it broke:\n%s", code, log.String())
+				t.Fatalf("prefork exited with status %d after its stderr broke, want 0", code)
 			}
 		})
 	}
@@ -168,14 +197,16 @@ func TestNotifyFromOutsideIgnored(t *testing.T) {
 		"--", "/bin/sh", "-c", script, goFile, os.Args[0])
 	st := in.waitFor("a starting worker", 15*time.Second, func(st statusFile) bool { return len(st.Workers) == 1 })
 	pid := st.Workers[0].PID
-	environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sock string
-	for _, kv := range strings.Split(string(environ), "\x00") {
-		if v, ok := strings.CutPrefix(kv, "NOTIFY_SOCKET="); ok {
-			sock = v
+	var sock string // read again while the shim's exec replaces the environment
+	for deadline := time.Now().Add(5 * time.Second); sock == "" && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		environ, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, kv := range strings.Split(string(environ), "\x00") {
+			if v, ok := strings.CutPrefix(kv, "NOTIFY_SOCKET="); ok {
+				sock = v
+			}
 		}
 	}
 	if sock == "" {
@@ -254,6 +285,26 @@ func TestSecondPreforkRefused(t *testing.T) {
 	if b, _ := os.ReadFile(pidfile); strings.TrimSpace(string(b)) != strconv.Itoa(in.cmd.Process.Pid) {
 		t.Errorf("stale pidfile not replaced: it says %q, prefork is %d", b, in.cmd.Process.Pid)
 	}
+	in.signal(syscall.SIGTERM)
+	in.wait(20 * time.Second)
+	if runtime.GOOS != "linux" {
+		return
+	}
+	// A stale pidfile whose pid was reused: the process that has it now
+	// started after the file was written (after a reboot, say).
+	reused := exec.Command("sleep", "30")
+	if err := reused.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { reused.Process.Kill(); reused.Wait() }()
+	os.WriteFile(pidfile, []byte(strconv.Itoa(reused.Process.Pid)+"\n"), 0o644)
+	hourAgo := time.Now().Add(-time.Hour)
+	os.Chtimes(pidfile, hourAgo, hourAgo)
+	in = startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1", "--pidfile", pidfile)
+	in.readyWorkers(1, 15*time.Second)
+	if b, _ := os.ReadFile(pidfile); strings.TrimSpace(string(b)) != strconv.Itoa(in.cmd.Process.Pid) {
+		t.Errorf("pidfile naming a reused pid not replaced: it says %q, prefork is %d", b, in.cmd.Process.Pid)
+	}
 }
 
 // Issue 9.7: with a descriptor limit the pool cannot fit in, prefork exits 1
@@ -278,9 +329,15 @@ func TestDescriptorLimit(t *testing.T) {
 			if took > 5*time.Second {
 				t.Errorf("prefork took %v to give up", took)
 			}
+			// An elastic pool counts at its maximum.
+			code, out, _ = runPrefork(t, []string{prlimit, "--nofile=64:64", "--"}, preforkEnv("http"), nil,
+				"-v", "--mode", mode, "-l", "127.0.0.1:0", "-n", "2:100", "--", os.Args[0])
+			if code != 1 || !strings.Contains(out, "100 workers in "+mode+" mode need about") || strings.Contains(out, "worker started") {
+				t.Errorf("-n 2:100: status %d, want 1 naming the limit before any worker:\n%s", code, out)
+			}
 
 			marks := t.TempDir()
-			in := startPreforkWrapped(t, []string{prlimit, "--nofile=64:4096", "--"}, "-v", "--mode", mode, "-l", "127.0.0.1:0",
+			in := startPreforkWrapped(t, []string{prlimit, "--nofile=64:4096", "--"}, nil, "-v", "--mode", mode, "-l", "127.0.0.1:0",
 				"-n", "40", "--ready-delay", "100ms", "--", "/bin/sh", "-c", `ulimit -Sn > "$0/$$.tmp"; mv "$0/$$.tmp" "$0/$$"; exec sleep 60`, marks)
 			st := in.readyWorkers(40, 30*time.Second)
 			for _, w := range st.Workers {
@@ -301,33 +358,16 @@ func TestDescriptorLimit(t *testing.T) {
 	}
 }
 
-// startPreforkWrapped is startPrefork for a prefork started behind wrap (prlimit).
-func startPreforkWrapped(t *testing.T, wrap []string, args ...string) *instance {
+// startPreforkWrapped is startPrefork for a prefork started behind wrap
+// (prlimit, sh), with the worker command in args.
+func startPreforkWrapped(t *testing.T, wrap []string, env []string, args ...string) *instance {
 	t.Helper()
 	in := &instance{t: t, stderr: &syncBuffer{}, status: filepath.Join(t.TempDir(), "status.json"), done: make(chan struct{})}
 	argv := append(append(append([]string(nil), wrap...), os.Args[0], "--status-file", in.status), args...)
 	in.cmd = exec.Command(argv[0], argv[1:]...)
-	in.cmd.Env = preforkEnv("")
+	in.cmd.Env = preforkEnv("", env...)
 	in.cmd.Stderr, in.cmd.Stdout = in.stderr, in.stderr
-	if err := in.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		in.cmd.Wait()
-		in.code = in.cmd.ProcessState.ExitCode()
-		close(in.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-in.done:
-		default:
-			in.cmd.Process.Signal(syscall.SIGQUIT)
-			<-in.done
-		}
-		if t.Failed() {
-			t.Logf("prefork stderr:\n%s", in.stderr.String())
-		}
-	})
+	in.watch()
 	return in
 }
 
@@ -415,5 +455,270 @@ func TestOutputFilesChecked(t *testing.T) {
 		if code != 1 || !strings.Contains(out, want) || strings.Contains(out, "listening") {
 			t.Errorf("%s %s: status %d, want 1 with %q before binding:\n%s", c.flag, c.path, code, want, out)
 		}
+	}
+}
+
+// writeScript writes an executable file.
+func writeScript(t *testing.T, path, text string) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(text), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil { // a running script keeps its old file
+		t.Fatal(err)
+	}
+}
+
+// Issue 9.2: a command that cannot be executed stops prefork at once with 126
+// or 127 and a message naming the cause: found before any worker starts where
+// prefork can tell, else reported by the shim of the first worker.
+func TestExecFailuresFailFast(t *testing.T) {
+	dir := t.TempDir()
+	cases := []struct {
+		name, text string
+		code       int
+		want       string
+		viaShim    bool // only execve can tell
+	}{
+		{"no #! line", "echo hello\n", 126, "exec format error", false},
+		{"missing interpreter", "#!/no/such/interpreter\n", 127, "interpreter /no/such/interpreter not found", false},
+		{"relative interpreter", "#!no-such-interpreter\n", 127, "interpreter no-such-interpreter not found", true},
+		{"broken binary", "\x7fELF\x02\x01\x01 not really an ELF file, but it starts like one\n", 126, "exec format error", true},
+	}
+	for i, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(dir, fmt.Sprintf("cmd%d", i))
+			writeScript(t, path, c.text)
+			code, out, took := runPrefork(t, nil, preforkEnv(""), nil, "-v", "-l", "127.0.0.1:0", "-n", "4", "--backoff-min", "1s", "--", path)
+			if code != c.code || !strings.Contains(out, c.want) {
+				t.Errorf("status %d, want %d with %q:\n%s", code, c.code, c.want, out)
+			}
+			if started := strings.Count(out, "worker started slot="); c.viaShim != (started > 0) || started > 4 {
+				t.Errorf("%d workers started (found by the shim: %v):\n%s", started, c.viaShim, out)
+			}
+			if strings.Contains(out, "restarting after backoff") || took > 5*time.Second {
+				t.Errorf("prefork restarted the command (it took %v):\n%s", took, out)
+			}
+		})
+	}
+}
+
+// Issue 9.2: a reload whose new command cannot be executed is abandoned, found
+// by the check before it starts or reported by the shim, and the old workers
+// keep serving; a good command reloads afterwards.
+func TestReloadWithBrokenCommandKeepsOldWorkers(t *testing.T) {
+	for _, mode := range modes() {
+		t.Run(mode, func(t *testing.T) {
+			dir := t.TempDir()
+			server := filepath.Join(dir, "server")
+			good := "#!/bin/sh\nexec " + os.Args[0] + "\n"
+			writeScript(t, server, good)
+			in := startPrefork(t, "", []string{workerEnv + "=http"}, "--mode", mode, "-l", "127.0.0.1:0", "-n", "2",
+				"--ready", "notify", "--", server)
+			st := in.readyWorkers(2, 15*time.Second)
+			addr := in.addr()
+			old := map[int]bool{st.Workers[0].PID: true, st.Workers[1].PID: true}
+			for _, c := range []struct{ text, log string }{
+				{"#!/no/such/interpreter\n", "reload abandoned; the old workers keep serving"},
+				{"\x7fELF\x02\x01\x01 not really an ELF file\n", "cannot start the command: " + server + ": exec format error"},
+			} {
+				writeScript(t, server, c.text)
+				in.signal(syscall.SIGHUP)
+				in.waitLog(c.log, 10*time.Second)
+				time.Sleep(200 * time.Millisecond)
+				st, _ := in.readStatus()
+				for _, w := range st.Workers {
+					if !old[w.PID] || w.State != stateReady {
+						t.Fatalf("after a reload to a broken command the workers are %+v; want the old ones serving", st.Workers)
+					}
+				}
+				for i := 0; i < 10; i++ {
+					if rep, err := get(addr); err != nil || !old[rep.PID] {
+						t.Fatalf("request %d: %v, answered by %d", i, err, rep.PID)
+					}
+				}
+			}
+			if !strings.Contains(in.stderr.String(), "exec format error") {
+				t.Errorf("the shim's reason is not in the log")
+			}
+			writeScript(t, server, good)
+			in.signal(syscall.SIGHUP)
+			in.waitLog("reload complete", 15*time.Second)
+			in.signal(syscall.SIGTERM)
+			if code := in.wait(20 * time.Second); code != 0 {
+				t.Fatalf("exit status %d, want 0", code)
+			}
+		})
+	}
+}
+
+// Issue 9.10: prefork started in a `current` symlink re-enters it at each
+// reload: workers of the new generation run the release it points to then,
+// in that directory, and restarts keep working once the old release is gone.
+// Restarts between deploys stay in the release of their generation.
+func TestReloadReentersWorkdir(t *testing.T) {
+	for _, mode := range modes() {
+		t.Run(mode, func(t *testing.T) {
+			base, err := filepath.EvalSymlinks(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range []string{"1", "2"} {
+				rel := filepath.Join(base, "releases", r)
+				if err := os.MkdirAll(rel, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				writeScript(t, filepath.Join(rel, "server"), "#!/bin/sh\nPREFORK_TEST_RELEASE="+r+" exec "+os.Args[0]+"\n")
+			}
+			current := filepath.Join(base, "current")
+			if err := os.Symlink("releases/1", current); err != nil {
+				t.Fatal(err)
+			}
+			// The shell keeps $PWD through the symlink, as a login shell does.
+			in := startPreforkWrapped(t, []string{"/bin/sh", "-c", `cd "$0" && exec "$@"`, current},
+				[]string{workerEnv + "=http"}, "-v", "--mode", mode, "-l", "127.0.0.1:0", "-n", "2", "--ready", "notify", "--", "./server")
+			check := func(st statusFile, release string) {
+				t.Helper()
+				for _, w := range st.Workers {
+					cwd, err := os.Readlink(fmt.Sprintf("/proc/%d/cwd", w.PID))
+					if err == nil && cwd != filepath.Join(base, "releases", release) {
+						t.Errorf("worker %d runs in %s, want releases/%s", w.PID, cwd, release)
+					}
+				}
+				seen := map[string]bool{}
+				for i := 0; i < 10; i++ {
+					rep, err := get(in.addr())
+					if err != nil {
+						t.Fatalf("request %d: %v", i, err)
+					}
+					seen[rep.Env["PREFORK_TEST_RELEASE"]] = true
+				}
+				if len(seen) != 1 || !seen[release] {
+					t.Errorf("answers came from releases %v, want only %s", seen, release)
+				}
+			}
+			replaced := func(victim int) statusFile {
+				t.Helper()
+				syscall.Kill(victim, syscall.SIGKILL)
+				return in.waitFor("the restart", 15*time.Second, func(st statusFile) bool {
+					if len(st.Workers) != 2 {
+						return false
+					}
+					for _, w := range st.Workers {
+						if w.PID == victim || w.State != stateReady {
+							return false
+						}
+					}
+					return true
+				})
+			}
+			st := in.readyWorkers(2, 15*time.Second)
+			check(st, "1")
+			// Deploy: current now points at releases/2.
+			tmp := filepath.Join(base, "current.new")
+			if err := os.Symlink("releases/2", tmp); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(tmp, current); err != nil {
+				t.Fatal(err)
+			}
+			check(replaced(st.Workers[0].PID), "1") // a restart before the reload: its generation's release
+			in.signal(syscall.SIGHUP)
+			st = in.waitFor("generation 2", 20*time.Second, func(st statusFile) bool {
+				if len(st.Workers) != 2 {
+					return false
+				}
+				for _, w := range st.Workers {
+					if w.Generation != 2 || w.State != stateReady {
+						return false
+					}
+				}
+				return true
+			})
+			check(st, "2")
+			if err := os.RemoveAll(filepath.Join(base, "releases", "1")); err != nil {
+				t.Fatal(err)
+			}
+			check(replaced(st.Workers[1].PID), "2")
+			in.signal(syscall.SIGTERM)
+			if code := in.wait(20 * time.Second); code != 0 {
+				t.Fatalf("exit status %d, want 0", code)
+			}
+		})
+	}
+}
+
+// Signals caught from prefork's first instant must not outlive the decision to
+// supervise: the control client, waiting for a reload that never ends, still
+// dies of the TERM (or ^C) sent to it.
+func TestCtlClientKeepsDefaultSignals(t *testing.T) {
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
+	in := startPrefork(t, "", nil, "--control", ctl, "-l", "127.0.0.1:0", "-n", "1", "--ready", "notify",
+		"--", "/bin/sh", "-c", "exec sleep 60")
+	in.waitFor("a worker", 10*time.Second, func(st statusFile) bool { return len(st.Workers) == 1 })
+	client := exec.Command(os.Args[0], "--ctl", ctl, "reload", "--timeout", "50s")
+	client.Env = preforkEnv("")
+	var out syncBuffer
+	client.Stdout, client.Stderr = &out, &out
+	if err := client.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { client.Wait(); close(done) }()
+	in.waitLog("reload asked for on the control socket", 10*time.Second)
+	time.Sleep(100 * time.Millisecond)
+	client.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		client.Process.Kill()
+		<-done
+		t.Fatalf("the control client did not die of TERM:\n%s", out.String())
+	}
+	if ws := client.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Errorf("the control client ended with %v, want death by SIGTERM:\n%s", client.ProcessState, out.String())
+	}
+}
+
+// Issue 9.10, the other side: a working directory that is deleted under a
+// prefork whose command does not live there (an absolute path) changes
+// nothing: reloads and restarts still work, the workers staying where
+// prefork is.
+func TestGoneWorkdirStillReloads(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "gone")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	in := startPreforkWrapped(t, []string{"/bin/sh", "-c", `cd "$0" && exec "$@"`, dir}, []string{workerEnv + "=http"},
+		"-v", "-l", "127.0.0.1:0", "-n", "2", "--ready", "notify", "--", os.Args[0])
+	st := in.readyWorkers(2, 15*time.Second)
+	if err := os.Remove(dir); err != nil {
+		t.Fatal(err)
+	}
+	in.signal(syscall.SIGHUP)
+	in.waitLog("reload complete", 15*time.Second)
+	victim := st.Workers[0].PID
+	for _, w := range in.readyWorkers(2, 15*time.Second).Workers {
+		victim = w.PID
+	}
+	syscall.Kill(victim, syscall.SIGKILL)
+	in.waitFor("the restart", 15*time.Second, func(st statusFile) bool {
+		if len(st.Workers) != 2 {
+			return false
+		}
+		for _, w := range st.Workers {
+			if w.PID == victim || w.State != stateReady {
+				return false
+			}
+		}
+		return true
+	})
+	if _, err := get(in.addr()); err != nil {
+		t.Fatal(err)
+	}
+	in.signal(syscall.SIGTERM)
+	if code := in.wait(20 * time.Second); code != 0 {
+		t.Fatalf("exit status %d, want 0", code)
 	}
 }

@@ -12,9 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
-	"os/exec"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -47,6 +45,12 @@ Workers:
       --rr-window N          rr mode: unacked connections per worker (default 32)
       --user USER[:GROUP]    run workers as this user
       --demo                 run the built-in demo HTTP worker
+Node.js:
+      --node-cluster auto|on|off  be the workers' cluster primary: their listen()
+                             calls get prefork's sockets (default auto: on when
+                             the command is node or nodejs)
+      --node-send-server MSG send each worker every listener as
+                             process.send(MSG, server) does
 Lifecycle:
       --ready delay|notify   when a new worker counts as up (default delay)
       --ready-delay DUR      delay mode: up once alive this long (default 1s)
@@ -129,6 +133,8 @@ type config struct {
 	maxRSS           int64 // bytes; 0 = off
 	maxLifetime      time.Duration
 	maxLifetimeSet   bool
+	nodeCluster      string // auto, on, off (nodeipc_primary.go)
+	nodeSendServer   string // --node-send-server MSG
 }
 
 func defaultConfig() *config {
@@ -146,6 +152,7 @@ func defaultConfig() *config {
 		stopSignal:   syscall.SIGTERM,
 		logFormat:    "text",
 		idleTimeout:  10 * time.Second,
+		nodeCluster:  "auto",
 	}
 }
 
@@ -253,6 +260,8 @@ var options = []option{
 		return err
 	}},
 	{long: "drain-delay", set: durationOpt(func(c *config) *time.Duration { return &c.drainDelay })},
+	{long: "node-cluster", set: choiceOpt(func(c *config) *string { return &c.nodeCluster }, "auto", "on", "off")},
+	{long: "node-send-server", set: func(c *config, v string) error { c.nodeSendServer = v; return nil }},
 	{long: "pidfile", set: func(c *config, v string) error { c.pidfile = v; return nil }},
 	{long: "status-file", set: func(c *config, v string) error { c.statusFile = v; return nil }},
 	{long: "control", set: func(c *config, v string) error { c.control = v; return nil }},
@@ -359,6 +368,8 @@ func (c *config) validate() error {
 		return usagef("--ready-timeout must be above 0")
 	case c.watchdog < 0:
 		return usagef("--watchdog must not be negative")
+	case c.nodeSendServer != "" && c.nodeCluster == "off":
+		return usagef("--node-send-server needs the Node cluster channel: drop --node-cluster off")
 	}
 	if c.watchdog > 0 && c.watchdog < 10*time.Millisecond {
 		return usagef("--watchdog %v is too short (at least 10ms)", c.watchdog)
@@ -436,22 +447,6 @@ func parseSignal(v string) (syscall.Signal, error) {
 	return 0, fmt.Errorf("unknown signal %q (try TERM, INT, QUIT, USR1 or a number)", v)
 }
 
-// resolveCommand finds the command before anything starts: 127 when it does not
-// exist, 126 when it cannot be executed.
-func resolveCommand(name string) (string, int, error) {
-	path, err := exec.LookPath(name)
-	if errors.Is(err, exec.ErrDot) {
-		err = nil
-	}
-	if err == nil {
-		return path, 0, nil
-	}
-	if errors.Is(err, fs.ErrPermission) || errors.Is(err, syscall.EISDIR) {
-		return "", exitNoExec, fmt.Errorf("%s: permission denied (not executable)", name)
-	}
-	return "", exitNotFound, fmt.Errorf("%s: command not found", name)
-}
-
 func version() string {
 	v := "(devel)"
 	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
@@ -479,6 +474,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return exitFailure
 	}
 	if c.ctl != "" {
+		releaseEarlySignals() // the client keeps the default actions: ^C ends it
 		return ctlMain(c.ctl, c.command, stdout, stderr)
 	}
 	return supervise(c, stderr)

@@ -48,7 +48,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"--user", "no-such-user-here", "-p", "0", "true"}, 2, "no such user"},
 		{[]string{"-p", "0", "no-such-command-xyz"}, 127, "command not found"},
 		{[]string{"-p", "0", noexec}, 126, "not executable"},
-		{[]string{"-p", "0", dir}, 126, "not executable"},
+		{[]string{"-p", "0", dir}, 126, "is a directory"},
 	}
 	for _, c := range cases {
 		var out, errb bytes.Buffer

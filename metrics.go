@@ -8,18 +8,13 @@ package main
 
 import (
 	"bytes"
-	"encoding/binary"
-	"errors"
 	"log/slog"
 	"math"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
-	"unsafe"
 )
 
 // metricsInterval is how often --metrics-file is rewritten.
@@ -237,63 +232,4 @@ func (m *metricsWriter) close() {
 	close(m.quit)
 	<-m.done
 	os.Remove(m.path)
-}
-
-// ctlUsage is one worker's memory and CPU time.
-type ctlUsage struct {
-	rss int64
-	cpu time.Duration
-}
-
-// errNoProcstat: this system gives no way to read it with the standard library.
-var errNoProcstat = errors.New("not available on " + runtime.GOOS)
-
-// workerUsage reads the memory and CPU time of the workers whose pids are given.
-// A private stand-in, read from the worker's own /proc/PID/stat (not its whole
-// process group), until the pool's procstat_*.go (groupUsage) is on main; then
-// this body becomes a call to groupUsage.
-func workerUsage(pids []int) (map[int]ctlUsage, error) {
-	if runtime.GOOS != "linux" {
-		return nil, errNoProcstat
-	}
-	out := map[int]ctlUsage{}
-	page := int64(os.Getpagesize())
-	for _, pid := range pids {
-		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-		if err != nil {
-			continue
-		}
-		_, after, ok := strings.Cut(string(b), ") ")
-		f := strings.Fields(after)
-		if !ok || len(f) < 22 {
-			continue
-		}
-		utime, _ := strconv.ParseInt(f[11], 10, 64)
-		stime, _ := strconv.ParseInt(f[12], 10, 64)
-		rss, _ := strconv.ParseInt(f[21], 10, 64)
-		const userHZ = 100 // clock ticks of /proc/PID/stat, 100 on every Linux port Go supports
-		out[pid] = ctlUsage{rss: rss * page, cpu: time.Duration(utime+stime) * time.Second / userHZ}
-	}
-	return out, nil
-}
-
-// listenQueue returns the connections waiting in a listening TCP socket's
-// accept queue (Linux: tcp_info's tcpi_unacked of a socket in LISTEN state). A
-// private stand-in until the pool's acceptQueue is on main.
-func listenQueue(fd int) (int, error) {
-	if runtime.GOOS != "linux" {
-		return 0, errNoProcstat
-	}
-	const tcpInfo, tcpListen = 11, 10
-	var buf [104]byte
-	l := uint32(len(buf))
-	_, _, e := syscall.Syscall6(syscall.SYS_GETSOCKOPT, uintptr(fd), syscall.IPPROTO_TCP, tcpInfo,
-		uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&l)), 0)
-	if e != 0 {
-		return 0, os.NewSyscallError("getsockopt TCP_INFO", e)
-	}
-	if l < 32 || buf[0] != tcpListen {
-		return 0, errors.New("not a listening TCP socket")
-	}
-	return int(binary.NativeEndian.Uint32(buf[24:])), nil
 }

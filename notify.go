@@ -120,6 +120,7 @@ func fromWorker(pid, sender int) bool {
 func (n *notifySocket) close() {
 	n.conn.Close()
 	os.Remove(n.path)
+	os.Remove(execErrorPath(n.path))
 }
 
 // parseNotify reads newline-separated KEY=VALUE assignments as sd_notify sends

@@ -165,8 +165,9 @@ func pidsServing(t *testing.T, addr string, n int) map[int]bool {
 func TestReadyNotifyTimeoutIsFailedStart(t *testing.T) {
 	never := filepath.Join(t.TempDir(), "never")
 	in := startPrefork(t, "notify", []string{readyWhenEnv + "=" + never}, "-l", "127.0.0.1:0", "-n", "1",
-		"--ready", "notify", "--ready-timeout", "300ms", "--backoff-min", "20ms", "--backoff-max", "40ms",
+		"--ready", "notify", "--ready-timeout", "2s", "--backoff-min", "20ms", "--backoff-max", "40ms",
 		"--max-restarts", "2", "--grace", "300ms") // it ignores TERM until ready: SIGKILL after --grace
+	// (2s: time for the worker to catch TERM before the timeout, under -race on a busy machine)
 	first := in.waitFor("a starting worker", 10*time.Second, func(st statusFile) bool { return len(st.Workers) == 1 })
 	if s := first.Workers[0].State; s != stateStarting {
 		t.Errorf("a worker that sent no READY=1 is %q, want starting", s)

@@ -15,8 +15,8 @@ import (
 	"time"
 )
 
-// The sampling periods and the constants of the rules. The man page's POOL
-// SIZING section describes them; keep the two in step.
+// The sampling periods and the constants of the rules. The man page's "Pool
+// sizing" section describes them; keep the two in step.
 const (
 	poolTick       = 100 * time.Millisecond // the queues are read this often
 	poolUsageTicks = 10                     // /proc is read every 10 ticks (1 s)
@@ -44,14 +44,16 @@ type elastic struct {
 	min, max int
 	idle     time.Duration
 
-	waitStart  time.Time // first sample of the current run with connections waiting; zero when the last sample had none
-	lastWait   time.Time // last sample with connections waiting
-	quietSince time.Time // start of the current idle run; zero while not idle
-	lastUp     time.Time
-	lastDown   time.Time
-	regretted  bool // a scale-up already followed lastDown too soon
-	step       int  // workers the next scale-up step adds
-	hold       int  // multiplier of the idle time the next scale-down needs
+	waitStart   time.Time // first sample of the current run with connections waiting; zero when the last sample had none
+	lastWait    time.Time // last sample with connections waiting
+	quietSince  time.Time // start of the current idle run; zero while not idle
+	lastUp      time.Time // last scale-up
+	lastStep    time.Time // last scale-up step, taken or held
+	stepWaiting int       // connections waiting at lastStep
+	lastDown    time.Time
+	regretted   bool // a scale-up already followed lastDown too soon
+	step        int  // workers the next scale-up step adds
+	hold        int  // multiplier of the idle time the next scale-down needs
 }
 
 func newElastic(min, max int, idle time.Duration) *elastic {
@@ -65,16 +67,19 @@ func newElastic(min, max int, idle time.Duration) *elastic {
 //     prefork's own pending connections and those a worker has held unacked for
 //     a whole tick).
 //   - Scale up: connections have waited at every sample for poolUpAfter, the
-//     pool is below MAX, every slot's worker is up (a starting worker is
-//     capacity on the way: counting it avoids overshoot), and the last step was
+//     pool is below MAX, no slot's worker is still starting (a starting worker
+//     is capacity on the way: counting it avoids overshoot), and the last step was
 //     at least poolStepEvery ago. The first step adds 1 worker; each further
 //     step while connections keep waiting adds twice as many as the last, up to
 //     poolMaxStep. The step falls back to 1 after poolStepEvery with no wait.
+//     A step is held (nothing added, the step size kept) when the number of
+//     waiting connections has more than halved since the step before: the
+//     workers already added are draining the backlog, and more would overshoot.
 //   - Idle: no connection waits at any sample and, where CPU time can be read,
 //     the pool's CPU use stays below poolIdleCPU × (workers − 1) CPUs. A
 //     blocking worker waiting in accept uses no CPU.
 //   - Scale down: the pool has been idle for --idle-timeout (× hold), it is
-//     above MIN, every slot's worker is up and no reload runs: one worker
+//     above MIN, no slot's worker is still starting and no reload runs: one worker
 //     stops, then one more every poolDownEvery while the pool stays idle.
 //   - No flapping: a scale-up resets the idle run, so no scale-down comes
 //     within --idle-timeout of a scale-up; a scale-up within --idle-timeout of
@@ -107,9 +112,16 @@ func (e *elastic) decide(s poolSample) int {
 	}
 	if s.waiting > 0 {
 		if s.now.Sub(e.waitStart) < poolUpAfter || s.workers >= e.max || s.starting > 0 ||
-			(!e.lastUp.IsZero() && s.now.Sub(e.lastUp) < poolStepEvery) {
+			(!e.lastStep.IsZero() && s.now.Sub(e.lastStep) < poolStepEvery) {
 			return 0
 		}
+		if !e.lastStep.IsZero() && s.now.Sub(e.lastStep) < 2*poolStepEvery && s.waiting*2 <= e.stepWaiting {
+			// The queue more than halved since the last step: the workers
+			// added are draining it. Hold this step rather than overshoot.
+			e.lastStep, e.stepWaiting = s.now, s.waiting
+			return 0
+		}
+		e.lastStep, e.stepWaiting = s.now, s.waiting
 		n := min(e.step, e.max-s.workers)
 		e.step = min(e.step*2, poolMaxStep)
 		switch {

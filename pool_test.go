@@ -290,3 +290,41 @@ func TestPoolOptions(t *testing.T) {
 		t.Fatalf("default --idle-timeout %v, want 10s", c.idleTimeout)
 	}
 }
+
+// TestElasticHoldsAStepWhileTheBacklogDrains: a step is held while the queue
+// more than halves from one step to the next, and taken, at the same size,
+// once it drains slower.
+func TestElasticHoldsAStepWhileTheBacklogDrains(t *testing.T) {
+	e := newElastic(1, 32, 10*time.Second)
+	t0 := time.Unix(1e9, 0)
+	at := func(d time.Duration, waiting, workers int) int {
+		return e.decide(poolSample{now: t0.Add(d), waiting: waiting, workers: workers, cpu: -1})
+	}
+	for d := time.Duration(0); d < 200*time.Millisecond; d += poolTick {
+		at(d, 10, 1)
+	}
+	steps := []struct {
+		at      time.Duration
+		waiting int
+		workers int
+		want    int
+	}{
+		{200 * time.Millisecond, 10, 1, 1},  // waited 200ms: +1
+		{1200 * time.Millisecond, 40, 2, 2}, // still growing: +2
+		{2200 * time.Millisecond, 15, 4, 0}, // more than halved: hold
+		{3200 * time.Millisecond, 10, 4, 4}, // drains slower now: +4, the held size
+		{4200 * time.Millisecond, 9, 8, 8},
+	}
+	for _, st := range steps {
+		for d := st.at - 900*time.Millisecond; d < st.at; d += poolTick {
+			if d > 0 {
+				if got := at(d, st.waiting, st.workers); got != 0 {
+					t.Fatalf("at %v: %+d between steps", d, got)
+				}
+			}
+		}
+		if got := at(st.at, st.waiting, st.workers); got != st.want {
+			t.Fatalf("at %v with %d waiting: %+d, want %+d", st.at, st.waiting, got, st.want)
+		}
+	}
+}

@@ -83,6 +83,7 @@ func (s *supervisor) startPool() {
 	var el *elastic
 	if s.c.poolMax > 0 {
 		el = newElastic(s.c.poolMin, s.c.poolMax, s.c.idleTimeout)
+		s.log.Info("elastic pool", "min", s.c.poolMin, "max", s.c.poolMax, "idle_timeout", s.c.idleTimeout)
 		s.explainQueues()
 	}
 	var lim *limits
@@ -99,19 +100,22 @@ func (s *supervisor) startPool() {
 func (s *supervisor) explainQueues() {
 	readable := 0
 	for _, l := range s.listeners {
-		switch {
-		case s.rr != nil:
+		if s.rr != nil {
 			readable++ // prefork's own pending connections
-		case !acceptQueueSupported:
-		case l.spec.network == "tcp":
-			readable++
-		default:
-			s.log.Warn(fmt.Sprintf("-n %d:%d: the accept queue of %s listener %s cannot be read; the pool sizes from the other listeners",
-				s.c.poolMin, s.c.poolMax, l.spec.network, l.addrString()))
+			continue
 		}
+		if !acceptQueueSupported {
+			continue
+		}
+		if _, err := acceptQueue(l.fd); err != nil {
+			s.log.Warn(fmt.Sprintf("-n %d:%d: the accept queue of %s listener %s cannot be read (%v); the pool sizes from the other listeners",
+				s.c.poolMin, s.c.poolMax, l.spec.network, l.addrString(), err))
+			continue
+		}
+		readable++
 	}
 	if readable == 0 {
-		why := "no listener is TCP"
+		why := "no listener's accept queue can be read"
 		if !acceptQueueSupported {
 			why = "macOS cannot read a listener's accept queue"
 		}
@@ -153,8 +157,8 @@ func (s *supervisor) publishPool() {
 			ready: w.state == stateReady, replaced: sl.next != nil || w.state == stateStopping})
 	}
 	for i, l := range s.listeners {
-		if l.spec.network != "tcp" {
-			continue
+		if l.spec.network == "udp" {
+			continue // no accept queue
 		}
 		if s.c.mode == "reuseport" {
 			for _, sl := range s.slots {

@@ -1,8 +1,9 @@
 //go:build linux || darwin
 
 // This file holds the supervisor. One goroutine (loop) owns every piece of state:
-// workers, slots, timers, generations. Signals, the reaper, notify sockets, timers
-// and the rr dispatcher only send it events over one channel.
+// workers, slots, timers, generations. Signals, the reaper, notify sockets,
+// timers, the worker channels, the pool and the control socket only send it
+// events over one channel.
 package main
 
 import (
@@ -10,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"strconv"
 	"strings"
 	"syscall"
@@ -78,8 +78,9 @@ type supervisor struct {
 	c         *config
 	log       *slog.Logger
 	policy    restartPolicy
-	path      string   // the command, resolved
+	path      string   // the command, resolved in wd at start or at the last reload
 	argv      []string // its argv
+	wd        workdir  // where workers start (command.go)
 	shim      string   // prefork's own binary
 	cred      string   // --user, for the shim
 	listeners []*listener
@@ -91,8 +92,9 @@ type supervisor struct {
 	up        *upstream
 	rr        *dispatcher
 	ch        workerChannel
-	pool      *pool    // the pool goroutine's view and readings (poolrun.go); nil when not needed
-	ctl       ctlState // the control socket's waiting clients (control.go)
+	pool      *pool        // the pool goroutine's view and readings (poolrun.go); nil when not needed
+	ctl       ctlState     // the control socket's waiting clients (control.go)
+	nc        *nodeCluster // --node-cluster: the listeners Node workers share (nodeipc_primary.go)
 
 	workers   map[int]*worker
 	slots     []*slot
@@ -109,7 +111,7 @@ type supervisor struct {
 // supervise binds, starts the workers and runs until a stop; it returns the exit status.
 func supervise(c *config, stderr io.Writer) int {
 	sigs := takeSignals()
-	defer signal.Stop(sigs)
+	defer releaseSignals(sigs)
 	log := newLogger(stderr, c.logFormat, c.verbosity)
 	fail := func(code int, format string, a ...any) int {
 		log.Error(fmt.Sprintf(format, a...))
@@ -125,14 +127,15 @@ func supervise(c *config, stderr io.Writer) int {
 	if s.shim, err = selfExe(); err != nil {
 		return fail(exitFailure, "cannot find prefork's own binary: %v", err)
 	}
+	s.argv = c.command
 	if c.demo {
-		s.path, s.argv = s.shim, []string{"prefork-demo", demoWorkerArg}
-	} else {
-		path, code, err := resolveCommand(c.command[0])
-		if err != nil {
-			return fail(code, "%v", err)
-		}
-		s.path, s.argv = path, c.command
+		s.argv = []string{"prefork-demo", demoWorkerArg}
+	}
+	if s.wd, err = newWorkdir(); err != nil {
+		return fail(exitFailure, "%v", err)
+	}
+	if code, err := s.resolve(); err != nil {
+		return fail(code, "%v", err)
 	}
 	uid, gid := -1, -1
 	if c.user != "" {
@@ -157,7 +160,7 @@ func supervise(c *config, stderr io.Writer) int {
 		if s.listeners, err = adoptSystemd(); err != nil {
 			return fail(exitFailure, "socket activation: %v", err)
 		}
-		if len(s.listeners) == 0 {
+		if len(s.listeners) == 0 && !nodeClusterOn(c, s.path) {
 			return fail(exitUsage, "no listeners: give -p PORT or -l ADDR, or start prefork by socket activation")
 		}
 		for _, l := range s.listeners {
@@ -197,6 +200,10 @@ func supervise(c *config, stderr io.Writer) int {
 			return fail(exitFailure, "rr dispatcher: %v", err)
 		}
 		defer s.rr.close()
+	}
+	if nodeClusterOn(c, s.path) {
+		s.nc = newNodeCluster(log, c, s.listeners, s.rr)
+		defer s.nc.close()
 	}
 	s.ch = s.newChannel()
 	if c.pidfile != "" {
@@ -240,6 +247,7 @@ func cleanEnv(env []string) []string {
 		k, _, _ := strings.Cut(kv, "=")
 		switch {
 		case strings.HasPrefix(k, "LISTEN_"), strings.HasPrefix(k, "PREFORK_"),
+			k == "NODE_CHANNEL_FD", k == "NODE_UNIQUE_ID", k == "NODE_CHANNEL_SERIALIZATION_MODE", // a Node parent's channel
 			k == "NOTIFY_SOCKET", k == "WATCHDOG_USEC", k == "WATCHDOG_PID", k == "SERVER_STARTER_PORT":
 			continue
 		}
@@ -350,6 +358,10 @@ func (s *supervisor) handle(ev any) {
 		s.handlePool(e)
 	case ctlEvent:
 		s.controlRequest(e)
+	case linkEvent:
+		if s.alive(e.w) {
+			e.fn()
+		}
 	}
 }
 
@@ -378,6 +390,11 @@ func (s *supervisor) signal(sig syscall.Signal) {
 			s.reloadGen = s.gen
 			s.up.send("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec())
 			s.log.Info("rolling reload", "generation", s.gen)
+			if _, err := s.resolve(); err != nil { // a deploy may have swapped the directory (command.go)
+				s.log.Error("reload abandoned; the old workers keep serving", "err", err)
+				s.reloadFinished(err)
+				return
+			}
 			s.advanceReload()
 		}
 	case syscall.SIGTTIN:

@@ -1,8 +1,9 @@
 //go:build linux || darwin
 
-// This file tests prefork end to end: the test binary plays prefork itself (so the
-// supervisor runs under the race detector), the exec shim, and the workers, chosen
-// by environment variables, as os/exec's own tests do.
+// This file tests the supervisor's core end to end (e2e_test.go holds the
+// harness): workers sharing a port, what each inherits, restarts in the same
+// slot, crash loops and backoff, stop, reload, scaling, rr mode, Python
+// workers, bind failures and the demo worker.
 package main
 
 import (

@@ -1,12 +1,14 @@
 // This file reads, on Linux, what the pool policy and the metrics sample: the
 // resident memory and CPU time of each worker's process group (one pass over
-// /proc for all workers) and the accept-queue length of a TCP listener
-// (TCP_INFO). procstat_darwin.go defines the same names.
+// /proc for all workers) and the accept-queue length of a listener (TCP_INFO
+// for TCP, sock_diag for unix stream sockets). procstat_darwin.go defines the
+// same names.
 package main
 
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"strconv"
 	"sync"
@@ -187,14 +189,13 @@ var clockTickOnce = sync.OnceValue(func() time.Duration {
 // clockTick is the length of one clock tick of /proc/PID/stat's time fields.
 func clockTick() time.Duration { return clockTickOnce() }
 
-// errNotListener: TCP_INFO answered for a socket that is not listening.
-var errNotListener = errors.New("not a listening TCP socket")
+// errNotListener: the socket is not a listening TCP or unix stream socket.
+var errNotListener = errors.New("not a listening TCP or unix stream socket")
 
-// acceptQueue returns how many connections wait in a listening TCP socket's
-// accept queue: completed handshakes no accept has taken yet. For a socket in
-// the LISTEN state the kernel fills tcp_info's tcpi_unacked with the queue
-// length and tcpi_sacked with its limit (the backlog). Unix and UDP sockets
-// have no TCP_INFO: the error says so.
+// acceptQueue returns how many connections wait in a listening socket's
+// accept queue: connections the kernel has completed and no accept has taken
+// yet. TCP sockets answer through TCP_INFO, unix stream sockets through
+// sock_diag; a UDP socket has no accept queue, and the error says so.
 func acceptQueue(fd int) (int, error) {
 	q, _, err := acceptQueueInfo(fd)
 	return q, err
@@ -202,21 +203,118 @@ func acceptQueue(fd int) (int, error) {
 
 // acceptQueueInfo is acceptQueue plus the queue's limit (the effective backlog).
 func acceptQueueInfo(fd int) (queue, limit int, err error) {
+	domain, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_DOMAIN)
+	if err != nil {
+		return 0, 0, os.NewSyscallError("getsockopt SO_DOMAIN", err)
+	}
+	if domain == syscall.AF_UNIX {
+		return unixAcceptQueue(fd)
+	}
+	return tcpAcceptQueue(fd)
+}
+
+// tcpAcceptQueue reads a TCP listener's queue: for a socket in the LISTEN
+// state the kernel fills tcp_info's tcpi_unacked with the queue length and
+// tcpi_sacked with its limit (the backlog).
+func tcpAcceptQueue(fd int) (queue, limit int, err error) {
 	// struct tcp_info begins: 8 bytes of u8 fields (tcpi_state first), then
 	// u32 rto, ato, snd_mss, rcv_mss, unacked (offset 24), sacked (offset 28).
 	var buf [104]byte
 	l := uint32(len(buf))
 	_, _, e := syscall.Syscall6(syscall.SYS_GETSOCKOPT, uintptr(fd), syscall.IPPROTO_TCP, syscall.TCP_INFO,
 		uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&l)), 0)
+	if e == syscall.EOPNOTSUPP || e == syscall.ENOPROTOOPT {
+		return 0, 0, errNotListener // UDP
+	}
 	if e != 0 {
 		return 0, 0, os.NewSyscallError("getsockopt TCP_INFO", e)
 	}
-	const tcpListen = 10
-	if l < 32 || buf[0] != tcpListen {
+	if l < 32 || buf[0] != tcpListenState {
 		return 0, 0, errNotListener
 	}
 	return int(binary.NativeEndian.Uint32(buf[24:])), int(binary.NativeEndian.Uint32(buf[28:])), nil
 }
+
+// unixAcceptQueue reads a unix stream listener's queue through sock_diag
+// (unix_diag(7)): one SOCK_DIAG_BY_FAMILY request for the socket's inode with
+// UDIAG_SHOW_RQLEN, answered with unix_diag_rqlen, whose udiag_rqueue is the
+// number of pending connections of a listening socket and udiag_wqueue its
+// backlog. It needs a kernel built with CONFIG_UNIX_DIAG.
+func unixAcceptQueue(fd int) (queue, limit int, err error) {
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return 0, 0, os.NewSyscallError("fstat", err)
+	}
+	nl, err := syscall.Socket(syscall.AF_NETLINK, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, netlinkSockDiag)
+	if err != nil {
+		return 0, 0, os.NewSyscallError("socket NETLINK_SOCK_DIAG", err)
+	}
+	defer syscall.Close(nl)
+	syscall.SetsockoptTimeval(nl, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &syscall.Timeval{Sec: 1})
+	// struct nlmsghdr (16 bytes) + struct unix_diag_req (24 bytes).
+	req := make([]byte, 40)
+	ne := binary.NativeEndian
+	ne.PutUint32(req[0:], 40)
+	ne.PutUint16(req[4:], sockDiagByFamily)
+	ne.PutUint16(req[6:], syscall.NLM_F_REQUEST)
+	ne.PutUint32(req[8:], 1) // sequence number
+	req[16] = syscall.AF_UNIX
+	ne.PutUint32(req[20:], 1<<tcpListenState) // udiag_states
+	ne.PutUint32(req[24:], uint32(st.Ino))    // udiag_ino
+	ne.PutUint32(req[28:], udiagShowRqlen)    // udiag_show
+	ne.PutUint32(req[32:], ^uint32(0))        // udiag_cookie: none
+	ne.PutUint32(req[36:], ^uint32(0))
+	if err := syscall.Sendto(nl, req, 0, &syscall.SockaddrNetlink{Family: syscall.AF_NETLINK}); err != nil {
+		return 0, 0, os.NewSyscallError("sendto NETLINK_SOCK_DIAG", err)
+	}
+	buf := make([]byte, 4096)
+	n, _, err := syscall.Recvfrom(nl, buf, 0)
+	if err != nil {
+		return 0, 0, os.NewSyscallError("recvfrom NETLINK_SOCK_DIAG", err)
+	}
+	msgs, err := syscall.ParseNetlinkMessage(buf[:n])
+	if err != nil || len(msgs) == 0 {
+		return 0, 0, fmt.Errorf("sock_diag: unreadable answer")
+	}
+	m := msgs[0]
+	if m.Header.Type == syscall.NLMSG_ERROR {
+		if len(m.Data) >= 4 {
+			if e := -int32(ne.Uint32(m.Data)); e != 0 {
+				return 0, 0, os.NewSyscallError("sock_diag", syscall.Errno(e))
+			}
+		}
+		return 0, 0, fmt.Errorf("sock_diag: error answer")
+	}
+	// struct unix_diag_msg (16 bytes: family, type, state, pad, ino, cookie[2]),
+	// then attributes.
+	d := m.Data
+	if len(d) < 16 {
+		return 0, 0, fmt.Errorf("sock_diag: short answer")
+	}
+	if d[1] != syscall.SOCK_STREAM && d[1] != syscall.SOCK_SEQPACKET || d[2] != tcpListenState {
+		return 0, 0, errNotListener
+	}
+	for a := d[16:]; len(a) >= 4; {
+		l, typ := int(ne.Uint16(a)), ne.Uint16(a[2:])
+		if l < 4 || l > len(a) {
+			break
+		}
+		if typ == unixDiagRqlen && l >= 12 {
+			return int(ne.Uint32(a[4:])), int(ne.Uint32(a[8:])), nil
+		}
+		a = a[min((l+3)&^3, len(a)):]
+	}
+	return 0, 0, fmt.Errorf("sock_diag: no queue length in the answer")
+}
+
+// sock_diag constants (linux/sock_diag.h, linux/unix_diag.h).
+const (
+	netlinkSockDiag  = 4  // NETLINK_SOCK_DIAG
+	sockDiagByFamily = 20 // SOCK_DIAG_BY_FAMILY
+	udiagShowRqlen   = 0x10
+	unixDiagRqlen    = 4  // UNIX_DIAG_RQLEN
+	tcpListenState   = 10 // TCP_LISTEN, which unix sockets share
+)
 
 // errProcstatUnsupported is nil on Linux: /proc has what groupUsage reads.
 var errProcstatUnsupported error

@@ -121,3 +121,54 @@ func TestAcceptQueueRefusesNonTCP(t *testing.T) {
 		t.Fatal("acceptQueue on a unix socket succeeded")
 	}
 }
+
+func TestAcceptQueueOfAUnixListener(t *testing.T) {
+	path := t.TempDir() + "/s"
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	f, err := l.(*net.UnixListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+	if q, _, err := acceptQueueInfo(fd); err != nil || q != 0 {
+		t.Fatalf("empty unix listener: queue %d, err %v", q, err)
+	}
+	for i := 1; i <= 3; i++ {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if q, err := acceptQueue(fd); err != nil || q != i {
+			t.Fatalf("after %d connections: queue %d, err %v", i, q, err)
+		}
+	}
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cf, _ := c.(*net.UnixConn).File()
+	defer cf.Close()
+	if _, err := acceptQueue(int(cf.Fd())); err == nil {
+		t.Fatal("acceptQueue on a connected unix socket succeeded")
+	}
+}
+
+func TestAcceptQueueRefusesUDP(t *testing.T) {
+	c, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	f, _ := c.(*net.UDPConn).File()
+	defer f.Close()
+	if _, err := acceptQueue(int(f.Fd())); err != errNotListener {
+		t.Fatalf("UDP socket: err %v, want errNotListener", err)
+	}
+}

@@ -2,8 +2,8 @@
 
 // This file tests --mode reuseport end to end: every slot has its own
 // SO_REUSEPORT socket, kept across restarts of that slot (so connections queued on
-// it wait for the replacement), closed when TTOU removes the slot, and a failure
-// to open one at startup is fatal.
+// it wait for the replacement), closed when TTOU removes the slot, and a pool
+// whose sockets do not fit the descriptor limit is refused at startup.
 package main
 
 import (

@@ -6,6 +6,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -72,6 +73,7 @@ type rrWorker struct {
 type rrListener struct {
 	index uint32
 	fd    int  // a dup of the supervisor's descriptor, owned by the dispatcher
+	armed bool // on in the poller
 	dead  bool // accepting failed for good on it
 }
 
@@ -95,7 +97,6 @@ type dispatcher struct {
 	wg        sync.WaitGroup
 
 	mu      sync.Mutex
-	armed   bool // the listeners are on in the poller
 	paused  bool // accepting pauses after a temporary error (EMFILE…)
 	closed  bool
 	workers []*rrWorker // in attach order
@@ -103,6 +104,8 @@ type dispatcher struct {
 	seq     uint32
 	pending []handoff // connections waiting for a worker, handed out before new accepts
 	total   rrTotals  // counted over the dispatcher's life, for the metrics
+
+	nonblockConns bool // accept connections non-blocking (they go to Node workers)
 }
 
 // newDispatcher starts accepting on lfds: raw descriptors of TCP or unix stream
@@ -130,30 +133,75 @@ func newDispatcher(lfds []int, window int, log *slog.Logger, onBroken func(id in
 		return nil, err
 	}
 	for i, lfd := range lfds {
-		typ, err := syscall.GetsockoptInt(lfd, syscall.SOL_SOCKET, syscall.SO_TYPE)
+		l, err := d.newListener(uint32(i), lfd)
 		if err != nil {
-			return fail(fmt.Errorf("prefork: rr listener %d: %w", i, os.NewSyscallError("getsockopt", err)))
+			return fail(err)
 		}
-		if typ != syscall.SOCK_STREAM {
-			return fail(fmt.Errorf("prefork: rr mode takes stream listeners only (TCP or unix), listener %d is not", i))
-		}
-		fd, err := dupCloexec(lfd)
-		if err != nil {
-			return fail(fmt.Errorf("prefork: rr listener %d: %w", i, err))
-		}
-		if err := syscall.SetNonblock(fd, true); err != nil {
-			syscall.Close(fd)
-			return fail(fmt.Errorf("prefork: rr listener %d: %w", i, os.NewSyscallError("fcntl", err)))
-		}
-		if err := pl.add(fd, false); err != nil {
-			syscall.Close(fd)
-			return fail(fmt.Errorf("prefork: rr listener %d: %w", i, err))
-		}
-		d.listeners = append(d.listeners, &rrListener{index: uint32(i), fd: fd})
+		d.listeners = append(d.listeners, l)
 	}
 	d.wg.Add(1)
 	go d.run()
 	return d, nil
+}
+
+// newListener makes the dispatcher's own non-blocking duplicate of a stream
+// listener, in the poller but switched off until armLocked finds room for it.
+func (d *dispatcher) newListener(i uint32, lfd int) (*rrListener, error) {
+	typ, err := syscall.GetsockoptInt(lfd, syscall.SOL_SOCKET, syscall.SO_TYPE)
+	if err != nil {
+		return nil, fmt.Errorf("prefork: rr listener %d: %w", i, os.NewSyscallError("getsockopt", err))
+	}
+	if typ != syscall.SOCK_STREAM {
+		return nil, fmt.Errorf("prefork: rr mode takes stream listeners only (TCP or unix), listener %d is not", i)
+	}
+	fd, err := dupCloexec(lfd)
+	if err != nil {
+		return nil, fmt.Errorf("prefork: rr listener %d: %w", i, err)
+	}
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		syscall.Close(fd)
+		return nil, fmt.Errorf("prefork: rr listener %d: %w", i, os.NewSyscallError("fcntl", err))
+	}
+	if err := d.poll.add(fd, false); err != nil {
+		syscall.Close(fd)
+		return nil, fmt.Errorf("prefork: rr listener %d: %w", i, err)
+	}
+	l := &rrListener{index: i, fd: fd}
+	return l, nil
+}
+
+// addListener accepts on one more listener from now on (a socket bound for a
+// Node worker's listen()) and returns its index.
+func (d *dispatcher) addListener(lfd int) (uint32, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return 0, errors.New("prefork: rr dispatcher closed")
+	}
+	l, err := d.newListener(uint32(len(d.listeners)), lfd)
+	if err != nil {
+		return 0, err
+	}
+	d.listeners = append(d.listeners, l)
+	d.armLocked()
+	return l.index, nil
+}
+
+// setNonblockConns makes the connections the dispatcher accepts non-blocking
+// from now on, as Node workers need them.
+func (d *dispatcher) setNonblockConns() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.nonblockConns = true
+}
+
+// kick makes the dispatcher look again for workers that can take what it
+// holds or could accept (a Node worker now has a server on a listener).
+func (d *dispatcher) kick() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.pumpLocked()
+	d.armLocked()
 }
 
 // attach takes ownership of the master end of a new worker's channel and reads
@@ -401,8 +449,12 @@ func (d *dispatcher) run() {
 // acceptLocked accepts and places connections from one listener while there
 // is room, until its queue is empty.
 func (d *dispatcher) acceptLocked(l *rrListener) {
-	for !d.paused && d.acceptableLocked() {
-		fd, err := acceptConn(l.fd)
+	accept := acceptConn
+	if d.nonblockConns {
+		accept = acceptConnNonblock
+	}
+	for !d.paused && d.acceptableLocked(l.index) {
+		fd, err := accept(l.fd)
 		switch err {
 		case nil:
 		case syscall.EAGAIN:
@@ -437,13 +489,13 @@ func (d *dispatcher) acceptLocked(l *rrListener) {
 // armLocked switches the listeners on in the poller while a connection could
 // be placed, and off otherwise.
 func (d *dispatcher) armLocked() {
-	want := !d.closed && !d.paused && d.acceptableLocked()
-	if want == d.armed || d.poll == nil {
+	if d.poll == nil {
 		return
 	}
-	d.armed = want
 	for _, l := range d.listeners {
-		if !l.dead {
+		want := !d.closed && !d.paused && !l.dead && d.acceptableLocked(l.index)
+		if want != l.armed {
+			l.armed = want
 			d.poll.set(l.fd, want)
 		}
 	}
@@ -463,6 +515,21 @@ func (d *dispatcher) eligible(w *rrWorker) bool {
 	return w.ready && !w.draining && !w.gone && len(w.inflight) < d.window
 }
 
+// rrListenerFilter is a sender whose worker serves only some listeners (a
+// Node worker gets connections only for servers it has listen()ed on).
+type rrListenerFilter interface {
+	canTake(index uint32) bool
+}
+
+// eligibleFor reports whether w may get a connection from listener index now.
+func (d *dispatcher) eligibleFor(w *rrWorker, index uint32) bool {
+	if !d.eligible(w) {
+		return false
+	}
+	f, ok := w.send.(rrListenerFilter)
+	return !ok || f.canTake(index)
+}
+
 // placeLocked sends connection fd to the next eligible worker in turn; a worker
 // whose queue is full right now is skipped, one whose channel fails is broken.
 // It reports false when no worker could take it.
@@ -471,7 +538,7 @@ func (d *dispatcher) placeLocked(fd int, index uint32) bool {
 	for i := 0; i < n; i++ {
 		k := (d.next + i) % n
 		w := d.workers[k]
-		if !d.eligible(w) {
+		if !d.eligibleFor(w, index) {
 			continue
 		}
 		err := w.send.sendConn(d.seq, index, fd)
@@ -490,27 +557,56 @@ func (d *dispatcher) placeLocked(fd int, index uint32) bool {
 	return false
 }
 
-// pumpLocked hands pending connections out while workers have room, and
+// pumpLocked hands pending connections out, in order, while workers have room
+// for them (one no worker can take now does not hold up the others), and
 // reports whether none is left.
 func (d *dispatcher) pumpLocked() bool {
-	for len(d.pending) > 0 && !d.closed {
-		h := d.pending[0]
-		if !d.placeLocked(h.fd, h.index) {
-			return false
-		}
-		d.pending = d.pending[:copy(d.pending, d.pending[1:])]
+	if d.closed || len(d.pending) == 0 {
+		return len(d.pending) == 0
 	}
+	// A worker that breaks while placing queues its connections on d.pending:
+	// they go after what was pending before.
+	todo := d.pending
+	d.pending = nil
+	kept := make([]handoff, 0, len(todo))
+	for i, h := range todo {
+		if !d.placeLocked(h.fd, h.index) {
+			kept = append(kept, h)
+			if d.full() {
+				kept = append(kept, todo[i+1:]...)
+				break
+			}
+		}
+	}
+	d.pending = append(kept, d.pending...)
 	return len(d.pending) == 0
 }
 
-// acceptableLocked reports whether a newly accepted connection could be placed
-// at once: nothing is pending (it gets handed out first) and a worker has room.
-func (d *dispatcher) acceptableLocked() bool {
-	if d.closed || !d.pumpLocked() {
-		return false
-	}
+// full reports whether no worker could take any connection now.
+func (d *dispatcher) full() bool {
 	for _, w := range d.workers {
 		if d.eligible(w) {
+			return false
+		}
+	}
+	return true
+}
+
+// acceptableLocked reports whether a connection newly accepted on listener
+// index could be placed at once: none from it is pending (those go first) and
+// a worker has room for it.
+func (d *dispatcher) acceptableLocked(index uint32) bool {
+	if d.closed {
+		return false
+	}
+	d.pumpLocked()
+	for _, h := range d.pending {
+		if h.index == index {
+			return false
+		}
+	}
+	for _, w := range d.workers {
+		if d.eligibleFor(w, index) {
 			return true
 		}
 	}
@@ -536,3 +632,7 @@ func (d *dispatcher) workerLocked(id int) *rrWorker {
 	}
 	return nil
 }
+
+// rightsTemplate is an SCM_RIGHTS control message for one descriptor, for the
+// Node channel's sends (nodeipc.go); the §4 handoff uses rrwire.Send.
+var rightsTemplate = syscall.UnixRights(0)

@@ -8,7 +8,6 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -21,6 +20,7 @@ const (
 	shimEnv      = "PREFORK_SHIM_EXEC" // marks the shim role; never reaches the command
 	shimCredEnv  = "PREFORK_SHIM_CRED" // uid:gid:group,group,...
 	shimPPIDEnv  = "PREFORK_SHIM_PPID" // prefork's pid, to detect its death during the shim
+	shimDirEnv   = "PREFORK_SHIM_DIR"  // the directory the command starts in (command.go)
 	shimArgv0    = "prefork-exec"
 	shimExitExec = 127
 )
@@ -47,10 +47,22 @@ func runShim(args []string) int {
 	}
 	cred := os.Getenv(shimCredEnv)
 	ppid := os.Getenv(shimPPIDEnv)
+	dir := os.Getenv(shimDirEnv)
+	if dir != "" {
+		// The directory prefork resolved at start or at the last reload: a
+		// deploy that swapped it since applies from the next reload on. One
+		// that is gone leaves the worker where prefork is, as before: a
+		// command that lived there is not found, and the shim says so.
+		if err := os.Chdir(dir); err != nil {
+			fmt.Fprintf(os.Stderr, "prefork: exec shim: warning: cannot enter the working directory %s: %v\n", dir, unwrapPath(err))
+			dir = ""
+		}
+	}
 	env := make([]string, 0, len(os.Environ()))
 	for _, kv := range os.Environ() {
 		if strings.HasPrefix(kv, shimEnv+"=") || strings.HasPrefix(kv, shimCredEnv+"=") ||
-			strings.HasPrefix(kv, shimPPIDEnv+"=") || strings.HasPrefix(kv, "LISTEN_PID=") {
+			strings.HasPrefix(kv, shimPPIDEnv+"=") || strings.HasPrefix(kv, shimDirEnv+"=") ||
+			strings.HasPrefix(kv, "LISTEN_PID=") || dir != "" && strings.HasPrefix(kv, "PWD=") {
 			continue
 		}
 		env = append(env, kv)
@@ -58,10 +70,17 @@ func runShim(args []string) int {
 	if os.Getenv("LISTEN_FDS") != "" {
 		env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
 	}
+	if dir != "" {
+		env = append(env, "PWD="+dir)
+	}
+	fail := func(code int, msg string) int {
+		fmt.Fprintf(os.Stderr, "prefork: exec shim: %s\n", msg)
+		reportExecError(code, msg)
+		return code
+	}
 	if cred != "" {
 		if err := dropPrivileges(cred); err != nil {
-			fmt.Fprintf(os.Stderr, "prefork: exec shim: %v\n", err)
-			return shimExitExec
+			return fail(shimExitExec, err.Error())
 		}
 		if err := setPdeathsig(); err != nil {
 			fmt.Fprintf(os.Stderr, "prefork: exec shim: %v\n", err)
@@ -74,11 +93,7 @@ func runShim(args []string) int {
 		fmt.Fprintf(os.Stderr, "prefork: exec shim: %v\n", err)
 	}
 	err := syscall.Exec(args[0], args[1:], env)
-	fmt.Fprintf(os.Stderr, "prefork: exec %s: %v\n", args[0], err)
-	if errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.ENOEXEC) || errors.Is(err, syscall.EISDIR) {
-		return exitNoExec
-	}
-	return exitNotFound
+	return fail(explainExec(args[0], err))
 }
 
 // dropPrivileges sets groups, gid and uid from "uid:gid:g1,g2".

@@ -320,19 +320,23 @@ func (s *supervisor) exited(w *worker, status int) {
 	if w.timer != nil {
 		w.timer.Stop()
 	}
+	execErr := w.notify.execError() // the shim could not start the command (command.go)
 	w.notify.close()
 	w.link.detach()
 	sl := w.slot
 	sl.lastExit = status
 	uptime := time.Since(w.started)
 	s.log.Debug("worker exited", "slot", sl.index, "pid", w.pid, "status", status, "uptime", uptime.Round(time.Millisecond))
+	if execErr != "" {
+		s.execFailed(w, status, execErr)
+	}
 	switch {
 	case s.stopping:
 		s.checkDone()
 		return
 	case w == sl.next:
 		sl.next = nil
-		s.replaced(sl, w.why, fmt.Errorf("new worker pid %d exited with status %d before it was up", w.pid, status))
+		s.replaced(sl, w.why, fmt.Errorf("new worker pid %d exited with status %d before it was up%s", w.pid, status, colon(execErr)))
 	case w == sl.cur:
 		sl.cur = nil
 		switch {

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // handledSignals are the signals the supervisor acts on.
@@ -29,8 +30,13 @@ var handledSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP
 // and the demo worker are prefork's binary too, and keep the default actions.
 var earlySignals chan os.Signal
 
+// earlySignalsOff keeps the default actions in a process of prefork's binary
+// that is not prefork, as the tests' workers are: the tests set it from a
+// package variable's initialiser, which runs before any init function.
+var earlySignalsOff bool
+
 func init() {
-	if os.Getenv(shimEnv) != "" || len(os.Args) > 1 && os.Args[1] == demoWorkerArg {
+	if earlySignalsOff || os.Getenv(shimEnv) != "" || len(os.Args) > 1 && os.Args[1] == demoWorkerArg {
 		return
 	}
 	earlySignals = catchSignals()
@@ -60,16 +66,20 @@ func takeSignals() chan os.Signal {
 	return sigs
 }
 
-// releaseEarlySignals gives the signals their default actions back, in a
-// process of prefork's binary that turns out not to be prefork (the tests'
-// workers and helpers). Notify then Stop puts Go's SIGPIPE handler back in
-// place of SIG_IGN.
+// releaseEarlySignals gives the signals caught since start-up their default
+// actions back, in a process of prefork's binary that turns out not to
+// supervise anything (the control client).
 func releaseEarlySignals() {
-	if earlySignals == nil {
-		return
+	if earlySignals != nil {
+		releaseSignals(earlySignals)
+		earlySignals = nil
 	}
-	signal.Stop(earlySignals)
-	earlySignals = nil
+}
+
+// releaseSignals undoes catchSignals, for a supervisor that returns into a
+// process that goes on (the tests).
+func releaseSignals(sigs chan os.Signal) {
+	signal.Stop(sigs)
 	pipe := make(chan os.Signal, 1)
 	signal.Notify(pipe, syscall.SIGPIPE)
 	signal.Stop(pipe)
@@ -102,13 +112,15 @@ func stopBeforeStart(sigs chan os.Signal) bool {
 }
 
 // checkPidfile refuses a pidfile that names a live process other than prefork
-// itself (another prefork, most likely); a stale one is replaced later. It also
-// makes sure the file can be written where it is asked for.
+// itself (another prefork, most likely); a stale one is replaced later: its
+// process is gone, or (Linux) started after the file was written, so its pid
+// was reused. It also makes sure the file can be written where it is asked for.
 func checkPidfile(path string) error {
 	if b, err := os.ReadFile(path); err == nil {
 		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err == nil && pid > 0 && pid != os.Getpid() {
-			if err := syscall.Kill(pid, 0); err == nil || errors.Is(err, syscall.EPERM) {
+		if err == nil && pid > 0 && pid != os.Getpid() && running(pid) {
+			fi, err := os.Stat(path)
+			if started, ok := pidStarted(pid); !ok || err != nil || !started.After(fi.ModTime().Add(time.Second)) {
 				return fmt.Errorf("it names pid %d, which is running (another prefork?); stop it or remove the file", pid)
 			}
 		}
@@ -116,6 +128,12 @@ func checkPidfile(path string) error {
 		return err
 	}
 	return checkWritable(path)
+}
+
+// running reports whether a process with this pid exists.
+func running(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // checkWritable makes sure a file prefork writes (and replaces by rename) can
@@ -185,15 +203,16 @@ func checkDescriptors(c *config, listeners int) (warn string, err error) {
 	if open < 0 || lim.Cur >= 1<<31 {
 		return "", nil
 	}
-	need := fdBudget(c.mode, listeners, c.workers, open)
+	workers := max(c.workers, c.poolMax) // an elastic pool may grow to its maximum
+	need := fdBudget(c.mode, listeners, workers, open)
 	if uint64(need) > lim.Cur {
 		return "", &fdLimitError{fmt.Sprintf("%d workers in %s mode need about %d open descriptors; the limit is %d (ulimit -n)",
-			c.workers, c.mode, need, lim.Cur), need}
+			workers, c.mode, need, lim.Cur), need}
 	}
 	if c.mode == "rr" {
-		if held := need + c.workers*c.rrWindow; uint64(held) > lim.Cur {
+		if held := need + workers*c.rrWindow; uint64(held) > lim.Cur {
 			warn = fmt.Sprintf("rr mode may hold up to %d connections until workers ack them (%d workers × --rr-window %d); "+
-				"with the descriptor limit at %d (ulimit -n), accepting pauses when it is reached", c.workers*c.rrWindow, c.workers, c.rrWindow, lim.Cur)
+				"with the descriptor limit at %d (ulimit -n), accepting pauses when it is reached", workers*c.rrWindow, workers, c.rrWindow, lim.Cur)
 		}
 	}
 	return warn, nil

@@ -64,7 +64,8 @@ func (s *supervisor) workerEnv(sl *slot, notifyPath string, chEnv []string) []st
 		"PREFORK_MODE="+s.c.mode,
 		"NOTIFY_SOCKET="+notifyPath,
 		shimEnv+"=1",
-		shimPPIDEnv+"="+strconv.Itoa(os.Getpid()))
+		shimPPIDEnv+"="+strconv.Itoa(os.Getpid()),
+		shimDirEnv+"="+s.wd.dir)
 	if s.c.watchdog > 0 {
 		env = append(env, "WATCHDOG_USEC="+strconv.FormatInt(s.c.watchdog.Microseconds(), 10))
 	}

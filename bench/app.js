@@ -1,7 +1,8 @@
 // bench/app.js: the Node.js HTTP app every Node contender runs. It answers
 // "w=<slot> pid=<pid>" so that the load client can count requests per worker.
-// Under prefork (LISTEN_FDS set) it serves the inherited socket at fd 3;
-// otherwise it listens on $PORT (in a cluster worker, Node's primary owns it).
+// With $PORT it listens on it, as a user's app does (in a cluster worker,
+// Node's primary or prefork --node-cluster answers); else under prefork
+// (LISTEN_FDS set) it serves the inherited socket at fd 3.
 'use strict';
 const http = require('http');
 
@@ -13,7 +14,7 @@ const server = http.createServer((req, res) => {
 });
 server.keepAliveTimeout = 30000;
 
-if (process.env.LISTEN_FDS) {
+if (process.env.LISTEN_FDS && !process.env.PORT) {
   server.listen({ fd: 3 });
 } else {
   server.listen(Number(process.env.PORT || 8080), '127.0.0.1');

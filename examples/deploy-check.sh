@@ -11,6 +11,9 @@ port=$(free_port)
 ctl="$tmp/ctl.sock"
 
 # Two releases of a tiny HTTP server; the second is broken (exits at start).
+# The good one says READY=1: an interpreter can take a while to read its
+# script (pyenv's shims, a loaded machine), and a worker that is "up" after a
+# fixed delay may read the next release's file instead.
 mkdir -p "$tmp/releases/good" "$tmp/releases/bad"
 cat >"$tmp/releases/good/server" <<'PY'
 #!/usr/bin/env python3
@@ -24,13 +27,16 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a): pass
 srv = http.server.HTTPServer(sock.getsockname(), H, bind_and_activate=False)
 srv.socket = sock
+# Up once this code runs, not once the process exists: sd_notify READY=1.
+n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+n.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
 srv.serve_forever()
 PY
 printf '#!/bin/sh\necho "bad release: missing config" >&2\nexit 3\n' >"$tmp/releases/bad/server"
 chmod +x "$tmp/releases/good/server" "$tmp/releases/bad/server"
 ln -sfn "$tmp/releases/good" "$tmp/current"
 
-"$prefork" -l "127.0.0.1:$port" -n 2 --ready-delay 500ms --control "$ctl" \
+"$prefork" -l "127.0.0.1:$port" -n 2 --ready notify --ready-timeout 30s --control "$ctl" \
   -- "$tmp/current/server" >"$tmp/log" 2>&1 &
 pf=$!
 started+=("$pf")
@@ -47,7 +53,8 @@ if "$prefork" --ctl "$ctl" reload --timeout 60s 2>"$tmp/reload.err"; then
 fi
 grep -q 'abandoned' "$tmp/reload.err" || fail "the failed reload does not say why: $(cat "$tmp/reload.err")"
 say "broken release: $(cat "$tmp/reload.err")"
-answer=$(curl -fsS --max-time 5 "http://127.0.0.1:$port/") || fail "the old workers do not answer"
+answer=$(curl -fsS --max-time 5 "http://127.0.0.1:$port/") || fail "the old workers do not answer; log:
+$(cat "$tmp/log")"
 [ "$answer" = "generation 1" ] || fail "after the failed reload the answer is '$answer', want generation 1"
 ln -sfn "$previous" "$tmp/current"
 "$prefork" --ctl "$ctl" reload --timeout 60s || fail "the rollback's reload failed"

@@ -19,6 +19,9 @@
 // Datagram sockets (prefork -l udp:...) are not listeners: Listeners skips them
 // and PacketConns returns them, each in prefork's order.
 //
+// The package builds on every Unix system; rr mode needs Linux or macOS, as
+// prefork does, and Listeners returns an error for it elsewhere.
+//
 // # Mixing Go and C workers in shared mode
 //
 // Go's net.FileListener makes the socket non-blocking, and O_NONBLOCK lives on

@@ -50,6 +50,8 @@ func main() {
 			fmt.Fprintln(os.Stderr, "blockserver: accept:", err)
 			os.Exit(3)
 		}
+		// The accepted socket inherits the listener's receive timeout: clear it.
+		syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &syscall.Timeval{})
 		var req []byte
 		for !strings.Contains(string(req), "\r\n\r\n") && len(req) < 1<<16 {
 			n, err := syscall.Read(fd, buf)

@@ -36,17 +36,28 @@ func statusPath(port int) string {
 // startPrefork runs prefork with n workers of argv and waits until every
 // worker is ready by the status file.
 func startPrefork(port, n int, mode string, extra []string, argv ...string) (*proc, error) {
-	return startPreforkBin(binPath("prefork"), port, n, mode, extra, argv...)
+	return startPreforkWith(binPath("prefork"), nil, port, n, mode, extra, argv...)
+}
+
+// startPreforkEnv is startPrefork with env added to prefork's (and so the workers').
+func startPreforkEnv(env []string, port, n int, mode string, extra []string, argv ...string) (*proc, error) {
+	return startPreforkWith(binPath("prefork"), env, port, n, mode, extra, argv...)
 }
 
 // startPreforkBin is startPrefork with another prefork binary (-before).
 func startPreforkBin(bin string, port, n int, mode string, extra []string, argv ...string) (*proc, error) {
+	return startPreforkWith(bin, nil, port, n, mode, extra, argv...)
+}
+
+// startPreforkWith runs the prefork binary bin with env added and waits until
+// every worker is ready by the status file.
+func startPreforkWith(bin string, env []string, port, n int, mode string, extra []string, argv ...string) (*proc, error) {
 	sf := statusPath(port)
 	os.Remove(sf)
 	args := []string{bin, "-n", strconv.Itoa(n), "--mode", mode, "-q",
 		"--status-file", sf, "-l", fmt.Sprintf("127.0.0.1:%d", port)}
 	args = append(append(args, extra...), "--")
-	p, err := start(nil, append(args, argv...)...)
+	p, err := start(env, append(args, argv...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -75,6 +86,14 @@ func contenders() []contender {
 	nodeUnder := func(mode string) func(int) (*proc, error) {
 		return func(port int) (*proc, error) {
 			p, err := startPrefork(port, workers, mode, []string{"--ready-delay", "300ms"}, nodePath, app)
+			return answering(p, port, err)
+		}
+	}
+	// The app as a user writes it: listen(PORT) in every worker, prefork
+	// answering as its cluster primary (--node-cluster, on for node).
+	nodeListen := func(mode string) func(int) (*proc, error) {
+		return func(port int) (*proc, error) {
+			p, err := startPreforkEnv([]string{"PORT=" + strconv.Itoa(port)}, port, workers, mode, nil, nodePath, app)
 			return answering(p, port, err)
 		}
 	}
@@ -111,6 +130,8 @@ func contenders() []contender {
 	cs := []contender{
 		{group: "node", name: "prefork shared", prefork: true, start: nodeUnder("shared")},
 		{group: "node", name: "prefork reuseport", prefork: true, start: nodeUnder("reuseport")},
+		{group: "node", name: "prefork shared listen()", prefork: true, start: nodeListen("shared")},
+		{group: "node", name: "prefork rr listen()", prefork: true, start: nodeListen("rr")},
 		{group: "node", name: "cluster SCHED_RR", start: nodeCluster("rr")},
 		{group: "node", name: "cluster SCHED_NONE", start: nodeCluster("none")},
 		{group: "node", name: "pm2 cluster", start: startPM2, pending: pm2Pending},

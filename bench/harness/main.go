@@ -65,6 +65,7 @@ func main() {
 	groups := flag.String("groups", "node,go,c", "throughput tables to run, comma-separated")
 	flag.StringVar(&beforeBin, "before", "", "an earlier prefork binary to measure in rr mode beside this one")
 	life := flag.Bool("life", true, "measure memory, startup and restart after throughput")
+	flag.StringVar(&onlyGroup, "group", "", "measure only this group's throughput (node or go), nothing else")
 	flag.Parse()
 	if *smoke {
 		*reps, *dur, *distDur, *warm = 1, time.Second, 300*time.Millisecond, 0
@@ -123,6 +124,9 @@ func main() {
 
 var began = time.Now()
 
+// onlyGroup is -group: a quick run of one table (bench/run.sh never sets it).
+var onlyGroup string
+
 func logf(format string, a ...any) {
 	fmt.Fprintf(os.Stderr, "harness: %5.1fs "+format+"\n", append([]any{time.Since(began).Seconds()}, a...)...)
 }
@@ -142,6 +146,9 @@ func run(res *results.Results, groups []string, life bool, rounds int, dur, dist
 		res.Notes = append(res.Notes, "C server: "+cPending)
 	}
 	distReps := min(rounds, 3)
+	if onlyGroup != "" {
+		return throughput(res, onlyGroup, rounds, distReps, dur, distDur, warm, conns)
+	}
 	for _, group := range groups {
 		if err := throughput(res, group, rounds, distReps, dur, distDur, warm, conns); err != nil {
 			return err

@@ -137,7 +137,7 @@ func runStep(port int, ld poolStep) (stepResult, error) {
 		ms := float64(s.lat) / 1e6
 		lats = append(lats, ms)
 		r.max = max(r.max, ms)
-		if s.lat > 2*ld.service {
+		if s.lat > ld.service+100*time.Millisecond { // waited for a worker, beyond scheduling noise
 			r.capacity = max(r.capacity, float64(s.sent)/1e6)
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"slices"
 	"strings"
 
 	"github.com/prefork/prefork/bench/internal/results"
@@ -278,13 +277,22 @@ func poolSection(r *results.Results) string {
 	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	w("## Elastic pool\n\n")
 	w("%s. Latencies count from each request's scheduled time, over the requests sent during the step. "+
-		"*Caught up* is the time from the step until the last request that waited for a worker (took over twice the "+
-		"service time) was sent: the time to capacity. Medians over %d repetitions, range in small print.\n\n", r.PoolLoad, len(r.Pool[0].P99ms))
+		"*Caught up* is the time from the step until the last request that waited for a worker (took over 100 ms "+
+		"more than the service time) was sent: the time to capacity. Medians over %d repetitions, range in small print.\n\n", r.PoolLoad, len(r.Pool[0].P99ms))
 	w("| pool | p99 ms | max ms | failed | caught up after ms | workers at the end |\n|---|---|---|---|---|---|\n")
 	for _, p := range r.Pool {
-		caught := num(p.CapacityMs, "n")
-		if slices.Contains(p.CapacityMs, -1) {
+		var ok []float64
+		for _, c := range p.CapacityMs {
+			if c >= 0 {
+				ok = append(ok, c)
+			}
+		}
+		caught := num(ok, "n")
+		switch never := len(p.CapacityMs) - len(ok); {
+		case len(ok) == 0:
 			caught = "never (falls behind)"
+		case never > 0:
+			caught += fmt.Sprintf(" (%d of %d runs never)", never, len(p.CapacityMs))
 		}
 		w("| %s | %s | %s | %s | %s | %s |\n", p.Name, num(p.P99ms, "ms"), num(p.MaxMs, "ms"), num(p.Failed, "n"),
 			caught, num(p.Workers, "n"))
