@@ -1,0 +1,91 @@
+//go:build linux || darwin
+
+// This file tests signals that reach prefork or its control client: a broken
+// stderr (SIGPIPE, issue 9.1) and the default dispositions a control client
+// keeps. hardening_linux_test.go holds the tests that read /proc.
+package main
+
+import (
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Issue 9.1: whatever reads prefork's stderr goes away; the next log line must
+// not kill prefork (and with it every worker).
+func TestBrokenStderrKeepsServing(t *testing.T) {
+	for _, mode := range modes() {
+		t.Run(mode, func(t *testing.T) {
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			in := startPreforkOut(t, w, "http", nil, "--mode", mode, "-l", "127.0.0.1:0", "-n", "2", "--ready", "notify")
+			w.Close()
+			copied := make(chan struct{})
+			go func() { io.Copy(in.stderr, r); close(copied) }()
+			st := in.readyWorkers(2, 15*time.Second)
+			addr := in.addr()
+			r.Close() // the log reader goes away
+			<-copied
+			victim := st.Workers[0].PID
+			syscall.Kill(victim, syscall.SIGKILL) // prefork logs its exit and the restart
+			st = in.waitFor("the replacement", 15*time.Second, func(st statusFile) bool {
+				if len(st.Workers) != 2 {
+					return false
+				}
+				for _, w := range st.Workers {
+					if w.PID == victim || w.State != stateReady {
+						return false
+					}
+				}
+				return true
+			})
+			for i := 0; i < 20; i++ {
+				if _, err := get(addr); err != nil {
+					t.Fatalf("request %d after stderr broke: %v", i, err)
+				}
+			}
+			in.signal(syscall.SIGTERM) // more log lines, then a clean exit
+			if code := in.wait(20 * time.Second); code != 0 {
+				t.Fatalf("prefork exited with status %d after its stderr broke, want 0", code)
+			}
+		})
+	}
+}
+
+// Signals caught from prefork's first instant must not outlive the decision to
+// supervise: the control client, waiting for a reload that never ends, still
+// dies of the TERM (or ^C) sent to it.
+func TestCtlClientKeepsDefaultSignals(t *testing.T) {
+	ctl := filepath.Join(t.TempDir(), "ctl.sock")
+	in := startPrefork(t, "", nil, "--control", ctl, "-l", "127.0.0.1:0", "-n", "1", "--ready", "notify",
+		"--", "/bin/sh", "-c", "exec sleep 60")
+	in.waitFor("a worker", 10*time.Second, func(st statusFile) bool { return len(st.Workers) == 1 })
+	client := exec.Command(os.Args[0], "--ctl", ctl, "reload", "--timeout", "50s")
+	client.Env = preforkEnv("")
+	var out syncBuffer
+	client.Stdout, client.Stderr = &out, &out
+	if err := client.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { client.Wait(); close(done) }()
+	in.waitLog("reload asked for on the control socket", 10*time.Second)
+	time.Sleep(100 * time.Millisecond)
+	client.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		client.Process.Kill()
+		<-done
+		t.Fatalf("the control client did not die of TERM:\n%s", out.String())
+	}
+	if ws := client.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Errorf("the control client ended with %v, want death by SIGTERM:\n%s", client.ProcessState, out.String())
+	}
+}
