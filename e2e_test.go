@@ -156,12 +156,23 @@ type instance struct {
 	waited bool // the test read the exit status itself and judged it
 }
 
+// newInstance is an instance with its status file in a fresh directory; its
+// launcher sets in.cmd and calls in.watch.
+func newInstance(t *testing.T) *instance {
+	return &instance{t: t, stderr: &syncBuffer{}, status: filepath.Join(t.TempDir(), "status.json"), done: make(chan struct{})}
+}
+
+// preforkEnv is the environment of the test binary playing prefork.
+func preforkEnv(role string, extra ...string) []string {
+	env := append(os.Environ(), roleEnv+"=prefork", workerEnv+"="+role, "GORACE=atexit_sleep_ms=0")
+	return append(env, extra...)
+}
+
 // startPrefork runs the test binary as prefork with these options; the worker
 // command is the test binary again, in the given role. extraEnv goes to both.
 func startPrefork(t *testing.T, role string, extraEnv []string, args ...string) *instance {
 	t.Helper()
-	dir := t.TempDir()
-	in := &instance{t: t, stderr: &syncBuffer{}, status: filepath.Join(dir, "status.json"), done: make(chan struct{})}
+	in := newInstance(t)
 	full := []string{"--status-file", in.status, "-v"}
 	if role == "http" && !strings.Contains(strings.Join(args, " "), "--ready ") {
 		full = append(full, "--ready", "notify") // the test worker says when it serves
@@ -171,19 +182,24 @@ func startPrefork(t *testing.T, role string, extraEnv []string, args ...string) 
 		full = append(full, "--", os.Args[0])
 	}
 	in.cmd = exec.Command(os.Args[0], full...)
-	in.cmd.Env = append(os.Environ(), roleEnv+"=prefork", workerEnv+"="+role, "GORACE=atexit_sleep_ms=0")
-	in.cmd.Env = append(in.cmd.Env, extraEnv...)
+	in.cmd.Env = preforkEnv(role, extraEnv...)
 	in.cmd.Stderr = in.stderr
 	in.cmd.Stdout = in.stderr
+	in.watch()
+	return in
+}
+
+// watch starts in.cmd and judges its end by judgeExit; a prefork still running
+// when the test ends gets SIGQUIT (its goroutines' stacks), then SIGKILL.
+func (in *instance) watch() {
+	t := in.t
+	t.Helper()
 	if err := in.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go func() {
 		in.cmd.Wait()
-		in.code = in.cmd.ProcessState.ExitCode()
-		if ws, ok := in.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			in.code = 128 + int(ws.Signal())
-		}
+		in.code = exitStatus(in.cmd.ProcessState.Sys().(syscall.WaitStatus)) // spawn.go
 		close(in.done)
 	}()
 	t.Cleanup(func() {
@@ -195,22 +211,33 @@ func startPrefork(t *testing.T, role string, extraEnv []string, args ...string) 
 			case <-in.done:
 			case <-time.After(10 * time.Second):
 				in.cmd.Process.Kill()
+				<-in.done
 			}
 		}
-		// A race inside the supervisor must fail the test that provoked it, and
-		// a prefork the test did not expect to fail must not fail unseen.
 		out := in.stderr.String()
-		if strings.Contains(out, "WARNING: DATA RACE") {
-			t.Errorf("the race detector found a race in prefork")
-		}
-		if !in.waited && in.code != 0 {
-			t.Errorf("prefork exited with status %d", in.code)
-		}
+		judgeExit(t, out, in.code, in.waited)
 		if t.Failed() {
 			t.Logf("prefork stderr:\n%s", out)
 		}
 	})
-	return in
+}
+
+// judgeExit is the rule every prefork a test runs is judged by: a race inside
+// the supervisor must fail the test that provoked it, and a prefork the test
+// did not expect to fail must not fail unseen (judged: the test read the exit
+// status itself). It says whether it failed the test.
+func judgeExit(t *testing.T, out string, code int, judged bool) bool {
+	t.Helper()
+	failed := false
+	if strings.Contains(out, "WARNING: DATA RACE") {
+		t.Errorf("the race detector found a race in prefork")
+		failed = true
+	}
+	if !judged && code != 0 {
+		t.Errorf("prefork exited with status %d", code)
+		failed = true
+	}
+	return failed
 }
 
 func (in *instance) signal(sig syscall.Signal) {
