@@ -291,17 +291,23 @@ func (in *instance) waitFor(what string, timeout time.Duration, cond func(status
 // readyWorkers waits until n workers are ready (and none is starting or stopping).
 func (in *instance) readyWorkers(n int, timeout time.Duration) statusFile {
 	in.t.Helper()
-	return in.waitFor(fmt.Sprintf("%d ready workers", n), timeout, func(st statusFile) bool {
+	return in.waitFor(fmt.Sprintf("%d ready workers", n), timeout, readyWhere(n, nil))
+}
+
+// readyWhere is a waitFor condition: exactly n workers, every one ready and,
+// where ok is given, passing it (a victim's replacement, a new generation).
+func readyWhere(n int, ok func(workerStatus) bool) func(statusFile) bool {
+	return func(st statusFile) bool {
 		if len(st.Workers) != n {
 			return false
 		}
 		for _, w := range st.Workers {
-			if w.State != stateReady {
+			if w.State != stateReady || ok != nil && !ok(w) {
 				return false
 			}
 		}
 		return true
-	})
+	}
 }
 
 func (in *instance) addr() string {

@@ -152,17 +152,7 @@ func TestReloadReentersWorkdir(t *testing.T) {
 			replaced := func(victim int) statusFile {
 				t.Helper()
 				syscall.Kill(victim, syscall.SIGKILL)
-				return in.waitFor("the restart", 15*time.Second, func(st statusFile) bool {
-					if len(st.Workers) != 2 {
-						return false
-					}
-					for _, w := range st.Workers {
-						if w.PID == victim || w.State != stateReady {
-							return false
-						}
-					}
-					return true
-				})
+				return in.waitFor("the restart", 15*time.Second, readyWhere(2, func(w workerStatus) bool { return w.PID != victim }))
 			}
 			st := in.readyWorkers(2, 15*time.Second)
 			check(st, "1")
@@ -176,17 +166,7 @@ func TestReloadReentersWorkdir(t *testing.T) {
 			}
 			check(replaced(st.Workers[0].PID), "1") // a restart before the reload: its generation's release
 			in.signal(syscall.SIGHUP)
-			st = in.waitFor("generation 2", 20*time.Second, func(st statusFile) bool {
-				if len(st.Workers) != 2 {
-					return false
-				}
-				for _, w := range st.Workers {
-					if w.Generation != 2 || w.State != stateReady {
-						return false
-					}
-				}
-				return true
-			})
+			st = in.waitFor("generation 2", 20*time.Second, readyWhere(2, func(w workerStatus) bool { return w.Generation == 2 }))
 			check(st, "2")
 			if err := os.RemoveAll(filepath.Join(base, "releases", "1")); err != nil {
 				t.Fatal(err)
@@ -222,17 +202,7 @@ func TestGoneWorkdirStillReloads(t *testing.T) {
 		victim = w.PID
 	}
 	syscall.Kill(victim, syscall.SIGKILL)
-	in.waitFor("the restart", 15*time.Second, func(st statusFile) bool {
-		if len(st.Workers) != 2 {
-			return false
-		}
-		for _, w := range st.Workers {
-			if w.PID == victim || w.State != stateReady {
-				return false
-			}
-		}
-		return true
-	})
+	in.waitFor("the restart", 15*time.Second, readyWhere(2, func(w workerStatus) bool { return w.PID != victim }))
 	if _, err := get(in.addr()); err != nil {
 		t.Fatal(err)
 	}

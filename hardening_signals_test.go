@@ -34,17 +34,7 @@ func TestBrokenStderrKeepsServing(t *testing.T) {
 			<-copied
 			victim := st.Workers[0].PID
 			syscall.Kill(victim, syscall.SIGKILL) // prefork logs its exit and the restart
-			st = in.waitFor("the replacement", 15*time.Second, func(st statusFile) bool {
-				if len(st.Workers) != 2 {
-					return false
-				}
-				for _, w := range st.Workers {
-					if w.PID == victim || w.State != stateReady {
-						return false
-					}
-				}
-				return true
-			})
+			st = in.waitFor("the replacement", 15*time.Second, readyWhere(2, func(w workerStatus) bool { return w.PID != victim }))
 			for i := 0; i < 20; i++ {
 				if _, err := get(addr); err != nil {
 					t.Fatalf("request %d after stderr broke: %v", i, err)

@@ -232,17 +232,7 @@ func TestReloadWaitsForReady(t *testing.T) {
 		}
 	}
 	os.WriteFile(ready, nil, 0o644)
-	st = in.waitFor("generation 2 ready", 15*time.Second, func(st statusFile) bool {
-		if len(st.Workers) != 2 {
-			return false
-		}
-		for _, w := range st.Workers {
-			if w.Generation != 2 || w.State != stateReady {
-				return false
-			}
-		}
-		return true
-	})
+	st = in.waitFor("generation 2 ready", 15*time.Second, readyWhere(2, func(w workerStatus) bool { return w.Generation == 2 }))
 	in.waitLog("reload complete", 5*time.Second)
 	for _, w := range old.Workers {
 		for deadline := time.Now().Add(10 * time.Second); pidAlive(w.PID) && time.Now().Before(deadline); {
