@@ -1,17 +1,21 @@
 //go:build linux || darwin
 
 // This file holds a strict parser of the Prometheus text exposition format
-// (0.0.4) that every metrics test runs prefork's output through, and tests of
-// the writer on its own.
+// (0.0.4) that every metrics test runs prefork's output through, tests of the
+// writer on its own, and the metrics a running prefork serves on the control
+// socket and writes to --metrics-file.
 package main
 
 import (
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -328,5 +332,122 @@ func TestRenderMetricsEscapesAndParses(t *testing.T) {
 	}
 	if v := promValue(t, samples, "prefork_reload_failures_total"); v != 1 {
 		t.Errorf("reload failures %v, want 1", v)
+	}
+}
+
+func init() {
+	extraRoles["rrhold"] = rrHoldWorker
+}
+
+// rrHoldWorker in slot 0 takes rr connections and never acks them (it never
+// reads its channel); in any other slot it is the ordinary HTTP worker.
+func rrHoldWorker() int {
+	if os.Getenv("PREFORK_WORKER") == "0" {
+		time.Sleep(time.Minute)
+		return 0
+	}
+	return testWorker("http")
+}
+
+// mustProm asks the control socket for the metrics and parses them strictly.
+func mustProm(t *testing.T, sock string) map[string][]promSample {
+	t.Helper()
+	samples, _, err := parseProm(mustCtl(t, sock, "metrics"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return samples
+}
+
+func TestMetricsFile(t *testing.T) {
+	mf := filepath.Join(t.TempDir(), "prefork.prom")
+	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "2", "--metrics-file", mf)
+	in.readyWorkers(2, 10*time.Second)
+	deadline := time.Now().Add(metricsInterval + 5*time.Second)
+	for {
+		b, err := os.ReadFile(mf)
+		if err == nil {
+			samples, _, perr := parseProm(string(b))
+			if perr != nil {
+				t.Fatalf("metrics file: %v\n%s", perr, b)
+			}
+			if len(samples["prefork_workers"]) == 3 && promValue(t, samples, "prefork_workers", "state", "ready") == 2 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the metrics file never showed 2 ready workers (last read: %v)", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if fi, err := os.Stat(mf); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Errorf("metrics file mode: %v %v, want 0644 (node_exporter reads it)", fi, err)
+	}
+	in.signal(syscall.SIGTERM)
+	in.wait(10 * time.Second)
+	if _, err := os.Stat(mf); err == nil {
+		t.Error("the metrics file outlived prefork")
+	}
+}
+
+func TestControlMetricsRR(t *testing.T) {
+	sock := ctlSock(t)
+	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "2", "--mode", "rr", "--control", sock)
+	in.readyWorkers(2, 10*time.Second)
+	addr := in.addr()
+	for i := 0; i < 20; i++ {
+		if _, err := get(addr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A worker's last ack may still be on its way to prefork.
+	deadline := time.Now().Add(5 * time.Second)
+	samples := mustProm(t, sock)
+	for promValue(t, samples, "prefork_rr_connections_acked_total") < 20 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		samples = mustProm(t, sock)
+	}
+	if v := promValue(t, samples, "prefork_rr_connections_handed_total"); v < 20 {
+		t.Errorf("handed %v, want at least 20", v)
+	}
+	if v := promValue(t, samples, "prefork_rr_connections_acked_total"); v < 20 {
+		t.Errorf("acked %v, want at least 20", v)
+	}
+	if n := len(samples["prefork_rr_connections_inflight"]); n != 2 {
+		t.Errorf("%d in-flight samples, want one per worker", n)
+	}
+	if out := mustCtl(t, sock, "status"); !strings.Contains(out, "RR INFLIGHT/ACKED") {
+		t.Errorf("the rr status table has no rr column:\n%s", out)
+	}
+}
+
+// rr: connections a worker held unacked when it died go to another worker, and
+// the metrics count them as redistributed.
+func TestControlMetricsRedistributed(t *testing.T) {
+	sock := ctlSock(t)
+	in := startPrefork(t, "rrhold", nil, "-l", "127.0.0.1:0", "-n", "2", "--mode", "rr",
+		"--ready", "delay", "--ready-delay", "300ms", "--control", sock)
+	st := in.readyWorkers(2, 10*time.Second)
+	addr := in.addr()
+	errs := make(chan error, 4)
+	for i := 0; i < 4; i++ {
+		go func() { _, err := get(addr); errs <- err }()
+	}
+	holder := st.Workers[0].PID
+	deadline := time.Now().Add(5 * time.Second)
+	for promValue(t, mustProm(t, sock), "prefork_rr_connections_inflight", "pid", strconv.Itoa(holder)) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("slot 0 never held a connection")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	syscall.Kill(holder, syscall.SIGKILL)
+	for i := 0; i < 4; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("request %d: %v (a connection the dead worker held was lost)", i, err)
+		}
+	}
+	if v := promValue(t, mustProm(t, sock), "prefork_rr_connections_redistributed_total"); v < 1 {
+		t.Errorf("redistributed %v, want at least 1", v)
 	}
 }

@@ -1,0 +1,230 @@
+//go:build linux || darwin
+
+// This file tests the `prefork --ctl` client's errors and exit statuses: bad
+// arguments and sockets, a client that says nothing, a reload or stop that
+// outlasts --timeout, a prefork that goes away mid-request, and stale and live
+// socket files.
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A client that connects and says nothing delays neither a HUP reload nor a
+// restart, nor other clients; it is dropped after the request timeout.
+func TestControlStuckClient(t *testing.T) {
+	sock := ctlSock(t)
+	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1", "--control", sock, "--min-uptime", "0")
+	old := in.readyWorkers(1, 10*time.Second)
+	stuck, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close()
+	connected := time.Now()
+
+	in.signal(syscall.SIGHUP)
+	st := in.waitFor("the reload", 3*time.Second, func(st statusFile) bool {
+		return len(st.Workers) == 1 && st.Workers[0].Generation == 2 && st.Workers[0].State == stateReady
+	})
+	syscall.Kill(st.Workers[0].PID, syscall.SIGKILL)
+	in.waitFor("the restart", 3*time.Second, func(s statusFile) bool {
+		return len(s.Workers) == 1 && s.Workers[0].PID != st.Workers[0].PID && s.Workers[0].State == stateReady
+	})
+	mustCtl(t, sock, "status")
+	if time.Since(connected) >= ctlRequestTimeout {
+		t.Fatalf("the test took %v; it must finish before the stuck client is dropped", time.Since(connected))
+	}
+	_ = old
+
+	// The stuck client is told why and dropped.
+	stuck.SetReadDeadline(time.Now().Add(ctlRequestTimeout + 5*time.Second))
+	b := make([]byte, 512)
+	n, _ := stuck.Read(b)
+	if !strings.Contains(string(b[:n]), "no request within") {
+		t.Errorf("the stuck client got %q", b[:n])
+	}
+}
+
+func TestControlClientErrors(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing.sock")
+	cases := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"status"}, 1, "does not exist"},
+		{[]string{"frobnicate"}, 2, `unknown control command "frobnicate"`},
+		{[]string{"scale"}, 2, "needs the number of workers"},
+		{[]string{"scale", "0"}, 2, "not a number of workers"},
+		{[]string{"reload", "--timeout", "soon"}, 2, "invalid value for --timeout"},
+		{[]string{"status", "--bogus"}, 2, "unexpected argument"},
+	}
+	for _, c := range cases {
+		code, _, errs := ctl(missing, c.args...)
+		if code != c.code || !strings.Contains(errs, c.want) {
+			t.Errorf("--ctl %v: exit %d %q; want %d and %q", c.args, code, errs, c.code, c.want)
+		}
+	}
+	var out, errb bytes.Buffer
+	if code := run([]string{"--ctl", missing}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "needs a command") {
+		t.Errorf("--ctl with no command: exit %d %q", code, errb.String())
+	}
+
+	// A stale socket file: nothing accepts.
+	stale := filepath.Join(dir, "stale.sock")
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: stale, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	if code, _, errs := ctl(stale, "status"); code != 1 || !strings.Contains(errs, "nothing answers") {
+		t.Errorf("stale socket: exit %d %q", code, errs)
+	}
+
+	// A socket that is not prefork's.
+	other := filepath.Join(dir, "other.sock")
+	ol, err := net.Listen("unix", other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ol.Close()
+	go func() {
+		for {
+			c, err := ol.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("220 smtp.example ESMTP\n"))
+			c.Read(make([]byte, 512))
+			c.Close()
+		}
+	}()
+	if code, _, errs := ctl(other, "status"); code != 1 || !strings.Contains(errs, "does not answer as prefork's control socket") {
+		t.Errorf("foreign socket: exit %d %q", code, errs)
+	}
+}
+
+// The reload's wait: a timeout exits 3 and leaves the reload going; prefork
+// going away before the outcome exits 1.
+func TestControlReloadTimeoutAndPreforkGone(t *testing.T) {
+	sock := ctlSock(t)
+	ready := filepath.Join(t.TempDir(), "ready")
+	os.WriteFile(ready, nil, 0o644)
+	in := startPrefork(t, "notify", []string{readyWhenEnv + "=" + ready}, "-l", "127.0.0.1:0", "-n", "1",
+		"--ready", "notify", "--ready-timeout", "60s", "--grace", "2s", "--control", sock)
+	in.readyWorkers(1, 10*time.Second)
+	os.Remove(ready)
+
+	start := time.Now()
+	code, _, errs := ctl(sock, "reload", "--timeout", "300ms")
+	if code != exitTimeout || !strings.Contains(errs, "goes on in prefork") {
+		t.Errorf("reload --timeout 300ms: exit %d %q; want %d", code, errs, exitTimeout)
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("reload --timeout 300ms took %v", d)
+	}
+	if st, _ := in.readStatus(); len(st.Workers) != 2 {
+		t.Errorf("the reload does not go on after the client's timeout: %+v", st)
+	}
+
+	done := make(chan string, 1)
+	go func() {
+		code, _, errs := ctl(sock, "reload") // joins the reload under way
+		done <- fmt.Sprintf("%d %s", code, errs)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	in.signal(syscall.SIGTERM)
+	select {
+	case r := <-done:
+		if !strings.HasPrefix(r, "1 ") || !strings.Contains(r, "stopping") {
+			t.Errorf("reload while prefork stops: %q; want exit 1 saying prefork is stopping", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reload client still waits after prefork stopped")
+	}
+	in.wait(10 * time.Second)
+	if code, _, errs := ctl(sock, "status"); code != 1 {
+		t.Errorf("status after prefork exited: exit %d %q, want 1", code, errs)
+	}
+}
+
+// prefork killed outright during a reload: the client exits 1.
+func TestControlPreforkKilledMidReload(t *testing.T) {
+	if !hasPdeathsig {
+		t.Skip("without a parent-death signal the workers would outlive the killed prefork")
+	}
+	sock := ctlSock(t)
+	ready := filepath.Join(t.TempDir(), "ready")
+	os.WriteFile(ready, nil, 0o644)
+	in := startPrefork(t, "notify", []string{readyWhenEnv + "=" + ready}, "-l", "127.0.0.1:0", "-n", "1",
+		"--ready", "notify", "--control", sock)
+	in.readyWorkers(1, 10*time.Second)
+	os.Remove(ready)
+	done := make(chan string, 1)
+	go func() {
+		code, _, errs := ctl(sock, "reload")
+		done <- fmt.Sprintf("%d %s", code, errs)
+	}()
+	in.waitFor("the new worker", 10*time.Second, func(st statusFile) bool { return len(st.Workers) == 2 })
+	time.Sleep(100 * time.Millisecond)
+	in.signal(syscall.SIGKILL)
+	select {
+	case r := <-done:
+		if !strings.HasPrefix(r, "1 ") || !strings.Contains(r, "closed the connection before the outcome") {
+			t.Errorf("reload when prefork is killed: %q; want exit 1", r)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reload client still waits after prefork was killed")
+	}
+	in.wait(10 * time.Second)
+}
+
+// A stale control socket file is replaced; a live one makes a second prefork exit 1.
+func TestControlSocketStaleAndLive(t *testing.T) {
+	sock := ctlSock(t)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1", "--control", sock)
+	in.readyWorkers(1, 10*time.Second)
+	mustCtl(t, sock, "status")
+
+	second := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1", "--control", sock)
+	if code := second.wait(10 * time.Second); code != 1 {
+		t.Errorf("a second prefork on a live control socket exited %d, want 1", code)
+	}
+	if !strings.Contains(second.stderr.String(), "--control "+sock) {
+		t.Errorf("the error does not name the control socket: %s", second.stderr.String())
+	}
+	mustCtl(t, sock, "status") // the first one's socket is untouched
+}
+
+// stop --timeout: a worker that ignores the stop signal outlasts the wait; the
+// client exits 3 and prefork still stops after --grace.
+func TestControlStopTimeout(t *testing.T) {
+	sock := ctlSock(t)
+	in := startPrefork(t, "http", []string{"TESTWORKER_IGNORE_TERM=1"}, "-l", "127.0.0.1:0", "-n", "1",
+		"--control", sock, "--grace", "2s")
+	in.readyWorkers(1, 10*time.Second)
+	code, _, errs := ctl(sock, "stop", "--timeout", "300ms")
+	if code != exitTimeout || !strings.Contains(errs, "still runs") {
+		t.Errorf("stop --timeout 300ms with a worker ignoring TERM: exit %d %q; want %d", code, errs, exitTimeout)
+	}
+	if code := in.wait(10 * time.Second); code != 0 {
+		t.Errorf("prefork exited %d, want 0", code)
+	}
+}
