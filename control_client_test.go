@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -119,12 +118,7 @@ func TestControlClientErrors(t *testing.T) {
 // going away before the outcome exits 1.
 func TestControlReloadTimeoutAndPreforkGone(t *testing.T) {
 	sock := ctlSock(t)
-	ready := filepath.Join(t.TempDir(), "ready")
-	os.WriteFile(ready, nil, 0o644)
-	in := startPrefork(t, "notify", []string{readyWhenEnv + "=" + ready}, "-l", "127.0.0.1:0", "-n", "1",
-		"--ready", "notify", "--ready-timeout", "60s", "--grace", "2s", "--control", sock)
-	in.readyWorkers(1, 10*time.Second)
-	os.Remove(ready)
+	in, _, _ := startHeldReload(t, sock, 1, "--ready-timeout", "60s", "--grace", "2s")
 
 	start := time.Now()
 	code, _, errs := ctl(sock, "reload", "--timeout", "300ms")
@@ -165,12 +159,7 @@ func TestControlPreforkKilledMidReload(t *testing.T) {
 		t.Skip("without a parent-death signal the workers would outlive the killed prefork")
 	}
 	sock := ctlSock(t)
-	ready := filepath.Join(t.TempDir(), "ready")
-	os.WriteFile(ready, nil, 0o644)
-	in := startPrefork(t, "notify", []string{readyWhenEnv + "=" + ready}, "-l", "127.0.0.1:0", "-n", "1",
-		"--ready", "notify", "--control", sock)
-	in.readyWorkers(1, 10*time.Second)
-	os.Remove(ready)
+	in, _, _ := startHeldReload(t, sock, 1)
 	done := make(chan string, 1)
 	go func() {
 		code, _, errs := ctl(sock, "reload")

@@ -152,16 +152,27 @@ func countState(st statusFile, state string) int {
 	return n
 }
 
+// startHeldReload starts prefork with n "notify" workers, the extra options
+// and --control sock, and waits until they are ready; then it removes their
+// ready file, so that workers started from then on (a reload's) do not say
+// READY=1 until the test writes the file (its path is returned) again.
+func startHeldReload(t *testing.T, sock string, n int, extra ...string) (*instance, statusFile, string) {
+	t.Helper()
+	ready := filepath.Join(t.TempDir(), "ready")
+	os.WriteFile(ready, nil, 0o644)
+	args := append([]string{"-l", "127.0.0.1:0", "-n", strconv.Itoa(n), "--ready", "notify"}, extra...)
+	in := startPrefork(t, "notify", []string{readyWhenEnv + "=" + ready}, append(args, "--control", sock)...)
+	st := in.readyWorkers(n, 10*time.Second)
+	os.Remove(ready)
+	return in, st, ready
+}
+
 // A reload whose new workers never say READY=1 is abandoned: the client exits 1
 // within the ready timeout, names the slot, and the old workers still serve.
 func TestControlReloadAbandoned(t *testing.T) {
 	sock := ctlSock(t)
-	ready := filepath.Join(t.TempDir(), "ready")
-	os.WriteFile(ready, nil, 0o644)
-	in := startPrefork(t, "notify", []string{readyWhenEnv + "=" + ready}, "-l", "127.0.0.1:0", "-n", "2",
-		"--ready", "notify", "--ready-timeout", "2s", "--grace", "1s", "--control", sock)
-	old := in.readyWorkers(2, 10*time.Second)
-	os.Remove(ready) // a broken deploy: the new generation never says READY=1
+	// A broken deploy: the new generation never says READY=1.
+	in, old, _ := startHeldReload(t, sock, 2, "--ready-timeout", "2s", "--grace", "1s")
 
 	start := time.Now()
 	code, out, errs := ctl(sock, "reload")
@@ -195,12 +206,7 @@ func TestControlReloadAbandoned(t *testing.T) {
 // Two clients asking for a reload at once get the same reload.
 func TestControlReloadJoins(t *testing.T) {
 	sock := ctlSock(t)
-	ready := filepath.Join(t.TempDir(), "ready")
-	os.WriteFile(ready, nil, 0o644)
-	in := startPrefork(t, "notify", []string{readyWhenEnv + "=" + ready}, "-l", "127.0.0.1:0", "-n", "2",
-		"--ready", "notify", "--control", sock)
-	in.readyWorkers(2, 10*time.Second)
-	os.Remove(ready) // hold the new generation until both clients wait
+	in, _, ready := startHeldReload(t, sock, 2) // hold the new generation until both clients wait
 
 	type result struct {
 		code     int
