@@ -105,7 +105,8 @@ type supervisor struct {
 	upOnce    bool
 	done      bool
 	exitCode  int
-	lastState string // what the status file and STATUS= last said
+	lastState string    // what the status file and STATUS= last said
+	published time.Time // when publish last ran (status.go)
 }
 
 // supervise binds, starts the workers and runs until a stop; it returns the exit status.
@@ -290,7 +291,12 @@ func (s *supervisor) loop(sigs chan os.Signal) int {
 	s.startPool()
 	defer s.stopPool()
 	for !s.done {
-		s.publish()
+		// A burst of events (a thousand workers coming up) is published once
+		// it has been handled, not after each event: the snapshot is O(workers).
+		if len(s.events) == 0 || time.Since(s.published) >= 100*time.Millisecond {
+			s.published = time.Now()
+			s.publish()
+		}
 		s.publishPool()
 		s.ctlCheck()
 		select {
