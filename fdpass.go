@@ -1,38 +1,32 @@
 //go:build linux || darwin
 
-// This file holds the descriptor passing that both platforms share: one
-// handoff message with its SCM_RIGHTS descriptor, without allocating.
+// This file binds the dispatcher to the rr wire format of internal/rrwire,
+// which prefork shares with the worker package.
 package main
 
-import (
-	"encoding/binary"
-	"syscall"
-)
+import "github.com/prefork/prefork/internal/rrwire"
 
-// sendConn sends one handoff message without blocking: seq and the listener
-// index, big-endian, with conn in SCM_RIGHTS. Errors are raw (EAGAIN included).
+// sendConn sends one handoff message without blocking and without allocating:
+// seq and the listener index with conn in SCM_RIGHTS. Errors are raw (EAGAIN
+// included).
 func sendConn(ch int, seq, index uint32, conn int) error {
-	var msg [8]byte
-	binary.BigEndian.PutUint32(msg[0:], seq)
-	binary.BigEndian.PutUint32(msg[4:], index)
-	var oob [64]byte
-	n := copy(oob[:], rightsTemplate)
-	binary.NativeEndian.PutUint32(oob[syscall.CmsgLen(0):], uint32(conn))
-	for {
-		err := syscall.Sendmsg(ch, msg[:], oob[:n], nil, sendFlags)
-		if err != syscall.EINTR {
-			return err
-		}
-	}
+	return rrwire.Send(ch, seq, index, conn)
+}
+
+// recvNoWait reads one message without blocking; descriptors that arrive with it
+// are close-on-exec from the start. Errors are raw.
+func recvNoWait(fd int, p, oob []byte) (n, oobn, flags int, err error) {
+	return rrwire.Recv(fd, p, oob, true)
 }
 
 // closeRights closes every descriptor carried by a control message.
-func closeRights(oob []byte) {
-	msgs, _ := syscall.ParseSocketControlMessage(oob)
-	for i := range msgs {
-		fds, _ := syscall.ParseUnixRights(&msgs[i])
-		for _, fd := range fds {
-			syscall.Close(fd)
-		}
-	}
-}
+func closeRights(oob []byte) { rrwire.CloseRights(oob) }
+
+// newHandoffPair returns a connected handoff socket pair, both ends
+// close-on-exec and blocking. prefork keeps master; worker becomes fd 3 of the
+// worker process.
+func newHandoffPair() (master, worker int, err error) { return rrwire.NewPair() }
+
+// sendWouldBlock reports whether a send failed only because the peer's queue is
+// full for now.
+func sendWouldBlock(err error) bool { return rrwire.WouldBlock(err) }

@@ -10,26 +10,28 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/internal/rrwire"
 )
 
 // rrDefaultWindow is the default W: connections a worker may hold unacked.
 const rrDefaultWindow = 32
 
-// Design. One goroutine per listener accepts through the runtime's poller on the
-// raw descriptor (accept4 in a loop until EAGAIN: no net.Conn, no allocation,
-// no channel per connection) and hands each connection on itself. One goroutine
-// per worker reads that worker's acks the same way. A single mutex guards the
-// dispatcher's state; both kinds of goroutine hold it only around non-blocking
-// syscalls. An acceptor that finds no room parks on a sync.Cond without
-// accepting, so the burst waits in the kernel's accept queue; acks, a new ready
-// worker or a detach wake it.
-//
-// Every goroutine closes its own *os.File when it leaves; others only set a read
-// deadline to wake it (os.File.Close waits for a running RawConn callback, which
-// may itself be waiting for the mutex).
+// Design. One goroutine, locked to its thread, waits in a blocking
+// epoll_wait (kqueue on macOS) on a poller of its own that holds every
+// listener and every worker's channel; when it wakes it reads the acks that
+// came in, then accepts (raw accept4 until EAGAIN or no room) and sends each
+// connection to the next worker, all in that one wake-up: no Go poller, no
+// goroutine or channel per connection, no wake-up of the supervisor. A mutex
+// guards the dispatcher's state, for the supervisor's calls (attach, ready,
+// drain, detach, stats) and a channel read elsewhere (acked, refused, shut);
+// it is held only around non-blocking syscalls. While no connection could be
+// placed the listeners are switched off in the poller, so a burst waits in the
+// kernel's accept queue; whoever makes room switches them back on.
 
 // handoff is a connection prefork holds: given to a worker under seq and not yet
 // acked (inflight), or waiting for a worker (pending, seq unused).
@@ -56,28 +58,23 @@ func (fd handoffSender) sendConn(seq, index uint32, conn int) error {
 type rrWorker struct {
 	id       int // the worker's pid
 	send     rrSender
-	fd       int      // §4: master end, non-blocking; -1 for a channel read elsewhere
-	file     *os.File // §4: fd, read by readLoop; nil for a channel read elsewhere
-	rc       syscall.RawConn
-	readFn   func(uintptr) bool // d.readAcks bound once to this worker
+	fd       int // §4: master end, non-blocking, in the poller; -1 for a channel read elsewhere
 	ready    bool
 	draining bool
 	gone     bool // channel closed: detached, broken, closed by the worker, or dispatcher closed
 	inflight []handoff
 	handed   uint64
 	acked    uint64
-	buf      []byte   // one ack message
-	oob      []byte   // room to notice (and close) a descriptor sent by the worker
-	seqs     []uint32 // parsed acks of one message
+	acks     *rrwire.Batch // ack messages read in one call
+	seqs     []uint32      // parsed acks of one message
 }
 
 // rrListener is one listener the dispatcher accepts on.
 type rrListener struct {
-	index    uint32
-	file     *os.File // a dup of the supervisor's descriptor, owned by the dispatcher
-	rc       syscall.RawConn
-	acceptFn func(uintptr) bool // d.acceptSome bound once to this listener
-	err      error              // set by acceptFn when accepting must pause or stop
+	index uint32
+	fd    int  // a dup of the supervisor's descriptor, owned by the dispatcher
+	armed bool // on in the poller
+	dead  bool // accepting failed for good on it
 }
 
 // rrWorkerStats is one worker as the dispatcher sees it.
@@ -96,10 +93,11 @@ type dispatcher struct {
 	onBroken  func(id int, err error)
 	window    int
 	listeners []*rrListener
+	poll      *poller
 	wg        sync.WaitGroup
 
 	mu      sync.Mutex
-	room    *sync.Cond // an acceptor waits here while no connection can be placed
+	paused  bool // accepting pauses after a temporary error (EMFILE…)
 	closed  bool
 	workers []*rrWorker // in attach order
 	next    int         // round-robin cursor into workers
@@ -122,12 +120,16 @@ func newDispatcher(lfds []int, window int, log *slog.Logger, onBroken func(id in
 	if window < 1 {
 		return nil, fmt.Errorf("prefork: rr window must be at least 1, not %d", window)
 	}
-	d := &dispatcher{log: log, onBroken: onBroken, window: window}
-	d.room = sync.NewCond(&d.mu)
+	pl, err := newPoller()
+	if err != nil {
+		return nil, fmt.Errorf("prefork: rr dispatcher: %w", err)
+	}
+	d := &dispatcher{log: log, onBroken: onBroken, window: window, poll: pl}
 	fail := func(err error) (*dispatcher, error) {
 		for _, l := range d.listeners {
-			l.file.Close()
+			syscall.Close(l.fd)
 		}
+		pl.close()
 		return nil, err
 	}
 	for i, lfd := range lfds {
@@ -137,15 +139,13 @@ func newDispatcher(lfds []int, window int, log *slog.Logger, onBroken func(id in
 		}
 		d.listeners = append(d.listeners, l)
 	}
-	for _, l := range d.listeners {
-		d.wg.Add(1)
-		go d.acceptLoop(l)
-	}
+	d.wg.Add(1)
+	go d.run()
 	return d, nil
 }
 
 // newListener makes the dispatcher's own non-blocking duplicate of a stream
-// listener; its accept loop is not started yet.
+// listener, in the poller but switched off until armLocked finds room for it.
 func (d *dispatcher) newListener(i uint32, lfd int) (*rrListener, error) {
 	typ, err := syscall.GetsockoptInt(lfd, syscall.SOL_SOCKET, syscall.SO_TYPE)
 	if err != nil {
@@ -162,12 +162,11 @@ func (d *dispatcher) newListener(i uint32, lfd int) (*rrListener, error) {
 		syscall.Close(fd)
 		return nil, fmt.Errorf("prefork: rr listener %d: %w", i, os.NewSyscallError("fcntl", err))
 	}
-	l := &rrListener{index: i, file: os.NewFile(uintptr(fd), fmt.Sprintf("prefork-rr-listener-%d", i))}
-	if l.rc, err = l.file.SyscallConn(); err != nil {
-		l.file.Close()
+	if err := d.poll.add(fd, false); err != nil {
+		syscall.Close(fd)
 		return nil, fmt.Errorf("prefork: rr listener %d: %w", i, err)
 	}
-	l.acceptFn = func(fd uintptr) bool { return d.acceptSome(l, int(fd)) }
+	l := &rrListener{index: i, fd: fd}
 	return l, nil
 }
 
@@ -184,8 +183,7 @@ func (d *dispatcher) addListener(lfd int) (uint32, error) {
 		return 0, err
 	}
 	d.listeners = append(d.listeners, l)
-	d.wg.Add(1)
-	go d.acceptLoop(l)
+	d.armLocked()
 	return l.index, nil
 }
 
@@ -203,7 +201,7 @@ func (d *dispatcher) kick() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.pumpLocked()
-	d.room.Broadcast()
+	d.armLocked()
 }
 
 // attach takes ownership of the master end of a new worker's channel and reads
@@ -213,39 +211,28 @@ func (d *dispatcher) attach(id int, fd int) {
 		id:   id,
 		send: handoffSender(fd),
 		fd:   fd,
-		buf:  make([]byte, 4*d.window),
-		oob:  make([]byte, syscall.CmsgSpace(4*4)),
+		acks: rrwire.NewBatch(min(d.window, 64), rrwire.AckLen*d.window),
 		seqs: make([]uint32, 0, d.window),
 	}
-	err := syscall.SetNonblock(fd, true)
-	if err == nil {
-		w.file = os.NewFile(uintptr(fd), fmt.Sprintf("prefork-rr-worker-%d", id))
-		w.rc, err = w.file.SyscallConn()
-	} else {
-		err = os.NewSyscallError("fcntl", err)
-		syscall.Close(fd)
-	}
-	if err != nil {
-		if w.file != nil {
-			w.file.Close()
-		}
-		d.log.Error("rr: cannot use the worker's handoff channel", "pid", id, "err", err)
-		if d.onBroken != nil {
-			go d.onBroken(id, err)
-		}
-		return
-	}
-	w.readFn = func(fd uintptr) bool { return d.readAcks(w) }
-
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.closed {
-		w.file.Close()
+	err := syscall.SetNonblock(fd, true)
+	if err != nil {
+		err = os.NewSyscallError("fcntl", err)
+	} else if !d.closed {
+		err = d.poll.add(fd, true)
+	}
+	if err != nil || d.closed {
+		syscall.Close(fd)
+		if err != nil {
+			d.log.Error("rr: cannot use the worker's handoff channel", "pid", id, "err", err)
+			if d.onBroken != nil {
+				go d.onBroken(id, err)
+			}
+		}
 		return
 	}
 	d.workers = append(d.workers, w)
-	d.wg.Add(1)
-	go d.readLoop(w)
 }
 
 // attachSender adds a worker whose channel is read elsewhere (the Node cluster
@@ -270,7 +257,7 @@ func (d *dispatcher) acked(id int, seq uint32) error {
 		return fmt.Errorf("ack for sequence number %d, which is not in flight", seq)
 	}
 	d.pumpLocked()
-	d.room.Broadcast()
+	d.armLocked()
 	return nil
 }
 
@@ -287,7 +274,7 @@ func (d *dispatcher) refused(id int, seq uint32) {
 			}
 		}
 		d.pumpLocked()
-		d.room.Broadcast()
+		d.armLocked()
 	}
 }
 
@@ -299,7 +286,7 @@ func (d *dispatcher) shut(id int) {
 	if w := d.workerLocked(id); w != nil {
 		d.shutLocked(w)
 		d.pumpLocked()
-		d.room.Broadcast()
+		d.armLocked()
 	}
 }
 
@@ -310,7 +297,7 @@ func (d *dispatcher) ready(id int) {
 	if w := d.workerLocked(id); w != nil && !w.draining {
 		w.ready = true
 		d.pumpLocked()
-		d.room.Broadcast()
+		d.armLocked()
 	}
 }
 
@@ -334,13 +321,7 @@ func (d *dispatcher) detach(id int) {
 	if w == nil {
 		return
 	}
-	for !w.gone && w.file != nil {
-		n, oobn, flags, err := recvNoWait(w.fd, w.buf, w.oob)
-		if err == syscall.EAGAIN {
-			break
-		}
-		d.handleAcksLocked(w, n, oobn, flags, err)
-	}
+	d.readAcksLocked(w)
 	d.shutLocked(w)
 	for i, x := range d.workers {
 		if x == w {
@@ -352,24 +333,20 @@ func (d *dispatcher) detach(id int) {
 		}
 	}
 	d.pumpLocked()
-	d.room.Broadcast()
+	d.armLocked()
 }
 
 // close stops accepting, closes every channel and every connection prefork
-// still holds, and waits for the dispatcher's goroutines. It is idempotent.
+// still holds, and waits for the dispatcher's goroutine. It is idempotent.
 func (d *dispatcher) close() {
 	d.mu.Lock()
 	if !d.closed {
 		d.closed = true
-		now := time.Now()
-		for _, l := range d.listeners {
-			l.file.SetReadDeadline(now)
-		}
 		for _, w := range d.workers {
-			w.gone = true
-			if w.file != nil {
-				w.file.SetReadDeadline(now)
+			if !w.gone && w.fd >= 0 {
+				syscall.Close(w.fd)
 			}
+			w.gone = true
 			for _, h := range w.inflight {
 				syscall.Close(h.fd)
 			}
@@ -380,10 +357,19 @@ func (d *dispatcher) close() {
 		}
 		d.pending = nil
 		d.workers = nil
-		d.room.Broadcast()
+		d.poll.wake()
 	}
 	d.mu.Unlock()
 	d.wg.Wait()
+	d.mu.Lock()
+	if d.poll != nil {
+		for _, l := range d.listeners {
+			syscall.Close(l.fd)
+		}
+		d.poll.close()
+		d.poll = nil
+	}
+	d.mu.Unlock()
 }
 
 // stats reports every attached worker.
@@ -418,73 +404,100 @@ func (d *dispatcher) waiting(mark uint32) (n int, next uint32) {
 	return n, d.seq
 }
 
-// acceptLoop accepts on one listener until the dispatcher is closed, parking
-// (without accepting) while no connection could be placed.
-func (d *dispatcher) acceptLoop(l *rrListener) {
+// run is the dispatcher's loop, on a thread of its own: wait, read acks,
+// accept and hand out, until the dispatcher is closed.
+func (d *dispatcher) run() {
 	defer d.wg.Done()
-	defer l.file.Close()
+	// A blocking wait in the kernel rather than the runtime's poller: waking
+	// this thread is one system call, not a goroutine switch through the
+	// scheduler's spinning threads.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	ready := make([]int, 64)
 	for {
+		n, err := d.poll.wait(ready)
 		d.mu.Lock()
-		for !d.acceptableLocked(l.index) && !d.closed {
-			d.room.Wait()
+		if d.closed {
+			d.mu.Unlock()
+			return
 		}
-		closed := d.closed
+		if err != nil && err != syscall.EINTR {
+			d.mu.Unlock()
+			d.log.Error("rr: the dispatcher's poller failed", "err", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		// Acks first: they make room for what is accepted next.
+		for _, fd := range ready[:n] {
+			if w := d.workerByFdLocked(fd); w != nil {
+				d.readAcksLocked(w)
+			}
+		}
+		d.pumpLocked()
+		for _, fd := range ready[:n] {
+			for _, l := range d.listeners {
+				if l.fd == fd && !l.dead {
+					d.acceptLocked(l)
+				}
+			}
+		}
+		d.armLocked()
 		d.mu.Unlock()
-		if closed {
-			return
-		}
-		l.err = nil
-		err := l.rc.Read(l.acceptFn)
-		if err == nil {
-			err = l.err
-		}
-		if err == nil {
-			continue // no room: park above
-		}
-		d.mu.Lock()
-		closed = d.closed
-		d.mu.Unlock()
-		if closed {
-			return
-		}
-		if !acceptTemporary(err) {
-			d.log.Error("rr: accepting stopped on a listener", "listener", l.index, "err", err)
-			return
-		}
-		d.log.Warn("rr: accept failed, pausing", "listener", l.index, "err", os.NewSyscallError("accept", err))
-		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-// acceptSome is the poller callback of a listener: it accepts and places
-// connections while there is room, and reports false to wait for more.
-func (d *dispatcher) acceptSome(l *rrListener, lfd int) bool {
-	for {
-		d.mu.Lock()
-		if !d.acceptableLocked(l.index) {
-			d.mu.Unlock()
-			return true
-		}
-		accept := acceptConn
-		if d.nonblockConns {
-			accept = acceptConnNonblock
-		}
-		fd, err := accept(lfd)
-		if err != nil {
-			d.mu.Unlock()
-			switch err {
-			case syscall.EAGAIN:
-				return false
-			case syscall.ECONNABORTED, syscall.EPROTO, syscall.EPERM:
-				continue // that connection is gone; the next one may be fine
+// acceptLocked accepts and places connections from one listener while there
+// is room, until its queue is empty.
+func (d *dispatcher) acceptLocked(l *rrListener) {
+	accept := acceptConn
+	if d.nonblockConns {
+		accept = acceptConnNonblock
+	}
+	for !d.paused && d.acceptableLocked(l.index) {
+		fd, err := accept(l.fd)
+		switch err {
+		case nil:
+		case syscall.EAGAIN:
+			return
+		case syscall.ECONNABORTED, syscall.EPROTO, syscall.EPERM:
+			continue // that connection is gone; the next one may be fine
+		default:
+			if !acceptTemporary(err) {
+				d.log.Error("rr: accepting stopped on a listener", "listener", l.index, "err", os.NewSyscallError("accept", err))
+				l.dead = true
+				d.poll.del(l.fd)
+				return
 			}
-			l.err = err
-			return true
+			d.log.Warn("rr: accept failed, pausing", "listener", l.index, "err", os.NewSyscallError("accept", err))
+			d.paused = true
+			time.AfterFunc(100*time.Millisecond, func() {
+				d.mu.Lock()
+				d.paused = false
+				if !d.closed {
+					d.armLocked()
+				}
+				d.mu.Unlock()
+			})
+			return
 		}
 		if !d.placeLocked(fd, l.index) {
 			d.pending = append(d.pending, handoff{index: l.index, fd: fd})
 		}
-		d.mu.Unlock()
+	}
+}
+
+// armLocked switches the listeners on in the poller while a connection could
+// be placed, and off otherwise.
+func (d *dispatcher) armLocked() {
+	if d.poll == nil {
+		return
+	}
+	for _, l := range d.listeners {
+		want := !d.closed && !d.paused && !l.dead && d.acceptableLocked(l.index)
+		if want != l.armed {
+			l.armed = want
+			d.poll.set(l.fd, want)
+		}
 	}
 }
 
@@ -600,6 +613,16 @@ func (d *dispatcher) acceptableLocked(index uint32) bool {
 	return false
 }
 
+// workerByFdLocked finds an attached worker by its channel's descriptor.
+func (d *dispatcher) workerByFdLocked(fd int) *rrWorker {
+	for _, w := range d.workers {
+		if w.fd == fd && !w.gone {
+			return w
+		}
+	}
+	return nil
+}
+
 // workerLocked finds an attached worker by pid.
 func (d *dispatcher) workerLocked(id int) *rrWorker {
 	for _, w := range d.workers {
@@ -610,6 +633,6 @@ func (d *dispatcher) workerLocked(id int) *rrWorker {
 	return nil
 }
 
-// rightsTemplate is an SCM_RIGHTS control message for one descriptor; sendConn
-// copies it and writes the descriptor in, so a handoff allocates nothing.
+// rightsTemplate is an SCM_RIGHTS control message for one descriptor, for the
+// Node channel's sends (nodeipc.go); the §4 handoff uses rrwire.Send.
 var rightsTemplate = syscall.UnixRights(0)

@@ -6,59 +6,51 @@
 package main
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
 	"syscall"
-	"time"
+
+	"github.com/prefork/prefork/internal/rrwire"
 )
 
-// readLoop reads a worker's acks until its channel is closed.
-func (d *dispatcher) readLoop(w *rrWorker) {
-	defer d.wg.Done()
-	defer w.file.Close()
-	w.rc.Read(w.readFn) // ends when readAcks says so or on the deadline set when the channel is shut
-}
-
-// readAcks is the poller callback of a worker's channel.
-func (d *dispatcher) readAcks(w *rrWorker) bool {
-	for {
-		d.mu.Lock()
-		if w.gone {
-			d.mu.Unlock()
-			return true
-		}
-		n, oobn, flags, err := recvNoWait(w.fd, w.buf, w.oob)
+// readAcksLocked reads the acks waiting on a worker's channel, without
+// blocking, until none is left or the channel is closed.
+func (d *dispatcher) readAcksLocked(w *rrWorker) {
+	for !w.gone && w.fd >= 0 {
+		n, err := w.acks.Recv(w.fd)
 		if err == syscall.EAGAIN {
-			d.mu.Unlock()
-			return false
+			return
 		}
-		d.handleAcksLocked(w, n, oobn, flags, err)
-		d.pumpLocked()
-		d.room.Broadcast()
-		d.mu.Unlock()
+		if err != nil {
+			d.handleAcksLocked(w, nil, nil, 0, err)
+			return
+		}
+		for i := 0; i < n && !w.gone; i++ {
+			p, oob, flags := w.acks.Msg(i)
+			d.handleAcksLocked(w, p, oob, flags, nil)
+		}
 	}
 }
 
 // handleAcksLocked handles one message read from a worker's channel: acks, end
 // of file, or anything else, which breaks the channel.
-func (d *dispatcher) handleAcksLocked(w *rrWorker, n, oobn, flags int, err error) {
+func (d *dispatcher) handleAcksLocked(w *rrWorker, p, oob []byte, flags int, err error) {
 	if err == syscall.ECONNRESET { // closed with handoffs still unread: a close all the same
-		n, err = 0, nil
+		p, err = nil, nil
 	}
 	switch {
 	case err != nil:
 		d.breakLocked(w, os.NewSyscallError("recvmsg", err))
 		return
-	case oobn > 0:
-		closeRights(w.oob[:oobn])
+	case len(oob) > 0:
+		closeRights(oob)
 		d.breakLocked(w, errors.New("worker sent a descriptor"))
 		return
 	case flags&(syscall.MSG_TRUNC|syscall.MSG_CTRUNC) != 0:
 		d.breakLocked(w, errors.New("ack message too long"))
 		return
-	case n == 0:
+	case len(p) == 0:
 		// The worker closed its end (it exited, or gave up the channel): what it
 		// did not ack can go elsewhere at once. A worker that is not leaving can
 		// get no more connections: it is broken, and the supervisor replaces it.
@@ -71,7 +63,7 @@ func (d *dispatcher) handleAcksLocked(w *rrWorker, n, oobn, flags int, err error
 		return
 	}
 	var bad error
-	w.seqs, bad = parseAcks(w.buf[:n], w.seqs[:0])
+	w.seqs, bad = rrwire.ParseAcks(p, w.seqs[:0])
 	// Acks before and after a bad one are honoured: the worker took those
 	// connections, handing them out again would serve them twice.
 	for _, seq := range w.seqs {
@@ -89,7 +81,7 @@ func (d *dispatcher) handleAcksLocked(w *rrWorker, n, oobn, flags int, err error
 func (d *dispatcher) ackLocked(w *rrWorker, seq uint32) bool {
 	for i := range w.inflight {
 		if w.inflight[i].seq == seq {
-			syscall.Close(w.inflight[i].fd)
+			closeConn(w.inflight[i].fd)
 			w.inflight = append(w.inflight[:i], w.inflight[i+1:]...)
 			w.acked++
 			d.total.Acked++
@@ -97,18 +89,6 @@ func (d *dispatcher) ackLocked(w *rrWorker, seq uint32) bool {
 		}
 	}
 	return false
-}
-
-// parseAcks appends to dst the big-endian sequence numbers of one ack message;
-// a message that is empty or not a multiple of 4 bytes is an error.
-func parseAcks(b []byte, dst []uint32) ([]uint32, error) {
-	if len(b) == 0 || len(b)%4 != 0 {
-		return dst, fmt.Errorf("ack message of %d bytes, not a positive multiple of 4", len(b))
-	}
-	for ; len(b) > 0; b = b[4:] {
-		dst = append(dst, binary.BigEndian.Uint32(b))
-	}
-	return dst, nil
 }
 
 // breakLocked closes a worker's channel for a protocol or I/O error and tells
@@ -124,16 +104,16 @@ func (d *dispatcher) breakLocked(w *rrWorker, err error) {
 	}
 }
 
-// shutLocked closes a worker's channel (its reader goroutine closes the
-// descriptor) and queues its unacked connections for other workers, ahead of
-// new accepts. The caller pumps.
+// shutLocked closes a worker's channel and queues its unacked connections for
+// other workers, ahead of new accepts. The caller pumps.
 func (d *dispatcher) shutLocked(w *rrWorker) {
 	if w.gone {
 		return
 	}
 	w.gone = true
-	if w.file != nil {
-		w.file.SetReadDeadline(time.Now())
+	if w.fd >= 0 {
+		d.poll.del(w.fd)
+		syscall.Close(w.fd)
 	}
 	d.total.Redistributed += uint64(len(w.inflight))
 	d.pending = append(d.pending, w.inflight...)

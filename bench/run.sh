@@ -7,6 +7,9 @@
 #   bench/run.sh           full run, about 10 minutes; rewrites docs/benchmarks.*
 #   bench/run.sh --smoke   every code path with tiny durations, under a minute;
 #                          writes bench/out/benchmarks.* and leaves docs/ alone
+#   bench/run.sh --rr      the Go and C tables only (rr against shared and the
+#                          reference master), 7 rounds; bench/out/ only
+#   PREFORK_BEFORE=BIN     also measure an earlier prefork binary in rr mode
 #   bench/run.sh --pool    only the elastic pool's step load, about 2 minutes;
 #                          writes bench/out/pool.md and leaves docs/ alone
 set -euo pipefail
@@ -14,16 +17,18 @@ cd "$(dirname "$0")/.."
 root=$PWD
 
 smoke=0
+rronly=0
 pool=0
 for a in "$@"; do
 	case $a in
 	--smoke) smoke=1 ;;
+	--rr) rronly=1 ;;
 	--pool) pool=1 ;;
-	-h | --help) sed -n '2,11p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,14p' "$0"; exit 0 ;;
 	*) echo "bench/run.sh: unknown argument $a (try --smoke)" >&2; exit 2 ;;
 	esac
 done
-command="bench/run.sh$([ $smoke = 1 ] && echo ' --smoke' || true)$([ $pool = 1 ] && echo ' --pool' || true)"
+command="bench/run.sh$([ $smoke = 1 ] && echo ' --smoke' || true)$([ $rronly = 1 ] && echo ' --rr' || true)$([ $pool = 1 ] && echo ' --pool' || true)"
 
 say() { echo "bench: $*" >&2; }
 cache=$root/bench/.cache
@@ -67,7 +72,7 @@ fi
 # pm2: pinned, into a local prefix; skipped with a message when npm cannot get it.
 pm2_version=7.0.4
 pm2=$cache/npm/node_modules/.bin/pm2
-if [ ! -x "$pm2" ]; then
+if [ $rronly = 0 ] && [ ! -x "$pm2" ]; then
 	if command -v npm >/dev/null; then
 		say "installing pm2@$pm2_version into bench/.cache/npm"
 		t=120
@@ -83,18 +88,26 @@ fi
 
 say "building prefork and the bench programs"
 CGO_ENABLED=0 go build -o "$out/bin/prefork" . # static, as released (README)
-for p in goserver barelaunch blockserver load harness report; do
+for p in goserver barelaunch blockserver refmaster spawnref load harness report; do
 	go build -o "$out/bin/$p" "./bench/$p"
 done
+rm -f "$out/bin/cworker"
+if command -v cc >/dev/null; then
+	cc -O2 -Wall -o "$out/bin/cworker" bench/cworker/cworker.c || say "SKIP the C server: cc failed"
+else
+	say "SKIP the C server: no cc"
+fi
 
 args=(-bench "$root/bench" -bin "$out/bin" -out "$out" -node "$node" -wrk "$wrk"
 	-pm2 "$pm2" -pm2-home "$cache/pm2home" -command "$command" -o "$out/results.json")
 [ $smoke = 1 ] && args+=(-smoke)
+[ $rronly = 1 ] && args+=(-groups go,c -life=false -rounds 7 -dist-d 1s)
+[ -n "${PREFORK_BEFORE:-}" ] && args+=(-before "$PREFORK_BEFORE") # an earlier prefork, measured beside in rr mode
 mkdir -p docs
 say "running the harness ($([ $smoke = 1 ] && echo smoke || echo full) run)"
 "$out/bin/harness" "${args[@]}"
 
-if [ $smoke = 1 ]; then
+if [ $smoke = 1 ] || [ $rronly = 1 ]; then
 	"$out/bin/report" -i "$out/results.json" -md "$out/benchmarks.md" -svg "$out/benchmarks.svg" -svg-ref benchmarks.svg
 	say "smoke run passed; report in bench/out/benchmarks.md"
 else

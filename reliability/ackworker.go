@@ -9,16 +9,15 @@
 package main
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
-	"syscall"
 	"time"
 
+	"github.com/prefork/prefork/internal/rrwire"
 	pw "github.com/prefork/prefork/worker"
 )
 
@@ -100,37 +99,33 @@ func runAckWorker() int {
 	select {} // the suite only ever kills this worker, or prefork stops it with SIGTERM
 }
 
-// handoff speaks prefork's rr protocol by hand (SPEC §4), one message at a
-// time: receive a connection, write it down, ack it, serve it.
+// handoff speaks prefork's rr protocol (SPEC §4) one message at a time:
+// receive a connection, write it down, ack it, serve it.
 func handoff(fd int, log takenLog, conns chan<- net.Conn) {
-	buf := make([]byte, 8)
-	oob := make([]byte, syscall.CmsgSpace(4))
-	ack := make([]byte, 4)
+	buf := make([]byte, 2*rrwire.MsgLen)
+	oob := make([]byte, rrwire.OOBSpace)
+	var ack [rrwire.AckLen]byte
 	for {
-		n, oobn, _, _, err := syscall.Recvmsg(fd, buf, oob, syscall.MSG_CMSG_CLOEXEC)
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil || n == 0 {
+		n, oobn, flags, err := rrwire.Recv(fd, buf, oob, false)
+		if err != nil {
 			os.Exit(0) // prefork closed the channel
 		}
-		msgs, _ := syscall.ParseSocketControlMessage(oob[:oobn])
-		if n != 8 || len(msgs) != 1 {
+		seq, _, cfd, err := rrwire.Parse(buf[:n], oob[:oobn], flags)
+		if err == rrwire.ErrClosed {
+			os.Exit(0)
+		}
+		if err != nil {
 			os.Exit(2)
 		}
-		fds, err := syscall.ParseUnixRights(&msgs[0])
-		if err != nil || len(fds) != 1 {
-			os.Exit(2)
-		}
-		file := os.NewFile(uintptr(fds[0]), "conn")
+		file := os.NewFile(uintptr(cfd), "conn")
 		c, err := net.FileConn(file)
 		file.Close()
 		if err != nil {
 			os.Exit(2)
 		}
 		log.note(c.RemoteAddr()) // on record before prefork counts it as taken
-		binary.BigEndian.PutUint32(ack, binary.BigEndian.Uint32(buf))
-		if _, err := syscall.Write(fd, ack); err != nil {
+		rrwire.PutAck(ack[:], seq)
+		if err := rrwire.SendAcks(fd, ack[:]); err != nil {
 			os.Exit(0)
 		}
 		conns <- c

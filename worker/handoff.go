@@ -13,18 +13,23 @@
 package worker
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/internal/rrwire"
 )
 
 // maxBatch is the most connections received at once, and queued per listener.
 const maxBatch = 64
+
+// errNoHandoff says that rr mode does not run on this system.
+var errNoHandoff = errors.New("worker: prefork's rr mode needs Linux or macOS, not " + runtime.GOOS)
 
 // errShut says the handoff channel is closed: a connection taken from a queue
 // now can no longer be acked, and prefork gives it to another worker.
@@ -42,7 +47,7 @@ type handoff struct {
 	stop bool       // every listener is closed
 	shut bool       // fd 3 is closed
 	err  error
-	ack  [4]byte
+	ack  [rrwire.AckLen]byte
 	werr error              // the last ack write's result
 	send func(uintptr) bool // writes ack, bound once so Accept allocates no closure
 }
@@ -66,14 +71,14 @@ func (a rrAddr) String() string  { return string(a) }
 // newHandoff starts reading connections from the handoff channel fd (the
 // worker end of prefork's socket pair) for one listener per name.
 func newHandoff(fd int, names []string) ([]net.Listener, error) {
-	if handoffType < 0 {
+	if rrwire.SocketType < 0 {
 		return nil, errNoHandoff
 	}
 	typ, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TYPE)
 	if err != nil {
 		return nil, fmt.Errorf("worker: fd %d is not prefork's handoff socket: %w", fd, os.NewSyscallError("getsockopt", err))
 	}
-	if typ != handoffType {
+	if typ != rrwire.SocketType {
 		return nil, fmt.Errorf("worker: fd %d is not prefork's handoff socket (socket type %d)", fd, typ)
 	}
 	syscall.CloseOnExec(fd)
@@ -112,13 +117,13 @@ type received struct {
 func (h *handoff) run() {
 	var (
 		batch []received
-		buf   = make([]byte, 16)
-		oob   = make([]byte, syscall.CmsgSpace(4*4))
+		buf   = make([]byte, 2*rrwire.MsgLen)
+		oob   = make([]byte, rrwire.OOBSpace)
 		bad   error
 	)
 	receive := func(fd uintptr) bool {
 		for len(batch) < maxBatch {
-			n, oobn, flags, err := recvNoWait(int(fd), buf, oob)
+			n, oobn, flags, err := rrwire.Recv(int(fd), buf, oob, true)
 			if err == syscall.EAGAIN {
 				return len(batch) > 0
 			}
@@ -160,22 +165,17 @@ func (h *handoff) run() {
 // parse checks one handoff message: 8 bytes and exactly one descriptor, for a
 // listener that exists. Descriptors of a bad message are closed.
 func (h *handoff) parse(p, oob []byte, flags int) (received, error) {
-	fds := rights(oob)
+	seq, index, fd, err := rrwire.Parse(p, oob, flags)
 	switch {
-	case len(p) == 0 && len(fds) == 0:
+	case err == rrwire.ErrClosed:
 		return received{}, errors.New("worker: prefork closed the handoff channel")
-	case flags&(syscall.MSG_TRUNC|syscall.MSG_CTRUNC) != 0, len(p) != 8, len(fds) != 1:
-		for _, fd := range fds {
-			syscall.Close(fd)
-		}
-		return received{}, fmt.Errorf("worker: bad handoff message: %d bytes, %d descriptors", len(p), len(fds))
+	case err != nil:
+		return received{}, fmt.Errorf("worker: %w", err)
+	case int(index) >= len(h.ls):
+		syscall.Close(fd)
+		return received{}, fmt.Errorf("worker: handoff for listener %d, but LISTEN_FDNAMES names %d", index, len(h.ls))
 	}
-	m := received{binary.BigEndian.Uint32(p), binary.BigEndian.Uint32(p[4:]), fds[0]}
-	if int(m.index) >= len(h.ls) {
-		syscall.Close(m.fd)
-		return received{}, fmt.Errorf("worker: handoff for listener %d, but LISTEN_FDNAMES names %d", m.index, len(h.ls))
-	}
-	return m, nil
+	return received{seq, index, fd}, nil
 }
 
 // deliver queues a received connection on its listener, waiting while that
@@ -200,7 +200,7 @@ func (h *handoff) take(m received) (net.Conn, error) {
 		syscall.Close(m.fd)
 		return nil, errShut
 	}
-	binary.BigEndian.PutUint32(h.ack[:], m.seq)
+	rrwire.PutAck(h.ack[:], m.seq)
 	err := h.rc.Write(h.send)
 	if err == nil {
 		err = h.werr
@@ -214,17 +214,6 @@ func (h *handoff) take(m received) (net.Conn, error) {
 	c, err := net.FileConn(f)
 	f.Close()
 	return c, err
-}
-
-// rights returns the descriptors carried by a control message.
-func rights(oob []byte) []int {
-	msgs, _ := syscall.ParseSocketControlMessage(oob)
-	var fds []int
-	for i := range msgs {
-		f, _ := syscall.ParseUnixRights(&msgs[i])
-		fds = append(fds, f...)
-	}
-	return fds
 }
 
 // Accept waits for the next connection prefork hands to this listener and

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prefork/prefork/internal/rrwire"
 )
 
 // sendConn hands conn to the worker end of ch by the rr protocol.
@@ -63,7 +65,7 @@ func readAcks(t *testing.T, ch int) []uint32 {
 func handoffPair(t *testing.T) (prefork, worker int) {
 	t.Helper()
 	syscall.ForkLock.RLock()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, handoffType, 0)
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, rrwire.SocketType, 0)
 	if err == nil {
 		syscall.CloseOnExec(fds[0])
 		syscall.CloseOnExec(fds[1])
@@ -262,7 +264,7 @@ func TestRRBadMessages(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			fds, err := syscall.Socketpair(syscall.AF_UNIX, handoffType, 0)
+			fds, err := syscall.Socketpair(syscall.AF_UNIX, rrwire.SocketType, 0)
 			if err != nil {
 				t.Fatal(err)
 			}

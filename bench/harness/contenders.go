@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,9 +18,10 @@ import (
 
 // contender is one way of running two workers of the same server.
 type contender struct {
-	group   string // "node" or "go"
+	group   string // "node", "go" or "c"
 	name    string
 	prefork bool // started by prefork, with a status file
+	master  bool // the process started hands out connections: its CPU per request is measured
 	start   func(port int) (*proc, error)
 	pending string // why it cannot run in this tree, if so
 }
@@ -34,21 +36,32 @@ func statusPath(port int) string {
 // startPrefork runs prefork with n workers of argv and waits until every
 // worker is ready by the status file.
 func startPrefork(port, n int, mode string, extra []string, argv ...string) (*proc, error) {
-	return startPreforkEnv(nil, port, n, mode, extra, argv...)
+	return startPreforkWith(binPath("prefork"), nil, port, n, mode, extra, argv...)
 }
 
 // startPreforkEnv is startPrefork with env added to prefork's (and so the workers').
 func startPreforkEnv(env []string, port, n int, mode string, extra []string, argv ...string) (*proc, error) {
+	return startPreforkWith(binPath("prefork"), env, port, n, mode, extra, argv...)
+}
+
+// startPreforkBin is startPrefork with another prefork binary (-before).
+func startPreforkBin(bin string, port, n int, mode string, extra []string, argv ...string) (*proc, error) {
+	return startPreforkWith(bin, nil, port, n, mode, extra, argv...)
+}
+
+// startPreforkWith runs the prefork binary bin with env added and waits until
+// every worker is ready by the status file.
+func startPreforkWith(bin string, env []string, port, n int, mode string, extra []string, argv ...string) (*proc, error) {
 	sf := statusPath(port)
 	os.Remove(sf)
-	args := []string{binPath("prefork"), "-n", strconv.Itoa(n), "--mode", mode, "-q",
+	args := []string{bin, "-n", strconv.Itoa(n), "--mode", mode, "-q",
 		"--status-file", sf, "-l", fmt.Sprintf("127.0.0.1:%d", port)}
 	args = append(append(args, extra...), "--")
 	p, err := start(env, append(args, argv...)...)
 	if err != nil {
 		return nil, err
 	}
-	if _, err := waitStatus(sf, p, 20*time.Second, func(s status) bool { return s.readyCount() == n }); err != nil {
+	if _, err := waitStatus(sf, p, 20*time.Second+time.Duration(n)*40*time.Millisecond, func(s status) bool { return s.readyCount() == n }); err != nil {
 		p.Stop()
 		return nil, fmt.Errorf("prefork --mode %s: %w", mode, err)
 	}
@@ -90,9 +103,27 @@ func contenders() []contender {
 			return answering(p, port, err)
 		}
 	}
-	goUnder := func(mode string) func(int) (*proc, error) {
+	under := func(server, mode string) func(int) (*proc, error) {
 		return func(port int) (*proc, error) {
-			p, err := startPrefork(port, workers, mode, []string{"--ready", "notify"}, binPath("goserver"))
+			p, err := startPrefork(port, workers, mode, []string{"--ready", "notify"}, binPath(server))
+			return answering(p, port, err)
+		}
+	}
+	before := func(server string) func(int) (*proc, error) {
+		return func(port int) (*proc, error) {
+			p, err := startPreforkBin(beforeBin, port, workers, "rr", []string{"--ready", "notify"}, binPath(server))
+			return answering(p, port, err)
+		}
+	}
+	bare := func(server string) func(int) (*proc, error) {
+		return func(port int) (*proc, error) {
+			p, err := start(nil, binPath("barelaunch"), "-addr", fmt.Sprintf("127.0.0.1:%d", port), "-n", strconv.Itoa(workers), "--", binPath(server))
+			return answering(p, port, err)
+		}
+	}
+	ref := func(server string) func(int) (*proc, error) {
+		return func(port int) (*proc, error) {
+			p, err := start(nil, binPath("refmaster"), "-addr", fmt.Sprintf("127.0.0.1:%d", port), "-n", strconv.Itoa(workers), "--", binPath(server))
 			return answering(p, port, err)
 		}
 	}
@@ -104,13 +135,21 @@ func contenders() []contender {
 		{group: "node", name: "cluster SCHED_RR", start: nodeCluster("rr")},
 		{group: "node", name: "cluster SCHED_NONE", start: nodeCluster("none")},
 		{group: "node", name: "pm2 cluster", start: startPM2, pending: pm2Pending},
-		{group: "go", name: "prefork shared", prefork: true, start: goUnder("shared")},
-		{group: "go", name: "prefork reuseport", prefork: true, start: goUnder("reuseport")},
-		{group: "go", name: "prefork rr", prefork: true, start: goUnder("rr"), pending: rrPending},
-		{group: "go", name: "bare launcher", start: func(port int) (*proc, error) {
-			p, err := start(nil, binPath("barelaunch"), "-addr", fmt.Sprintf("127.0.0.1:%d", port), "-n", strconv.Itoa(workers), "--", binPath("goserver"))
-			return answering(p, port, err)
-		}},
+		{group: "go", name: "prefork shared", prefork: true, master: true, start: under("goserver", "shared")},
+		{group: "go", name: "prefork reuseport", prefork: true, master: true, start: under("goserver", "reuseport")},
+		{group: "go", name: "prefork rr", prefork: true, master: true, start: under("goserver", "rr"), pending: rrPending},
+		{group: "go", name: "prefork rr, before", prefork: true, master: true, start: before("goserver"), pending: beforePending},
+		{group: "go", name: "reference master", master: true, start: ref("goserver")},
+		{group: "go", name: "bare launcher", start: bare("goserver")},
+		{group: "c", name: "prefork shared", prefork: true, master: true, start: under("cworker", "shared"), pending: cPending},
+		{group: "c", name: "prefork reuseport", prefork: true, master: true, start: under("cworker", "reuseport"), pending: cPending},
+		{group: "c", name: "prefork rr", prefork: true, master: true, start: under("cworker", "rr"), pending: or(cPending, rrPending)},
+		{group: "c", name: "prefork rr, before", prefork: true, master: true, start: before("cworker"), pending: or(cPending, beforePending)},
+		{group: "c", name: "reference master", master: true, start: ref("cworker"), pending: cPending},
+		{group: "c", name: "bare launcher", start: bare("cworker"), pending: cPending},
+	}
+	if beforeBin == "" {
+		cs = slices.DeleteFunc(cs, func(c contender) bool { return c.name == "prefork rr, before" })
 	}
 	return cs
 }
@@ -120,6 +159,20 @@ var pm2Pending string
 
 // rrPending says why rr cannot run, if it cannot.
 var rrPending string
+
+// beforeBin is an earlier prefork binary measured beside this one in rr mode
+// (-before); beforePending is set when there is none.
+var beforeBin, beforePending string
+
+// cPending says why the C server cannot run (no C compiler), if it cannot.
+var cPending string
+
+func or(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
 
 // probeRR finds out whether this tree's prefork implements --mode rr: the
 // worker side of the handoff has to be there, and prefork has to start.

@@ -7,7 +7,9 @@ package main
 
 import (
 	"fmt"
+	"os/exec"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -108,6 +110,46 @@ func startup(res *results.Results, reps, n int, modes []string) error {
 			life.Ms = append(life.Ms, ms)
 		}
 		res.Lifecycle = append(res.Lifecycle, life)
+	}
+	return nil
+}
+
+// spawnMany times prefork from exec until n `sleep` workers are all up (alive
+// 10 ms, --ready-delay), by the status file: the pace of spawning alone.
+func spawnMany(res *results.Results, reps, n int) error {
+	life := results.Life{Name: fmt.Sprintf("startup: prefork, %d sleep workers all started (--ready-delay 10ms)", n)}
+	for rep := 0; rep < reps; rep++ {
+		port := nextPort()
+		t0 := time.Now()
+		p, err := startPrefork(port, n, "shared", []string{"--ready-delay", "10ms"}, "sleep", "1000000")
+		if err != nil {
+			return fmt.Errorf("startup of %d sleep workers: %w", n, err)
+		}
+		life.Ms = append(life.Ms, float64(time.Since(t0).Microseconds())/1000)
+		p.Stop()
+	}
+	res.Lifecycle = append(res.Lifecycle, life)
+	// The kernel's pace: the same number of ForkExec calls with nothing
+	// around them, straight and through prefork's exec shim.
+	for _, shim := range []bool{false, true} {
+		ref := results.Life{Name: fmt.Sprintf("reference: %d ForkExec of sleep in a row, no supervisor (bench/spawnref)", n)}
+		args := []string{"-n", strconv.Itoa(n)}
+		if shim {
+			ref.Name = fmt.Sprintf("reference: %d ForkExec of sleep through prefork's exec shim, no supervisor", n)
+			args = append(args, "-shim", binPath("prefork"))
+		}
+		for rep := 0; rep < reps; rep++ {
+			out, err := exec.Command(binPath("spawnref"), append(args, "--", "sleep", "1000000")...).Output()
+			if err != nil {
+				return fmt.Errorf("spawnref: %w", err)
+			}
+			ms, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
+			if err != nil {
+				return fmt.Errorf("spawnref: %q", out)
+			}
+			ref.Ms = append(ref.Ms, ms)
+		}
+		res.Lifecycle = append(res.Lifecycle, ref)
 	}
 	return nil
 }

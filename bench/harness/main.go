@@ -63,6 +63,9 @@ func main() {
 	flag.StringVar(&nodePath, "node", "node", "node")
 	flag.StringVar(&pm2Path, "pm2", "", "pm2 (empty: skip PM2)")
 	flag.StringVar(&pm2Home, "pm2-home", "", "PM2_HOME")
+	groups := flag.String("groups", "node,go,c", "throughput tables to run, comma-separated")
+	flag.StringVar(&beforeBin, "before", "", "an earlier prefork binary to measure in rr mode beside this one")
+	life := flag.Bool("life", true, "measure memory, startup and restart after throughput")
 	flag.StringVar(&onlyGroup, "group", "", "measure only this group's throughput (node or go), nothing else")
 	flag.StringVar(&onlyNames, "contenders", "", "with -group: only these contenders (comma-separated names)")
 	flag.Parse()
@@ -77,6 +80,12 @@ func main() {
 	}
 	if pm2Path == "" {
 		pm2Pending = "skipped: pm2 is not installed (see the run.sh output)"
+	}
+	if beforeBin == "" {
+		beforePending = "skipped: no -before binary"
+	}
+	if _, err := os.Stat(binPath("cworker")); err != nil {
+		cPending = "skipped: bench/cworker was not built (no C compiler?)"
 	}
 
 	sig := make(chan os.Signal, 1)
@@ -96,7 +105,7 @@ func main() {
 	var err error
 	switch *only {
 	case "":
-		err = run(res, *reps, *dur, *distDur, *warm, *conns, *smoke)
+		err = run(res, strings.Split(*groups, ","), *life, *reps, *dur, *distDur, *warm, *conns, *smoke)
 	case "pool":
 		err = poolBench(res, min(*reps, 3), *smoke)
 	default:
@@ -127,7 +136,7 @@ func logf(format string, a ...any) {
 	fmt.Fprintf(os.Stderr, "harness: %5.1fs "+format+"\n", append([]any{time.Since(began).Seconds()}, a...)...)
 }
 
-func run(res *results.Results, rounds int, dur, distDur, warm time.Duration, conns int, smoke bool) error {
+func run(res *results.Results, groups []string, life bool, rounds int, dur, distDur, warm time.Duration, conns int, smoke bool) error {
 	rrPending = probeRR()
 	if rrPending != "" {
 		logf("prefork rr: %s", rrPending)
@@ -137,14 +146,21 @@ func run(res *results.Results, rounds int, dur, distDur, warm time.Duration, con
 		logf("pm2: %s", pm2Pending)
 		res.Notes = append(res.Notes, "PM2: "+pm2Pending)
 	}
+	if cPending != "" {
+		logf("c: %s", cPending)
+		res.Notes = append(res.Notes, "C server: "+cPending)
+	}
 	distReps := min(rounds, 3)
 	if onlyGroup != "" {
 		return throughput(res, onlyGroup, rounds, distReps, dur, distDur, warm, conns)
 	}
-	for _, group := range []string{"node", "go"} {
+	for _, group := range groups {
 		if err := throughput(res, group, rounds, distReps, dur, distDur, warm, conns); err != nil {
 			return err
 		}
+	}
+	if !life {
+		return nil
 	}
 
 	logf("memory")
@@ -161,6 +177,14 @@ func run(res *results.Results, rounds int, dur, distDur, warm time.Duration, con
 	}
 	logf("startup of %d workers", n)
 	if err := startup(res, distReps, n, modes); err != nil {
+		return err
+	}
+	many := 1024
+	if smoke {
+		many = 64
+	}
+	logf("startup of %d sleep workers", many)
+	if err := spawnMany(res, distReps, many); err != nil {
 		return err
 	}
 	kills := 3 * distReps
@@ -251,7 +275,9 @@ func throughput(res *results.Results, group string, rounds, distReps int, dur, d
 			// the same one.
 			for k := range rs {
 				r := rs[(k+round)%len(rs)]
+				cpu0 := masterCPU(r)
 				w, err := runWrk(r.port, conns, dur, closeConn)
+				cpu := masterCPU(r) - cpu0
 				if err != nil {
 					return fmt.Errorf("%s / %s %s: %w", group, r.name, what, err)
 				}
@@ -262,12 +288,22 @@ func throughput(res *results.Results, group string, rounds, distReps int, dur, d
 					res.Notes = append(res.Notes, fmt.Sprintf("%s / %s, round %d, %s: wrk counted %d socket errors or non-2xx answers", group, r.name, round+1, what, w.Errors))
 				}
 				t := row[r.name]
+				us := 0.0
+				if w.Requests > 0 {
+					us = cpu.Seconds() * 1e6 / float64(w.Requests)
+				}
 				if closeConn {
 					t.CloseRPS, t.CloseP99 = append(t.CloseRPS, w.RPS), append(t.CloseP99, w.P99ms)
 				} else {
 					t.KARPS, t.KAP99 = append(t.KARPS, w.RPS), append(t.KAP99, w.P99ms)
 				}
-				logf("round %d %-4s %-20s %-17s %8.0f req/s p99 %7.2f ms", round+1, group, r.name, what, w.RPS, w.P99ms)
+				if r.master && closeConn {
+					t.CloseCPU = append(t.CloseCPU, us)
+				} else if r.master {
+					t.KACPU = append(t.KACPU, us)
+				}
+				logf("round %d %-4s %-20s %-17s %8.0f req/s p99 %7.2f ms%s", round+1, group, r.name, what, w.RPS, w.P99ms,
+					map[bool]string{true: fmt.Sprintf(" master %5.1f µs/req", us)}[r.master])
 			}
 		}
 	}

@@ -21,13 +21,15 @@ import (
 
 // wrkResult is what the harness keeps of one wrk run.
 type wrkResult struct {
-	RPS    float64
-	P99ms  float64
-	Errors int
+	Requests int // answered in the run
+	RPS      float64
+	P99ms    float64
+	Errors   int
 }
 
 var (
 	reRPS    = regexp.MustCompile(`Requests/sec:\s+([0-9.]+)`)
+	reTotal  = regexp.MustCompile(`(\d+) requests in`)
 	reP99    = regexp.MustCompile(`(?m)^\s+99%\s+([0-9.]+)(us|ms|s)\s*$`)
 	reErrors = regexp.MustCompile(`Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)`)
 	reNon2xx = regexp.MustCompile(`Non-2xx or 3xx responses: (\d+)`)
@@ -38,7 +40,7 @@ var (
 func runWrk(port, conns int, d time.Duration, closeConn bool) (wrkResult, error) {
 	if wrkPath == "" {
 		l, err := runLoad(port, conns, d, 0, closeConn)
-		return wrkResult{RPS: l.RPS, P99ms: l.P99ms, Errors: l.Errors}, err
+		return wrkResult{Requests: l.Requests, RPS: l.RPS, P99ms: l.P99ms, Errors: l.Errors}, err
 	}
 	secs := max(1, int(d.Round(time.Second)/time.Second))
 	args := []string{"-t1", "-c" + strconv.Itoa(conns), "-d" + strconv.Itoa(secs) + "s", "--timeout", "5s", "--latency"}
@@ -62,6 +64,9 @@ func parseWrk(out string) (wrkResult, error) {
 		return r, fmt.Errorf("wrk: no Requests/sec in %q", out)
 	}
 	r.RPS, _ = strconv.ParseFloat(m[1], 64)
+	if m := reTotal.FindStringSubmatch(out); m != nil {
+		r.Requests, _ = strconv.Atoi(m[1])
+	}
 	if m := reP99.FindStringSubmatch(out); m != nil {
 		v, _ := strconv.ParseFloat(m[1], 64)
 		switch m[2] {

@@ -139,17 +139,23 @@ func (s status) readyCount() int {
 }
 
 // waitStatus polls the status file every millisecond until ok says yes or
-// the timeout passes.
+// the timeout passes; a large file (hundreds of workers) every 10 ms, so that
+// parsing it does not take the CPU the workers are starting on.
 func waitStatus(path string, p *proc, timeout time.Duration, ok func(status) bool) (status, error) {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		if p != nil && p.exited() {
 			return status{}, fmt.Errorf("exited: %s", lastLines(p.stderr.String(), 5))
 		}
-		if s, err := readStatus(path); err == nil && ok(s) {
+		s, err := readStatus(path)
+		if err == nil && ok(s) {
 			return s, nil
 		}
-		time.Sleep(time.Millisecond)
+		if len(s.Workers) > 64 {
+			time.Sleep(10 * time.Millisecond)
+		} else {
+			time.Sleep(time.Millisecond)
+		}
 	}
 	return status{}, fmt.Errorf("status file %s: not there after %v", path, timeout)
 }
@@ -179,4 +185,40 @@ func lastLines(s string, n int) string {
 		ls = ls[len(ls)-n:]
 	}
 	return strings.Join(ls, " | ")
+}
+
+// cpuTime is the user+system CPU time pid has used, from /proc/PID/stat.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// the command name (field 2) may hold spaces: count from its closing paren
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: no command name", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64) // utime, field 14
+	st, err2 := strconv.ParseInt(f[12], 10, 64) // stime, field 15
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: bad utime/stime", pid)
+	}
+	return time.Duration(ut+st) * time.Second / clockTicks, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat times: 100 on every
+// Linux the Go runtime supports.
+const clockTicks = 100
+
+// masterCPU is the CPU time of a contender's master so far, or 0.
+func masterCPU(r *running) time.Duration {
+	if !r.master || r.p.cmd == nil {
+		return 0
+	}
+	d, _ := cpuTime(r.p.cmd.Process.Pid)
+	return d
 }

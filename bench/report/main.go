@@ -36,7 +36,7 @@ func main() {
 }
 
 // baseline names the row every other row of a group is divided by.
-var baseline = map[string]string{"node": "cluster SCHED_RR", "go": "bare launcher"}
+var baseline = map[string]string{"node": "cluster SCHED_RR", "go": "bare launcher", "c": "bare launcher"}
 
 func find(r *results.Results, group, name string) *results.Row {
 	for i := range r.Throughput {
@@ -103,6 +103,8 @@ func fmtVal(v float64, unit string) string {
 		return fmt.Sprintf("%.1f", v)
 	case "MB":
 		return fmt.Sprintf("%.1f", v/1024)
+	case "us":
+		return fmt.Sprintf("%.1f", v)
 	case "n":
 		return fmt.Sprintf("%.0f", v)
 	}
@@ -172,26 +174,37 @@ func markdown(r *results.Results, svgRef, findings string) string {
 
 	for _, g := range []struct{ group, title, closeUnit string }{
 		{"node", "The same Node.js app (bench/app.js), 2 workers", "req/s"},
-		{"go", "The same Go server (bench/goserver), 2 workers", "conn/s"},
+		{"go", "The same Go server (bench/goserver, the worker package), 2 workers", "conn/s"},
+		{"c", "The same C server (bench/cworker, one epoll loop), 2 workers", "conn/s"},
 	} {
 		base := find(r, g.group, baseline[g.group])
+		if base == nil {
+			continue
+		}
 		w("## %s\n\n", g.title)
-		w("Ratios are to **%s**.\n\n", baseline[g.group])
-		w("| contender | keep-alive req/s | ratio | p99 ms | `Connection: close` %s | ratio | p99 ms |\n|---|---|---|---|---|---|---|\n", g.closeUnit)
+		w("Ratios are to **%s**; *vs shared* is `Connection: close` over prefork shared, *vs ref* over the reference "+
+			"master, both per round. *master µs/conn* is the CPU time (user+system, /proc/PID/stat) of prefork or of "+
+			"the reference master over the requests of the run: under `Connection: close` one request is one connection.\n\n", baseline[g.group])
+		w("| contender | keep-alive req/s | ratio | p99 ms | `Connection: close` %s | ratio | vs shared | vs ref | p99 ms | master µs/conn |\n|---|---|---|---|---|---|---|---|---|---|\n", g.closeUnit)
+		shared, ref := find(r, g.group, "prefork shared"), find(r, g.group, "reference master")
 		for _, t := range r.Throughput {
 			if t.Group != g.group {
 				continue
 			}
 			if t.Pending != "" {
-				w("| %s | %s | | | | | |\n", t.Name, t.Pending)
+				w("| %s | %s | | | | | | | | |\n", t.Name, t.Pending)
 				continue
 			}
-			var rk, rc []float64
-			if base != nil {
-				rk, rc = ratios(t.KARPS, base.KARPS), ratios(t.CloseRPS, base.CloseRPS)
+			rk, rc := ratios(t.KARPS, base.KARPS), ratios(t.CloseRPS, base.CloseRPS)
+			var rs, rf []float64
+			if shared != nil {
+				rs = ratios(t.CloseRPS, shared.CloseRPS)
 			}
-			w("| %s | %s | %s | %s | %s | %s | %s |\n", t.Name, num(t.KARPS, "rps"), ratioCell(rk), num(t.KAP99, "ms"),
-				num(t.CloseRPS, "rps"), ratioCell(rc), num(t.CloseP99, "ms"))
+			if ref != nil && ref.Pending == "" {
+				rf = ratios(t.CloseRPS, ref.CloseRPS)
+			}
+			w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", t.Name, num(t.KARPS, "rps"), ratioCell(rk), num(t.KAP99, "ms"),
+				num(t.CloseRPS, "rps"), ratioCell(rc), ratioCell(rs), ratioCell(rf), num(t.CloseP99, "ms"), num(t.CloseCPU, "us"))
 		}
 		w("\n")
 	}

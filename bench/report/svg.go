@@ -35,6 +35,7 @@ func chart(r *results.Results) string {
 	for _, g := range []struct{ key, title string }{
 		{"node", "Node.js app, 2 workers: throughput ÷ Node cluster SCHED_RR"},
 		{"go", "Go server, 2 workers: throughput ÷ bare launcher"},
+		{"c", "C server, 2 workers: throughput ÷ bare launcher"},
 	} {
 		base := find(r, g.key, baseline[g.key])
 		gr := group{title: g.title}

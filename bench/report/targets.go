@@ -31,33 +31,54 @@ func targets(r *results.Results) []target {
 			target{"Node app under " + name + " ≥ 2.2× Node cluster round robin, `Connection: close`", fmt.Sprintf("%.2f×", c), verdict(c >= 2.2)},
 			target{"Node app under " + name + " no slower than cluster round robin, keep-alive", fmt.Sprintf("%.2f×", k), verdict(k >= 1.0)})
 	}
-	bare := find(r, "go", "bare launcher")
-	for _, name := range []string{"prefork shared", "prefork reuseport"} {
-		p := find(r, "go", name)
-		if p == nil || bare == nil || len(p.CloseRPS) == 0 || len(bare.CloseRPS) == 0 {
-			continue
+	for _, g := range []struct{ group, server string }{{"go", "Go server"}, {"c", "C server"}} {
+		bare := find(r, g.group, "bare launcher")
+		for _, name := range []string{"prefork shared", "prefork reuseport"} {
+			p := find(r, g.group, name)
+			if p == nil || bare == nil || len(p.CloseRPS) == 0 || len(bare.CloseRPS) == 0 {
+				continue
+			}
+			c, k := ratio(p.CloseRPS, bare.CloseRPS), ratio(p.KARPS, bare.KARPS)
+			ts = append(ts,
+				target{g.server + " under " + name + " ≥ 0.98× bare, churn (conn/s)", fmt.Sprintf("%.2f×", c), verdict(c >= 0.98)},
+				target{g.server + " under " + name + " ≥ 0.98× bare, keep-alive", fmt.Sprintf("%.2f×", k), verdict(k >= 0.98)})
 		}
-		c, k := ratio(p.CloseRPS, bare.CloseRPS), ratio(p.KARPS, bare.KARPS)
-		ts = append(ts,
-			target{"Go server under " + name + " ≥ 0.95× bare, churn (conn/s)", fmt.Sprintf("%.2f×", c), verdict(c >= 0.95)},
-			target{"Go server under " + name + " ≥ 0.95× bare, keep-alive", fmt.Sprintf("%.2f×", k), verdict(k >= 0.95)})
+	}
+	for _, l := range r.Lifecycle {
+		ms := results.Median(l.Ms)
+		switch {
+		case strings.HasPrefix(l.Name, "startup: prefork --mode shared, 64 Go workers"):
+			ts = append(ts, target{"64 workers all answering < 0.5 s (shared)", fmt.Sprintf("%.2f s", ms/1000), verdict(ms < 500)})
+		case strings.HasPrefix(l.Name, "startup: prefork, 1024 sleep workers"):
+			ts = append(ts, target{"1,024 `sleep` workers started < 5 s", fmt.Sprintf("%.2f s", ms/1000), verdict(ms < 5000)})
+		case strings.HasPrefix(l.Name, "restart: prefork --mode") && strings.HasSuffix(l.Name, "replacement answering"):
+			ts = append(ts, target{"SIGKILL to replacement answering < 20 ms (" + strings.Fields(l.Name)[3] + ")", fmt.Sprintf("%.1f ms", ms), verdict(ms < 20)})
+		}
 	}
 	for _, m := range r.Memory {
 		if strings.HasPrefix(m.Name, "prefork, 4 ") {
 			mb := results.Median(m.KiB) / 1024
-			ts = append(ts, target{"prefork RSS ≤ 6 MB with 4 workers", fmt.Sprintf("%.1f MB", mb), verdict(mb <= 6)})
+			ts = append(ts, target{"prefork RSS < 5 MB with 4 workers", fmt.Sprintf("%.1f MB", mb), verdict(mb < 5)})
 		}
 	}
-	rrRow, shared := find(r, "go", "prefork rr"), find(r, "go", "prefork shared")
-	switch {
-	case rrRow == nil || shared == nil:
-	case rrRow.Pending != "":
-		ts = append(ts, target{"rr ≥ 0.8× shared under churn, per-worker counts within ±5%", rrRow.Pending, "pending"})
-	default:
+	for _, g := range []struct{ group, server string }{{"go", "Go worker package"}, {"c", "C workers"}} {
+		rrRow, shared, ref := find(r, g.group, "prefork rr"), find(r, g.group, "prefork shared"), find(r, g.group, "reference master")
+		switch {
+		case rrRow == nil || shared == nil:
+			continue
+		case rrRow.Pending != "":
+			ts = append(ts, target{"rr ≥ 0.85× shared under churn (" + g.server + ")", rrRow.Pending, "pending"})
+			continue
+		}
 		c := ratio(rrRow.CloseRPS, shared.CloseRPS)
-		ts = append(ts, target{"rr ≥ 0.8× shared under churn (Go server)", fmt.Sprintf("%.2f×", c), verdict(c >= 0.8)})
+		ts = append(ts, target{"rr ≥ 0.85× shared under churn (" + g.server + ")", fmt.Sprintf("%.2f×", c), verdict(c >= 0.85)})
+		if ref != nil && ref.Pending == "" {
+			c := ratio(rrRow.CloseRPS, ref.CloseRPS)
+			ts = append(ts, target{"rr ≥ 0.9× the reference master under churn (" + g.server + ")", fmt.Sprintf("%.2f×; prefork %.1f µs/conn, reference %.1f", c,
+				results.Median(rrRow.CloseCPU), results.Median(ref.CloseCPU)), verdict(c >= 0.9)})
+		}
 		for _, d := range r.Distribution {
-			if d.Group == "go" && d.Name == "prefork rr" && len(d.Counts) > 0 {
+			if d.Group == g.group && d.Name == "prefork rr" && len(d.Counts) > 0 {
 				var dev []float64
 				for _, c := range d.Counts {
 					dev = append(dev, results.MaxDev(c))
@@ -66,7 +87,7 @@ func targets(r *results.Results) []target {
 				for _, x := range dev {
 					worst = max(worst, x)
 				}
-				ts = append(ts, target{"rr per-worker counts within ±5% (" + d.Load + " load)", fmt.Sprintf("±%.1f%% (worst repetition)", 100*worst), verdict(worst <= 0.05)})
+				ts = append(ts, target{"rr per-worker counts within ±5% (" + g.server + ", " + d.Load + " load)", fmt.Sprintf("±%.1f%% (worst repetition)", 100*worst), verdict(worst <= 0.05)})
 			}
 		}
 	}

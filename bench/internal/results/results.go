@@ -40,13 +40,17 @@ type Machine struct {
 
 // Row is one contender's wrk figures, one value per repetition.
 type Row struct {
-	Group    string    `json:"group"` // "node" or "go"
+	Group    string    `json:"group"` // "node", "go" or "c"
 	Name     string    `json:"name"`
 	Pending  string    `json:"pending,omitempty"` // why it was not measured
 	KARPS    []float64 `json:"ka_rps"`
 	KAP99    []float64 `json:"ka_p99_ms"`
 	CloseRPS []float64 `json:"close_rps"`
 	CloseP99 []float64 `json:"close_p99_ms"`
+	// Master's CPU (user+system, from /proc/PID/stat) per request of each
+	// run, in µs: prefork's or the reference master's; none for others.
+	KACPU    []float64 `json:"ka_cpu_us,omitempty"`
+	CloseCPU []float64 `json:"close_cpu_us,omitempty"`
 }
 
 // Dist is the per-worker spread of one contender at one load, per repetition.

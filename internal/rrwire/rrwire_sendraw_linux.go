@@ -1,0 +1,36 @@
+//go:build linux && !386
+
+// This file holds Send on Linux: sendmsg made raw, since it never blocks.
+package rrwire
+
+import (
+	"encoding/binary"
+	"syscall"
+	"unsafe"
+)
+
+// Send sends one handoff message without blocking: seq and listener index with
+// conn in SCM_RIGHTS. It allocates nothing, and, never blocking, enters the
+// kernel without telling the Go scheduler (RawSyscall). Errors are raw
+// syscall.Errno values (see WouldBlock).
+func Send(ch int, seq, index uint32, conn int) error {
+	var msg [MsgLen]byte
+	Put(&msg, seq, index)
+	var oob [64]byte
+	copy(oob[:], rightsHeader)
+	binary.NativeEndian.PutUint32(oob[len(rightsHeader):], uint32(conn))
+	iov := syscall.Iovec{Base: &msg[0]}
+	iov.SetLen(MsgLen)
+	h := syscall.Msghdr{Iov: &iov, Iovlen: 1, Control: &oob[0]}
+	h.SetControllen(RightsSpace)
+	for {
+		_, _, e := syscall.RawSyscall(syscall.SYS_SENDMSG, uintptr(ch), uintptr(unsafe.Pointer(&h)), sendFlags)
+		switch e {
+		case 0:
+			return nil
+		case syscall.EINTR:
+			continue
+		}
+		return e
+	}
+}
