@@ -318,7 +318,7 @@ func TestNodeRRKilledWorkerLosesNothing(t *testing.T) {
 		defer close(blockDone)
 		fetch(closeClient, url+"block") // goes to the victim, which dies with it
 	}()
-	time.Sleep(300 * time.Millisecond) // the victim is busy now
+	time.Sleep(500 * time.Millisecond) // the victim is busy now (for 2s)
 	const n = 20
 	var wg sync.WaitGroup
 	errs := make(chan error, n)
@@ -417,6 +417,53 @@ func TestNodeReloadUnderLoad(t *testing.T) {
 				nodeStop(t, in)
 			})
 		}
+	}
+}
+
+// A worker that calls cluster.worker.disconnect() itself gets its
+// exitedAfterDisconnect acked (it would never leave otherwise), exits, and is
+// replaced at once; prefork sends it no disconnect of its own.
+func TestNodeWorkerDisconnects(t *testing.T) {
+	for _, mode := range []string{"shared", "rr"} {
+		t.Run(mode, func(t *testing.T) {
+			port := freePort(t)
+			in := startNode(t, "app.js", []string{"APP_LISTEN=" + strconv.Itoa(port)}, "-n", "2", "--mode", mode)
+			in.readyWorkers(2, 20*time.Second)
+			url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+			pid, err := fetch(closeClient, url+"quit")
+			if err != nil {
+				t.Fatal(err)
+			}
+			st := in.waitFor("the worker that disconnected replaced", 20*time.Second, func(st statusFile) bool {
+				if len(st.Workers) != 2 {
+					return false
+				}
+				for _, w := range st.Workers {
+					if strconv.Itoa(w.PID) == pid || w.State != stateReady {
+						return false
+					}
+				}
+				return true
+			})
+			out := in.stderr.String()
+			if !strings.Contains(out, "worker is stopping on its own") {
+				t.Fatalf("no replacement on exitedAfterDisconnect:\n%s", out)
+			}
+			if strings.Contains(out, "ERR_IPC_DISCONNECTED") {
+				t.Fatalf("the worker got a second disconnect:\n%s", out)
+			}
+			for _, w := range st.Workers {
+				if w.Restarts > 0 && w.LastExit != nil && *w.LastExit != 0 {
+					t.Fatalf("the worker exited with %d, want 0: %+v", *w.LastExit, st.Workers)
+				}
+			}
+			for i := 0; i < 10; i++ {
+				if _, err := fetch(closeClient, url); err != nil {
+					t.Fatalf("request %d after the replacement: %v", i, err)
+				}
+			}
+			nodeStop(t, in)
+		})
 	}
 }
 

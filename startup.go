@@ -126,8 +126,16 @@ func checkPidfile(path string) error {
 		}
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return err
+	} else {
+		return checkWritable(path)
 	}
-	return checkWritable(path)
+	// It exists: prefork writes it in place, so the file must take a write
+	// (its directory need not take new files).
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		return unwrapPath(err)
+	}
+	return f.Close()
 }
 
 // running reports whether a process with this pid exists.

@@ -15,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -66,6 +67,7 @@ func main() {
 	flag.StringVar(&beforeBin, "before", "", "an earlier prefork binary to measure in rr mode beside this one")
 	life := flag.Bool("life", true, "measure memory, startup and restart after throughput")
 	flag.StringVar(&onlyGroup, "group", "", "measure only this group's throughput (node or go), nothing else")
+	flag.StringVar(&onlyNames, "contenders", "", "with -group: only these contenders (comma-separated names)")
 	flag.Parse()
 	if *smoke {
 		*reps, *dur, *distDur, *warm = 1, time.Second, 300*time.Millisecond, 0
@@ -126,6 +128,9 @@ var began = time.Now()
 
 // onlyGroup is -group: a quick run of one table (bench/run.sh never sets it).
 var onlyGroup string
+
+// onlyNames is -contenders: with -group, the contenders to run ("" = all).
+var onlyNames string
 
 func logf(format string, a ...any) {
 	fmt.Fprintf(os.Stderr, "harness: %5.1fs "+format+"\n", append([]any{time.Since(began).Seconds()}, a...)...)
@@ -227,7 +232,7 @@ func throughput(res *results.Results, group string, rounds, distReps int, dur, d
 	dist := map[string]*[2]results.Dist{}
 	var order []string
 	for _, c := range contenders() {
-		if c.group != group {
+		if c.group != group || onlyNames != "" && !slices.Contains(strings.Split(onlyNames, ","), c.name) {
 			continue
 		}
 		order = append(order, c.name)

@@ -22,6 +22,11 @@ const server = http.createServer((req, res) => {
       channel: process.env.NODE_CHANNEL_FD, mode: process.env.NODE_CHANNEL_SERIALIZATION_MODE }));
     return;
   }
+  if (req.url === '/quit') {
+    // The worker leaves on its own, the cluster way: exitedAfterDisconnect.
+    res.end(String(process.pid), () => require('cluster').worker.disconnect());
+    return;
+  }
   if (req.url === '/block') {
     busy(2000); // the event loop (and the cluster channel) is stuck meanwhile
   }
