@@ -318,7 +318,7 @@ func TestNodeRRKilledWorkerLosesNothing(t *testing.T) {
 		defer close(blockDone)
 		fetch(closeClient, url+"block") // goes to the victim, which dies with it
 	}()
-	time.Sleep(300 * time.Millisecond) // the victim is busy now
+	time.Sleep(500 * time.Millisecond) // the victim is busy now (for 2s)
 	const n = 20
 	var wg sync.WaitGroup
 	errs := make(chan error, n)

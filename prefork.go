@@ -96,16 +96,18 @@ type supervisor struct {
 	ctl       ctlState     // the control socket's waiting clients (control.go)
 	nc        *nodeCluster // --node-cluster: the listeners Node workers share (nodeipc_primary.go)
 
-	workers   map[int]*worker
-	slots     []*slot
-	gen       int
-	reloadGen int // the generation a rolling reload brings in; 0 when none runs
-	stopping  bool
-	sweeping  bool
-	upOnce    bool
-	done      bool
-	exitCode  int
-	lastState string // what the status file and STATUS= last said
+	workers    map[int]*worker
+	slots      []*slot
+	gen        int
+	reloadGen  int // the generation a rolling reload brings in; 0 when none runs
+	stopping   bool
+	sweeping   bool
+	upOnce     bool
+	done       bool
+	exitCode   int
+	lastState  string    // what the status file last said
+	lastStatus string    // the STATUS= line last sent upward
+	published  time.Time // when publish last ran (status.go)
 }
 
 // supervise binds, starts the workers and runs until a stop; it returns the exit status.
@@ -290,7 +292,12 @@ func (s *supervisor) loop(sigs chan os.Signal) int {
 	s.startPool()
 	defer s.stopPool()
 	for !s.done {
-		s.publish()
+		// A burst of events (a thousand workers coming up) is published once
+		// it has been handled, not after each event: the snapshot is O(workers).
+		if len(s.events) == 0 || time.Since(s.published) >= 100*time.Millisecond {
+			s.published = time.Now()
+			s.publish()
+		}
 		s.publishPool()
 		s.ctlCheck()
 		select {

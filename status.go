@@ -97,7 +97,11 @@ func (s *supervisor) publish() {
 			ready++
 		}
 	}
-	s.up.send(fmt.Sprintf("STATUS=%d of %d workers ready, generation %d, mode %s", ready, len(s.slots), s.gen, s.c.mode))
+	line := fmt.Sprintf("STATUS=%d of %d workers ready, generation %d, mode %s", ready, len(s.slots), s.gen, s.c.mode)
+	if line != s.lastStatus { // the file changes with every reading of RSS and CPU; this line does not
+		s.lastStatus = line
+		s.up.send(line)
+	}
 }
 
 // writeAtomic replaces path with data so that readers never see half of it.

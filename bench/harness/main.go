@@ -155,6 +155,9 @@ func run(res *results.Results, groups []string, life bool, rounds int, dur, dist
 		return throughput(res, onlyGroup, rounds, distReps, dur, distDur, warm, conns)
 	}
 	for _, group := range groups {
+		if group == "" {
+			continue
+		}
 		if err := throughput(res, group, rounds, distReps, dur, distDur, warm, conns); err != nil {
 			return err
 		}
