@@ -214,7 +214,18 @@ func TestPoolGrowsUnderLoadAndShrinksWhenIdle(t *testing.T) {
 				return n == 4
 			})
 			grew := time.Since(start)
-			time.Sleep(300 * time.Millisecond) // under load at MAX a little longer
+			// Under load at MAX a little longer: until a second worker has
+			// answered (reuseport spreads new connections by hash, behind the
+			// backlog queued on the first socket), at most 10 s.
+			for end := time.Now().Add(10 * time.Second); time.Now().Before(end); {
+				time.Sleep(100 * time.Millisecond)
+				load.mu.Lock()
+				n := len(load.pids)
+				load.mu.Unlock()
+				if n >= 2 {
+					break
+				}
+			}
 			total, failed, pids := load.end()
 			if len(failed) > 0 {
 				t.Fatalf("%d of %d requests failed, first: %v", len(failed), total, failed[0])
