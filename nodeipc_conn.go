@@ -1,0 +1,434 @@
+//go:build linux || darwin
+
+// This file holds prefork's end of one worker's Node channel (nodeConn): the
+// socket pair, the reader goroutine that splits lines and matches descriptors
+// to NODE_HANDLE lines, NODE_HANDLE_ACK/NACK bookkeeping, and the ordered writer
+// queue every sender shares. The codec is in nodeipc.go.
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+)
+
+// nodeOut is a line waiting for the channel to take it, with the descriptor
+// that goes with its first byte (owned by the queue: a duplicate), or -1.
+type nodeOut struct {
+	b  []byte
+	fd int
+}
+
+// nodeSent is a handle-bearing line the worker has not acked yet: a newconn
+// (seq, for the dispatcher) or a reply that is sent again on a NACK.
+type nodeSent struct {
+	newconn bool
+	seq     uint32
+	line    []byte
+	fd      int // the descriptor to send again (not owned), for a reply
+	tries   int
+}
+
+// errNodeBusy says that a line was not sent because the channel cannot take it
+// now without queueing; nothing was written.
+var errNodeBusy = errors.New("node channel busy")
+
+// errNodeClosed says that the channel is closed.
+var errNodeClosed = errors.New("node channel closed")
+
+// nodeConn is prefork's end of one worker's channel.
+type nodeConn struct {
+	fd   int
+	file *os.File
+	rc   syscall.RawConn
+
+	// handle is called on the reader goroutine for every message, with the
+	// descriptor that came with a NODE_HANDLE line (the handler owns it) or -1.
+	handle func(m *nodeMsg, fd int)
+	// refused is called (reader goroutine, outside the write lock) when the
+	// worker NACKs a newconn: it did not take the connection.
+	refused func(seq uint32)
+	// closed is called once, on the reader goroutine, when the channel ends:
+	// err is nil for end of file.
+	closed func(err error)
+
+	mu       sync.Mutex // guards what follows and every write to fd
+	shut     bool
+	out      []nodeOut // lines waiting to be written, in order
+	flushing bool      // a goroutine is writing out
+	sent     []nodeSent
+	scratch  []byte
+	oob      [64]byte
+	seq      int64 // prefork's sequence numbers for replies and requests other than newconn
+
+	// reader state, reader goroutine only
+	rbuf    []byte
+	partial []byte
+	roob    []byte
+	fds     []int // descriptors received and not yet matched with their line
+	done    chan struct{}
+}
+
+// newNodePair returns a connected unix stream socket pair, both ends
+// close-on-exec: prefork keeps master, child becomes NODE_CHANNEL_FD in the worker.
+func newNodePair() (master, child int, err error) {
+	syscall.ForkLock.RLock()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
+	if err == nil {
+		syscall.CloseOnExec(fds[0])
+		syscall.CloseOnExec(fds[1])
+	}
+	syscall.ForkLock.RUnlock()
+	if err != nil {
+		return -1, -1, os.NewSyscallError("socketpair", err)
+	}
+	return fds[0], fds[1], nil
+}
+
+// newNodeConn takes ownership of fd (prefork's end of the pair) and starts
+// reading it. The callbacks must be set on c by the caller before start.
+func newNodeConn(fd int, name string) (*nodeConn, error) {
+	if err := syscall.SetNonblock(fd, true); err != nil {
+		syscall.Close(fd)
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	c := &nodeConn{fd: fd, file: os.NewFile(uintptr(fd), name), done: make(chan struct{}),
+		rbuf: make([]byte, 64<<10), roob: make([]byte, syscall.CmsgSpace(8*4))}
+	var err error
+	if c.rc, err = c.file.SyscallConn(); err != nil {
+		c.file.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// start runs the reader goroutine.
+func (c *nodeConn) start() { go c.readLoop() }
+
+// wait blocks until the reader goroutine has ended.
+func (c *nodeConn) wait() { <-c.done }
+
+// close shuts the channel: the worker sees end of file. Idempotent.
+func (c *nodeConn) close() {
+	c.mu.Lock()
+	if !c.shut {
+		c.shut = true
+		syscall.Shutdown(c.fd, syscall.SHUT_RDWR)
+		c.file.SetReadDeadline(time.Now())
+		c.file.SetWriteDeadline(time.Now())
+	}
+	c.mu.Unlock()
+}
+
+func (c *nodeConn) readLoop() {
+	defer close(c.done)
+	var err error
+	rerr := c.rc.Read(func(fd uintptr) bool {
+		for {
+			n, oobn, _, e := recvNoWait(int(fd), c.rbuf, c.roob)
+			switch {
+			case e == syscall.EAGAIN:
+				return false
+			case e != nil:
+				err = os.NewSyscallError("recvmsg", e)
+				return true
+			}
+			if oobn > 0 {
+				c.takeRights(c.roob[:oobn])
+			}
+			if n == 0 {
+				return true // end of file
+			}
+			c.lines(c.rbuf[:n])
+		}
+	})
+	if err == nil && rerr != nil && !errors.Is(rerr, os.ErrDeadlineExceeded) && !errors.Is(rerr, os.ErrClosed) {
+		err = rerr
+	}
+	c.mu.Lock()
+	c.shut = true
+	for _, o := range c.out {
+		if o.fd >= 0 {
+			syscall.Close(o.fd)
+		}
+	}
+	c.out = nil
+	c.mu.Unlock()
+	for _, fd := range c.fds {
+		syscall.Close(fd)
+	}
+	c.fds = nil
+	if c.closed != nil {
+		c.closed(err)
+	}
+	c.file.Close()
+}
+
+// takeRights queues the descriptors of a control message; each belongs to the
+// next NODE_HANDLE line, in order (a descriptor arrives with its line's first byte).
+func (c *nodeConn) takeRights(oob []byte) {
+	msgs, _ := syscall.ParseSocketControlMessage(oob)
+	for i := range msgs {
+		fds, _ := syscall.ParseUnixRights(&msgs[i])
+		c.fds = append(c.fds, fds...)
+	}
+}
+
+// lines splits what was read into lines and handles the complete ones.
+func (c *nodeConn) lines(b []byte) {
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			c.partial = append(c.partial, b...)
+			return
+		}
+		line := b[:i]
+		if len(c.partial) > 0 {
+			c.partial = append(c.partial, line...)
+			line = c.partial
+		}
+		c.line(line)
+		c.partial = c.partial[:0]
+		b = b[i+1:]
+	}
+}
+
+// line handles one complete line.
+func (c *nodeConn) line(line []byte) {
+	var m nodeMsg
+	if !parseNodeLine(line, &m) {
+		return // a user message that is not an object
+	}
+	switch m.Cmd {
+	case "NODE_HANDLE_ACK":
+		c.handleAcked(false)
+		return
+	case "NODE_HANDLE_NACK":
+		c.handleAcked(true)
+		return
+	case "NODE_HANDLE":
+		// A handle the worker sends (process.send(m, handle)): ack it as Node
+		// does, or the worker queues everything it sends later.
+		fd := -1
+		if len(c.fds) > 0 {
+			fd = c.fds[0]
+			c.fds = c.fds[:copy(c.fds, c.fds[1:])]
+			c.send([]byte(`{"cmd":"NODE_HANDLE_ACK"}`+"\n"), -1)
+		} else {
+			c.send([]byte(`{"cmd":"NODE_HANDLE_NACK"}`+"\n"), -1)
+			return
+		}
+		var inner nodeMsg
+		if len(m.Msg) == 0 || !parseNodeLine(m.Msg, &inner) {
+			inner = nodeMsg{}
+		}
+		if c.handle != nil {
+			c.handle(&inner, fd)
+		} else {
+			syscall.Close(fd)
+		}
+		return
+	}
+	if c.handle != nil {
+		c.handle(&m, -1)
+	}
+}
+
+// handleAcked takes the oldest handle-bearing line off the unacked list; on a
+// NACK a reply is sent again (at most 3 times, as Node does) and a newconn is
+// reported refused.
+func (c *nodeConn) handleAcked(nack bool) {
+	c.mu.Lock()
+	if len(c.sent) == 0 {
+		c.mu.Unlock()
+		return
+	}
+	s := c.sent[0]
+	c.sent = c.sent[:copy(c.sent, c.sent[1:])]
+	c.mu.Unlock()
+	if !nack {
+		return
+	}
+	if s.newconn {
+		if c.refused != nil {
+			c.refused(s.seq)
+		}
+		return
+	}
+	if s.tries < 3 {
+		c.mu.Lock()
+		c.writeLocked(s.line, s.fd, true)
+		c.sent = append(c.sent, nodeSent{line: s.line, fd: s.fd, tries: s.tries + 1})
+		c.mu.Unlock()
+	}
+}
+
+// send writes one line (ending in '\n') with an optional descriptor, queueing
+// what the channel cannot take now. fd is not consumed: the caller keeps it.
+func (c *nodeConn) send(line []byte, fd int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.shut {
+		return errNodeClosed
+	}
+	if fd >= 0 {
+		c.sent = append(c.sent, nodeSent{line: line, fd: fd})
+	}
+	return c.writeLocked(line, fd, true)
+}
+
+// sendNewconn hands connection conn to the worker under seq with its server's
+// key, without blocking and without queueing: errNodeBusy when the channel
+// cannot take it at once (nothing was sent). keyJSON is the key as a JSON string.
+func (c *nodeConn) sendNewconn(keyJSON []byte, seq uint32, conn int, setNonblock bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.shut {
+		return errNodeClosed
+	}
+	if len(c.out) > 0 {
+		return errNodeBusy
+	}
+	b := append(c.scratch[:0], `{"cmd":"NODE_HANDLE","type":"net.Native","msg":{"cmd":"NODE_CLUSTER","act":"newconn","key":`...)
+	b = append(b, keyJSON...)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, uint64(seq), 10)
+	b = append(b, "}}\n"...)
+	c.scratch = b
+	if setNonblock {
+		if err := setNonblockFd(conn); err != nil {
+			return err
+		}
+	}
+	if err := c.writeLocked(b, conn, false); err != nil {
+		return err
+	}
+	c.sent = append(c.sent, nodeSent{newconn: true, seq: seq})
+	return nil
+}
+
+// writeLocked writes b with fd in SCM_RIGHTS on its first byte. What is not
+// written at once is queued (with a duplicate of fd) and written by a flusher
+// goroutine; with mayQueue false, a line of which nothing could be written is
+// errNodeBusy instead. b is copied when queued.
+func (c *nodeConn) writeLocked(b []byte, fd int, mayQueue bool) error {
+	if len(c.out) == 0 {
+		n, err := c.sendmsg(b, fd)
+		switch {
+		case err == nil && n == len(b):
+			return nil
+		case err == nil: // partial: the descriptor went with the first byte
+			c.queueLocked(b[n:], -1)
+			return nil
+		case err != syscall.EAGAIN:
+			return os.NewSyscallError("sendmsg", err)
+		case !mayQueue:
+			return errNodeBusy
+		}
+	} else if !mayQueue {
+		return errNodeBusy
+	}
+	dfd := -1
+	if fd >= 0 {
+		var err error
+		if dfd, err = dupCloexec(fd); err != nil {
+			return err
+		}
+	}
+	c.queueLocked(b, dfd)
+	return nil
+}
+
+func (c *nodeConn) queueLocked(b []byte, fd int) {
+	c.out = append(c.out, nodeOut{b: append([]byte(nil), b...), fd: fd})
+	if !c.flushing {
+		c.flushing = true
+		go c.flush()
+	}
+}
+
+// flush writes the queue out as the channel takes it.
+func (c *nodeConn) flush() {
+	c.rc.Write(func(fd uintptr) bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for len(c.out) > 0 && !c.shut {
+			o := &c.out[0]
+			n, err := c.sendmsg(o.b, o.fd)
+			if err == syscall.EAGAIN {
+				return false
+			}
+			if o.fd >= 0 {
+				syscall.Close(o.fd) // sent with the first byte, or never will be
+				o.fd = -1
+			}
+			if err != nil {
+				c.shut = true
+				break
+			}
+			if o.b = o.b[n:]; len(o.b) == 0 {
+				c.out = c.out[1:]
+			}
+		}
+		if c.shut {
+			for _, o := range c.out {
+				if o.fd >= 0 {
+					syscall.Close(o.fd)
+				}
+			}
+			c.out = nil
+		}
+		c.flushing = false
+		return true
+	})
+}
+
+// sendmsg is one non-blocking write of b, with fd on its first byte when fd >= 0.
+func (c *nodeConn) sendmsg(b []byte, fd int) (int, error) {
+	var oob []byte
+	if fd >= 0 {
+		n := copy(c.oob[:], rightsTemplate)
+		putRight(c.oob[syscall.CmsgLen(0):], fd)
+		oob = c.oob[:n]
+	}
+	for {
+		n, err := syscall.SendmsgN(c.fd, b, oob, nil, sendFlags)
+		if err != syscall.EINTR {
+			return n, err
+		}
+	}
+}
+
+// nextSeq is a fresh sequence number for a message prefork starts.
+func (c *nodeConn) nextSeq() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seq++
+	return c.seq
+}
+
+// unacked reports how many handle-bearing lines the worker has not acked.
+func (c *nodeConn) unacked() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.sent)
+}
+
+// putRight writes fd into the data of an SCM_RIGHTS control message.
+func putRight(b []byte, fd int) { binary.NativeEndian.PutUint32(b, uint32(fd)) }
+
+// setNonblockFd makes fd non-blocking with one ioctl: Node's libuv does not set
+// O_NONBLOCK on descriptors it receives, and blocks in accept or read otherwise.
+func setNonblockFd(fd int) error {
+	one := 1
+	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, uintptr(fd), uintptr(fionbio), uintptr(unsafe.Pointer(&one))); e != 0 {
+		return os.NewSyscallError("ioctl", e)
+	}
+	return nil
+}
