@@ -8,7 +8,7 @@ import (
 	"syscall"
 )
 
-// sendFlags keeps a send on a worker channel (the Node channel, nodeipc.go)
+// sendFlags keeps a send on a worker channel (the Node channel, nodeipc_conn.go)
 // from blocking; the Go runtime turns SIGPIPE on such a socket into EPIPE.
 const sendFlags = syscall.MSG_DONTWAIT
 

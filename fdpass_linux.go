@@ -7,7 +7,7 @@ import (
 	"syscall"
 )
 
-// sendFlags keeps a send on a worker channel (the Node channel, nodeipc.go)
+// sendFlags keeps a send on a worker channel (the Node channel, nodeipc_conn.go)
 // from blocking or raising SIGPIPE.
 const sendFlags = syscall.MSG_DONTWAIT | syscall.MSG_NOSIGNAL
 

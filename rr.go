@@ -423,5 +423,5 @@ func (d *dispatcher) workerLocked(id int) *rrWorker {
 }
 
 // rightsTemplate is an SCM_RIGHTS control message for one descriptor, for the
-// Node channel's sends (nodeipc.go); the §4 handoff uses rrwire.Send.
+// Node channel's sends (nodeipc_conn.go); the §4 handoff uses rrwire.Send.
 var rightsTemplate = syscall.UnixRights(0)
