@@ -108,3 +108,20 @@ box_wait() {
   box_status=0
   wait "$box" || box_status=$?
 }
+
+# stop_with_term PID LOG [WHAT]: TERM to prefork, which must exit 0 within 45s;
+# LOG is shown when it does not.
+stop_with_term() {
+  local pid=$1 log=$2 what=${3:+$3: } status=0
+  kill -TERM "$pid"
+  wait_until 45 sh -c "! kill -0 $pid" || fail "${what}prefork did not stop within 45s of TERM"
+  wait "$pid" || status=$?
+  [ "$status" = 0 ] || fail "${what}exit status $status after TERM, want 0; log:
+$(cat "$log")"
+}
+
+# ready_workers STATUS_FILE N: the status file shows N ready workers and none
+# starting or stopping.
+ready_workers() {
+  [ "$(grep -o '"state": "ready"' "$1" | wc -l)" = "$2" ] && ! grep -q '"state": "st' "$1"
+}

@@ -17,9 +17,6 @@ need || skip "needs Debian's gunicorn and python3-systemd"
 command -v curl >/dev/null || skip "needs curl"
 prefork=$(prefork_bin)
 
-ready_n() { [ "$(grep -o '"state": "ready"' "$tmp/status.json" | wc -l)" = "$1" ] &&
-  ! grep -q '"state": "starting"' "$tmp/status.json" && ! grep -q '"state": "stopping"' "$tmp/status.json"; }
-gen_is() { grep -q "\"generation\": $1," "$tmp/status.json"; }
 
 # check NAME PATTERN COMMAND...: prefork -n 2 --ready notify COMMAND; both
 # slots answer; HUP brings generation 2 up (every worker said READY=1 again);
@@ -34,7 +31,7 @@ check() {
     --status-file "$tmp/status.json" -- "$@" >"$tmp/$name.log" 2>&1 &
   local pf=$!
   started+=("$pf")
-  wait_until 30 ready_n 2 || fail "$name: 2 workers not ready (READY=1 never credited?); log:
+  wait_until 30 ready_workers "$tmp/status.json" 2 || fail "$name: 2 workers not ready (READY=1 never credited?); log:
 $(cat "$tmp/$name.log")"
   local seen="" a i
   for i in $(seq 30); do
@@ -52,15 +49,10 @@ $(cat "$tmp/$name.log")"
   wait_until 40 sh -c "grep -q '\"generation\": 2' '$tmp/status.json' && ! grep -q '\"generation\": 1,' '$tmp/status.json'" ||
     fail "$name: the reload did not bring generation 2 up; log:
 $(cat "$tmp/$name.log")"
-  wait_until 20 ready_n 2 || fail "$name: not 2 ready workers after the reload"
+  wait_until 20 ready_workers "$tmp/status.json" 2 || fail "$name: not 2 ready workers after the reload"
   curl -fsS --max-time 5 "http://127.0.0.1:$port/" >/dev/null || fail "$name: no answer after the reload"
   say "$name: rolling reload done"
-  kill -TERM "$pf"
-  wait_until 30 sh -c "! kill -0 $pf" || fail "$name: prefork did not stop within 30s of TERM"
-  local status=0
-  wait "$pf" || status=$?
-  [ "$status" = 0 ] || fail "$name: prefork exited $status after TERM; log:
-$(cat "$tmp/$name.log")"
+  stop_with_term "$pf" "$tmp/$name.log" "$name"
   say "$name: TERM stopped it with status 0"
 }
 

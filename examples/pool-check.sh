@@ -19,8 +19,7 @@ pf=$!
 started+=("$pf")
 say "prefork -l 127.0.0.1:$port -n 1:4 --idle-timeout 2s -- python3 $worker (pid $pf)"
 
-ready() { [ "$(grep -o '"state": "ready"' "$tmp/status.json" | wc -l)" = "$1" ] && ! grep -q '"state": "st' "$tmp/status.json"; }
-wait_until 30 ready 1 || fail "the first worker is not ready; log:
+wait_until 30 ready_workers "$tmp/status.json" 1 || fail "the first worker is not ready; log:
 $(cat "$tmp/log")"
 
 touch "$tmp/go"
@@ -32,7 +31,7 @@ for c in $(seq 8); do
   ) &
   started+=("$!")
 done
-wait_until 30 ready 4 || fail "the pool did not grow to 4 workers under load; log:
+wait_until 30 ready_workers "$tmp/status.json" 4 || fail "the pool did not grow to 4 workers under load; log:
 $(cat "$tmp/log")"
 say "8 clients: the pool grew to 4 workers"
 rm "$tmp/go"
@@ -43,15 +42,10 @@ answers=$(cat "$tmp"/answers.* | wc -l)
 pids=$(cat "$tmp"/answers.* | sort -u | wc -l)
 say "$answers requests answered by $pids workers, none failed"
 
-wait_until 30 ready 1 || fail "the pool did not return to 1 worker once idle; log:
+wait_until 30 ready_workers "$tmp/status.json" 1 || fail "the pool did not return to 1 worker once idle; log:
 $(cat "$tmp/log")"
 grep -q "pool: idle; stopping a worker" "$tmp/log" || fail "the log does not say why the pool shrank"
 say "idle: back to 1 worker"
 
-kill -TERM "$pf"
-wait_until 45 sh -c "! kill -0 $pf" || fail "prefork did not stop within 45s of TERM"
-status=0
-wait "$pf" || status=$?
-[ "$status" = 0 ] || fail "exit status $status after TERM, want 0; log:
-$(cat "$tmp/log")"
+stop_with_term "$pf" "$tmp/log"
 say "ok"

@@ -45,10 +45,5 @@ wait_until 30 ready || fail "the killed worker was not replaced"
 alive "$victim" && fail "worker $victim survived SIGKILL"
 say "a killed worker was replaced; no request failed"
 
-kill -TERM "$pf"
-wait_until 45 sh -c "! kill -0 $pf" || fail "prefork did not stop within 45s of TERM"
-status=0
-wait "$pf" || status=$?
-[ "$status" = 0 ] || fail "exit status $status after TERM, want 0; log:
-$(cat "$tmp/log")"
+stop_with_term "$pf" "$tmp/log"
 say "ok"

@@ -92,12 +92,7 @@ if [ -n "$notify" ]; then
 fi
 
 # systemctl stop with KillMode=mixed: TERM to prefork alone.
-kill -TERM "$pf"
-wait_until 45 sh -c "! kill -0 $pf" || fail "prefork did not stop within 45s of TERM"
-status=0
-wait "$pf" || status=$?
-[ "$status" = 0 ] || fail "exit status $status after TERM, want 0; log:
-$(cat "$tmp/log")"
+stop_with_term "$pf" "$tmp/log"
 if [ -n "$notify" ]; then
   wait_until 5 grep -qx STOPPING=1 "$tmp/notify.log" || fail "no STOPPING=1 at stop"
   say "STOPPING=1 at stop"
