@@ -24,6 +24,3 @@ func groupUsage(pgids []int) (map[int]procUsage, error) { return nil, errProcsta
 
 // acceptQueue is not available on macOS.
 func acceptQueue(fd int) (int, error) { return 0, errAcceptQueueUnsupported }
-
-// acceptQueueInfo is not available on macOS.
-func acceptQueueInfo(fd int) (queue, limit int, err error) { return 0, 0, errAcceptQueueUnsupported }
