@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"math"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -177,12 +176,9 @@ type metricsWriter struct {
 
 // startMetricsFile checks that path can be written, then starts the writer.
 func startMetricsFile(path string, events chan<- any, log *slog.Logger) (*metricsWriter, error) {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".")
-	if err != nil {
+	if err := checkWritable(path); err != nil { // as --status-file is checked (startup.go)
 		return nil, err
 	}
-	f.Close()
-	os.Remove(f.Name())
 	m := &metricsWriter{path: path, events: events, log: log, quit: make(chan struct{}), done: make(chan struct{})}
 	go m.run()
 	return m, nil

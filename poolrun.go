@@ -222,9 +222,9 @@ func (r *poolRunner) run() {
 	t := time.NewTicker(poolTick)
 	defer t.Stop()
 	var (
-		use, prevUse map[int]procUsage
-		prevAt       time.Time
-		mark         uint32 // rr: the dispatcher's sequence number at the previous tick
+		use    map[int]procUsage // the last /proc reading, and the base of the next CPU rate
+		prevAt time.Time
+		mark   uint32 // rr: the dispatcher's sequence number at the previous tick
 	)
 	for tick := 0; ; tick++ {
 		var now time.Time
@@ -255,10 +255,10 @@ func (r *poolRunner) run() {
 		if tick%poolUsageTicks == 0 {
 			if r.usage {
 				if u, err := groupUsage(v.pids); err == nil {
-					if prevUse != nil {
-						cpu = cpuRate(prevUse, u, now.Sub(prevAt))
+					if use != nil {
+						cpu = cpuRate(use, u, now.Sub(prevAt))
 					}
-					use, prevUse, prevAt = u, u, now
+					use, prevAt = u, now
 				}
 			}
 			ev.stats = &poolStats{usage: use, queues: queues}

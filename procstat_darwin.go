@@ -5,17 +5,7 @@
 // are usage errors.
 package main
 
-import (
-	"errors"
-	"time"
-)
-
-// procUsage is what one worker's process group uses at the moment of a sample.
-type procUsage struct {
-	RSS   int64         // bytes, summed over the group's processes
-	CPU   time.Duration // user + system time, with reaped children's
-	Procs int           // processes in the group
-}
+import "errors"
 
 // procstatSupported says whether groupUsage can read other processes here.
 const procstatSupported = false
@@ -34,6 +24,3 @@ func groupUsage(pgids []int) (map[int]procUsage, error) { return nil, errProcsta
 
 // acceptQueue is not available on macOS.
 func acceptQueue(fd int) (int, error) { return 0, errAcceptQueueUnsupported }
-
-// acceptQueueInfo is not available on macOS.
-func acceptQueueInfo(fd int) (queue, limit int, err error) { return 0, 0, errAcceptQueueUnsupported }
