@@ -241,11 +241,16 @@ func (s *supervisor) ctlSnapshot() *ctlStatus {
 			}
 		}
 	}
-	for _, l := range s.listeners {
-		if l.fd < 0 || l.spec.network != "tcp" {
-			continue
+	// Each listener's queue is the sum over its sockets (every slot's in
+	// reuseport mode), as the pool and the status file count it.
+	lengths := map[int]int{}
+	for _, q := range s.queueSockets() {
+		if n, err := acceptQueue(q.fd); err == nil && q.fd >= 0 {
+			lengths[q.listener] += n
 		}
-		if n, err := acceptQueue(l.fd); err == nil {
+	}
+	for i, l := range s.listeners {
+		if n, ok := lengths[i]; ok {
 			st.Queues = append(st.Queues, ctlQueue{Listener: l.spec.name, Addr: l.addrString(), Length: n})
 		}
 	}

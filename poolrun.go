@@ -156,6 +156,14 @@ func (s *supervisor) publishPool() {
 		v.workers = append(v.workers, poolWorker{pid: w.pid, slot: sl.index, started: w.started,
 			ready: w.state == stateReady, replaced: sl.next != nil || w.state == stateStopping})
 	}
+	v.queues = s.queueSockets()
+	s.pool.view.Store(v)
+}
+
+// queueSockets lists the listening sockets whose accept queues make up each
+// listener's: prefork's own, or in reuseport mode every slot's.
+func (s *supervisor) queueSockets() []poolQueue {
+	var qs []poolQueue
 	for i, l := range s.listeners {
 		if l.spec.network == "udp" {
 			continue // no accept queue
@@ -163,14 +171,14 @@ func (s *supervisor) publishPool() {
 		if s.c.mode == "reuseport" {
 			for _, sl := range s.slots {
 				if i < len(sl.socks) {
-					v.queues = append(v.queues, poolQueue{i, sl.socks[i]})
+					qs = append(qs, poolQueue{i, sl.socks[i]})
 				}
 			}
 		} else {
-			v.queues = append(v.queues, poolQueue{i, l.fd})
+			qs = append(qs, poolQueue{i, l.fd})
 		}
 	}
-	s.pool.view.Store(v)
+	return qs
 }
 
 // handlePool acts on what the pool goroutine asks, after checking it against
