@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/prefork/prefork/internal/rrwire"
 )
 
 // nodeOut is a line waiting for the channel to take it, with the descriptor
@@ -398,7 +400,7 @@ func (c *nodeConn) sendmsg(b []byte, fd int) (int, error) {
 		oob = c.oob[:n]
 	}
 	for {
-		n, err := syscall.SendmsgN(c.fd, b, oob, nil, sendFlags)
+		n, err := syscall.SendmsgN(c.fd, b, oob, nil, rrwire.SendFlags)
 		if err != syscall.EINTR {
 			return n, err
 		}
