@@ -173,10 +173,12 @@ func (d *dispatcher) pumpLocked() bool {
 		return len(d.pending) == 0
 	}
 	// A worker that breaks while placing queues its connections on d.pending:
-	// they go after what was pending before.
+	// they go after what was pending before. What stays is kept in todo's own
+	// array (kept never runs ahead of i), so a pump allocates nothing: it runs
+	// on every accept and arm while connections are pending.
 	todo := d.pending
 	d.pending = nil
-	kept := make([]handoff, 0, len(todo))
+	kept := todo[:0]
 	for i, h := range todo {
 		if !d.placeLocked(h.fd, h.index) {
 			kept = append(kept, h)
