@@ -133,7 +133,7 @@ func (c *nodeConn) readLoop() {
 	var err error
 	rerr := c.rc.Read(func(fd uintptr) bool {
 		for {
-			n, oobn, _, e := recvNoWait(int(fd), c.rbuf, c.roob)
+			n, oobn, _, e := rrwire.Recv(int(fd), c.rbuf, c.roob, true)
 			switch {
 			case e == syscall.EAGAIN:
 				return false

@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/internal/rrwire"
 )
 
 // run is the dispatcher's loop, on a thread of its own: wait, read acks,
@@ -158,7 +160,7 @@ func (d *dispatcher) placeLocked(fd int, index uint32) bool {
 			d.next = (k + 1) % n
 			return true
 		}
-		if !sendWouldBlock(err) {
+		if !rrwire.WouldBlock(err) {
 			d.breakLocked(w, os.NewSyscallError("sendmsg", err))
 		}
 	}
