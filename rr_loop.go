@@ -168,11 +168,10 @@ func (d *dispatcher) placeLocked(fd int, index uint32) bool {
 }
 
 // pumpLocked hands pending connections out, in order, while workers have room
-// for them (one no worker can take now does not hold up the others), and
-// reports whether none is left.
-func (d *dispatcher) pumpLocked() bool {
+// for them (one no worker can take now does not hold up the others).
+func (d *dispatcher) pumpLocked() {
 	if d.closed || len(d.pending) == 0 {
-		return len(d.pending) == 0
+		return
 	}
 	// A worker that breaks while placing queues its connections on d.pending:
 	// they go after what was pending before. What stays is kept in todo's own
@@ -191,7 +190,6 @@ func (d *dispatcher) pumpLocked() bool {
 		}
 	}
 	d.pending = append(kept, d.pending...)
-	return len(d.pending) == 0
 }
 
 // full reports whether no worker could take any connection now.
