@@ -14,6 +14,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/internal/rrwire"
 )
 
 // workerChannel prepares, for each new worker, what it inherits and the link
@@ -93,7 +95,7 @@ func (l *signalLink) detach()                 {}
 type handoffChannel struct{ s *supervisor }
 
 func (c handoffChannel) prepare(sl *slot) ([]int, []string, link, error) {
-	master, worker, err := newHandoffPair()
+	master, worker, err := rrwire.NewPair()
 	if err != nil {
 		return nil, nil, nil, err
 	}

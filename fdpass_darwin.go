@@ -8,10 +8,6 @@ import (
 	"syscall"
 )
 
-// sendFlags keeps a send on a worker channel (the Node channel, nodeipc_conn.go)
-// from blocking; the Go runtime turns SIGPIPE on such a socket into EPIPE.
-const sendFlags = syscall.MSG_DONTWAIT
-
 // acceptConn accepts one connection from the non-blocking listener lfd and
 // returns it blocking and close-on-exec (BSD accept inherits O_NONBLOCK from the
 // listener, Linux does not). Errors are raw syscall.Errno values.

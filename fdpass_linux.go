@@ -7,10 +7,6 @@ import (
 	"syscall"
 )
 
-// sendFlags keeps a send on a worker channel (the Node channel, nodeipc_conn.go)
-// from blocking or raising SIGPIPE.
-const sendFlags = syscall.MSG_DONTWAIT | syscall.MSG_NOSIGNAL
-
 // acceptConn accepts one connection from the non-blocking listener lfd and
 // returns it blocking and close-on-exec. It asks for no peer address, so it
 // allocates nothing, and never blocking, it enters the kernel without telling

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/prefork/prefork/internal/rrwire"
 )
 
 // nodeOut is a line waiting for the channel to take it, with the descriptor
@@ -131,7 +133,7 @@ func (c *nodeConn) readLoop() {
 	var err error
 	rerr := c.rc.Read(func(fd uintptr) bool {
 		for {
-			n, oobn, _, e := recvNoWait(int(fd), c.rbuf, c.roob)
+			n, oobn, _, e := rrwire.Recv(int(fd), c.rbuf, c.roob, true)
 			switch {
 			case e == syscall.EAGAIN:
 				return false
@@ -398,7 +400,7 @@ func (c *nodeConn) sendmsg(b []byte, fd int) (int, error) {
 		oob = c.oob[:n]
 	}
 	for {
-		n, err := syscall.SendmsgN(c.fd, b, oob, nil, sendFlags)
+		n, err := syscall.SendmsgN(c.fd, b, oob, nil, rrwire.SendFlags)
 		if err != syscall.EINTR {
 			return n, err
 		}

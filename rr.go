@@ -49,7 +49,7 @@ type rrSender interface {
 type handoffSender int
 
 func (fd handoffSender) sendConn(seq, index uint32, conn int) error {
-	return sendConn(int(fd), seq, index, conn)
+	return rrwire.Send(int(fd), seq, index, conn)
 }
 
 // rrWorker is one worker's handoff channel.

@@ -44,7 +44,7 @@ func (d *dispatcher) handleAcksLocked(w *rrWorker, p, oob []byte, flags int, err
 		d.breakLocked(w, os.NewSyscallError("recvmsg", err))
 		return
 	case len(oob) > 0:
-		closeRights(oob)
+		rrwire.CloseRights(oob)
 		d.breakLocked(w, errors.New("worker sent a descriptor"))
 		return
 	case flags&(syscall.MSG_TRUNC|syscall.MSG_CTRUNC) != 0:

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prefork/prefork/internal/rrwire"
 )
 
 // rawTCPListener binds a blocking, close-on-exec TCP listener on 127.0.0.1:0 the
@@ -100,7 +102,7 @@ type rrTestWorker struct {
 // unless told otherwise.
 func (f *rrFixture) worker(id int, ready bool) *rrTestWorker {
 	f.t.Helper()
-	master, wfd, err := newHandoffPair()
+	master, wfd, err := rrwire.NewPair()
 	if err != nil {
 		f.t.Fatal(err)
 	}

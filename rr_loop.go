@@ -10,6 +10,8 @@ import (
 	"runtime"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/internal/rrwire"
 )
 
 // run is the dispatcher's loop, on a thread of its own: wait, read acks,
@@ -158,7 +160,7 @@ func (d *dispatcher) placeLocked(fd int, index uint32) bool {
 			d.next = (k + 1) % n
 			return true
 		}
-		if !sendWouldBlock(err) {
+		if !rrwire.WouldBlock(err) {
 			d.breakLocked(w, os.NewSyscallError("sendmsg", err))
 		}
 	}
@@ -166,17 +168,18 @@ func (d *dispatcher) placeLocked(fd int, index uint32) bool {
 }
 
 // pumpLocked hands pending connections out, in order, while workers have room
-// for them (one no worker can take now does not hold up the others), and
-// reports whether none is left.
-func (d *dispatcher) pumpLocked() bool {
+// for them (one no worker can take now does not hold up the others).
+func (d *dispatcher) pumpLocked() {
 	if d.closed || len(d.pending) == 0 {
-		return len(d.pending) == 0
+		return
 	}
 	// A worker that breaks while placing queues its connections on d.pending:
-	// they go after what was pending before.
+	// they go after what was pending before. What stays is kept in todo's own
+	// array (kept never runs ahead of i), so a pump allocates nothing: it runs
+	// on every accept and arm while connections are pending.
 	todo := d.pending
 	d.pending = nil
-	kept := make([]handoff, 0, len(todo))
+	kept := todo[:0]
 	for i, h := range todo {
 		if !d.placeLocked(h.fd, h.index) {
 			kept = append(kept, h)
@@ -187,7 +190,6 @@ func (d *dispatcher) pumpLocked() bool {
 		}
 	}
 	d.pending = append(kept, d.pending...)
-	return len(d.pending) == 0
 }
 
 // full reports whether no worker could take any connection now.

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prefork/prefork/internal/rrwire"
 	pw "github.com/prefork/prefork/worker"
 )
 
@@ -59,7 +60,7 @@ func rrGoWorker() int {
 // process is killed and detached at the end of the test.
 func startRRWorker(t *testing.T, d *dispatcher, names []string, slot int, ready bool, argv ...string) *exec.Cmd {
 	t.Helper()
-	master, wfd, err := newHandoffPair()
+	master, wfd, err := rrwire.NewPair()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -294,7 +295,7 @@ func BenchmarkChurnRR(b *testing.B) {
 	b.Cleanup(d.close)
 	self, _ := os.Executable()
 	startGoWorkers(b, 2, func(i int) *exec.Cmd {
-		master, wfd, err := newHandoffPair()
+		master, wfd, err := rrwire.NewPair()
 		if err != nil {
 			b.Fatal(err)
 		}

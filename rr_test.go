@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prefork/prefork/internal/rrwire"
 )
 
 func TestRRRoundRobin(t *testing.T) {
@@ -319,7 +321,7 @@ func TestRRClose(t *testing.T) {
 		t.Fatalf("stats after close: %+v", s)
 	}
 	// attach after close closes the channel
-	master, wfd, err := newHandoffPair()
+	master, wfd, err := rrwire.NewPair()
 	if err != nil {
 		t.Fatal(err)
 	}

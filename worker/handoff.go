@@ -43,8 +43,7 @@ type handoff struct {
 	done chan struct{} // closed when the reader stops; err says why
 
 	mu   sync.Mutex // guards the fields below, and every ack write
-	open int        // listeners not closed yet
-	stop bool       // every listener is closed
+	open int        // listeners not closed yet; none: every listener is closed
 	shut bool       // fd 3 is closed
 	err  error
 	ack  [rrwire.AckLen]byte
@@ -150,7 +149,7 @@ func (h *handoff) run() {
 		}
 	}
 	h.mu.Lock()
-	if h.stop {
+	if h.open == 0 {
 		bad = net.ErrClosed
 	}
 	h.err, h.shut = bad, true
@@ -256,7 +255,6 @@ func (l *rrListener) Close() error {
 		h.mu.Lock()
 		h.open--
 		if h.open == 0 {
-			h.stop = true
 			h.file.SetReadDeadline(time.Now()) // wakes the reader
 		}
 		h.mu.Unlock()

@@ -11,9 +11,10 @@ import (
 // SocketType is the type of the handoff socket (fd 3 of an rr worker).
 const SocketType = syscall.SOCK_DGRAM
 
-// sendFlags keeps a send from blocking its caller; the Go runtime turns
-// SIGPIPE on such a socket into EPIPE.
-const sendFlags = syscall.MSG_DONTWAIT
+// SendFlags keeps a send (the handoff, and prefork's Node channel) from
+// blocking its caller; the Go runtime turns SIGPIPE on such a socket into
+// EPIPE.
+const SendFlags = syscall.MSG_DONTWAIT
 
 // bufSize is the socket buffer size of both ends: the BSD defaults for unix
 // datagram sockets (2 KiB to send, 4 KiB to receive) hold only a few messages.

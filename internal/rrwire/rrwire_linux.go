@@ -11,8 +11,9 @@ import (
 // SocketType is the type of the handoff socket (fd 3 of an rr worker).
 const SocketType = syscall.SOCK_SEQPACKET
 
-// sendFlags keeps a send from blocking its caller or raising SIGPIPE.
-const sendFlags = syscall.MSG_DONTWAIT | syscall.MSG_NOSIGNAL
+// SendFlags keeps a send (the handoff, and prefork's Node channel) from
+// blocking its caller or raising SIGPIPE.
+const SendFlags = syscall.MSG_DONTWAIT | syscall.MSG_NOSIGNAL
 
 // NewPair returns a connected handoff socket pair, both ends close-on-exec and
 // blocking. prefork keeps master; worker becomes fd 3 of the worker process.

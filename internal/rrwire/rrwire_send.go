@@ -19,7 +19,7 @@ func Send(ch int, seq, index uint32, conn int) error {
 	copy(oob[:], rightsHeader)
 	binary.NativeEndian.PutUint32(oob[len(rightsHeader):], uint32(conn))
 	for {
-		err := syscall.Sendmsg(ch, msg[:], oob[:RightsSpace], nil, sendFlags)
+		err := syscall.Sendmsg(ch, msg[:], oob[:RightsSpace], nil, SendFlags)
 		if err != syscall.EINTR {
 			return err
 		}

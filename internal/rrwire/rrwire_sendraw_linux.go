@@ -24,7 +24,7 @@ func Send(ch int, seq, index uint32, conn int) error {
 	h := syscall.Msghdr{Iov: &iov, Iovlen: 1, Control: &oob[0]}
 	h.SetControllen(RightsSpace)
 	for {
-		_, _, e := syscall.RawSyscall(syscall.SYS_SENDMSG, uintptr(ch), uintptr(unsafe.Pointer(&h)), sendFlags)
+		_, _, e := syscall.RawSyscall(syscall.SYS_SENDMSG, uintptr(ch), uintptr(unsafe.Pointer(&h)), SendFlags)
 		switch e {
 		case 0:
 			return nil
