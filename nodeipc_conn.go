@@ -72,7 +72,6 @@ type nodeConn struct {
 	partial []byte
 	roob    []byte
 	fds     []int // descriptors received and not yet matched with their line
-	done    chan struct{}
 }
 
 // newNodePair returns a connected unix stream socket pair, both ends
@@ -98,7 +97,7 @@ func newNodeConn(fd int, name string) (*nodeConn, error) {
 		syscall.Close(fd)
 		return nil, os.NewSyscallError("fcntl", err)
 	}
-	c := &nodeConn{fd: fd, file: os.NewFile(uintptr(fd), name), done: make(chan struct{}),
+	c := &nodeConn{fd: fd, file: os.NewFile(uintptr(fd), name),
 		rbuf: make([]byte, 64<<10), roob: make([]byte, syscall.CmsgSpace(8*4))}
 	var err error
 	if c.rc, err = c.file.SyscallConn(); err != nil {
@@ -110,9 +109,6 @@ func newNodeConn(fd int, name string) (*nodeConn, error) {
 
 // start runs the reader goroutine.
 func (c *nodeConn) start() { go c.readLoop() }
-
-// wait blocks until the reader goroutine has ended.
-func (c *nodeConn) wait() { <-c.done }
 
 // close shuts the channel: the worker sees end of file. Idempotent.
 func (c *nodeConn) close() {
@@ -127,7 +123,6 @@ func (c *nodeConn) close() {
 }
 
 func (c *nodeConn) readLoop() {
-	defer close(c.done)
 	var err error
 	rerr := c.rc.Read(func(fd uintptr) bool {
 		for {
@@ -411,13 +406,6 @@ func (c *nodeConn) nextSeq() int64 {
 	defer c.mu.Unlock()
 	c.seq++
 	return c.seq
-}
-
-// unacked reports how many handle-bearing lines the worker has not acked.
-func (c *nodeConn) unacked() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.sent)
 }
 
 // putRight writes fd into the data of an SCM_RIGHTS control message.
