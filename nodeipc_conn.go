@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/prefork/prefork/internal/rrwire"
 )
 
 // nodeOut is a line waiting for the channel to take it, with the descriptor
@@ -76,19 +78,7 @@ type nodeConn struct {
 
 // newNodePair returns a connected unix stream socket pair, both ends
 // close-on-exec: prefork keeps master, child becomes NODE_CHANNEL_FD in the worker.
-func newNodePair() (master, child int, err error) {
-	syscall.ForkLock.RLock()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
-	if err == nil {
-		syscall.CloseOnExec(fds[0])
-		syscall.CloseOnExec(fds[1])
-	}
-	syscall.ForkLock.RUnlock()
-	if err != nil {
-		return -1, -1, os.NewSyscallError("socketpair", err)
-	}
-	return fds[0], fds[1], nil
-}
+func newNodePair() (master, child int, err error) { return rrwire.SocketPair(syscall.SOCK_STREAM) }
 
 // newNodeConn takes ownership of fd (prefork's end of the pair) and starts
 // reading it. The callbacks must be set on c by the caller before start.
