@@ -8,7 +8,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"os"
 	"strconv"
@@ -157,13 +156,7 @@ func (c *nodeConn) readLoop() {
 
 // takeRights queues the descriptors of a control message; each belongs to the
 // next NODE_HANDLE line, in order (a descriptor arrives with its line's first byte).
-func (c *nodeConn) takeRights(oob []byte) {
-	msgs, _ := syscall.ParseSocketControlMessage(oob)
-	for i := range msgs {
-		fds, _ := syscall.ParseUnixRights(&msgs[i])
-		c.fds = append(c.fds, fds...)
-	}
-}
+func (c *nodeConn) takeRights(oob []byte) { c.fds = rrwire.Rights(oob, c.fds) }
 
 // lines splits what was read into lines and handles the complete ones.
 func (c *nodeConn) lines(b []byte) {
@@ -378,9 +371,7 @@ func (c *nodeConn) flush() {
 func (c *nodeConn) sendmsg(b []byte, fd int) (int, error) {
 	var oob []byte
 	if fd >= 0 {
-		n := copy(c.oob[:], rightsTemplate)
-		putRight(c.oob[syscall.CmsgLen(0):], fd)
-		oob = c.oob[:n]
+		oob = rrwire.PutRight(c.oob[:], fd)
 	}
 	for {
 		n, err := syscall.SendmsgN(c.fd, b, oob, nil, sendFlags)
@@ -397,9 +388,6 @@ func (c *nodeConn) nextSeq() int64 {
 	c.seq++
 	return c.seq
 }
-
-// putRight writes fd into the data of an SCM_RIGHTS control message.
-func putRight(b []byte, fd int) { binary.NativeEndian.PutUint32(b, uint32(fd)) }
 
 // setNonblockFd makes fd non-blocking with one ioctl: Node's libuv does not set
 // O_NONBLOCK on descriptors it receives, and blocks in accept or read otherwise.
