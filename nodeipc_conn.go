@@ -50,7 +50,8 @@ type nodeConn struct {
 	rc   syscall.RawConn
 
 	// handle is called on the reader goroutine for every message, with the
-	// descriptor that came with a NODE_HANDLE line (the handler owns it) or -1.
+	// descriptor that came with a NODE_HANDLE line (the handler owns it) or -1;
+	// m is reused for the next line, so the handler must not keep it.
 	handle func(m *nodeMsg, fd int)
 	// refused is called (reader goroutine, outside the write lock) when the
 	// worker NACKs a newconn: it did not take the connection.
@@ -72,7 +73,8 @@ type nodeConn struct {
 	rbuf    []byte
 	partial []byte
 	roob    []byte
-	fds     []int // descriptors received and not yet matched with their line
+	fds     []int   // descriptors received and not yet matched with their line
+	msg     nodeMsg // the line being handled: the handler does not keep it
 }
 
 // newNodePair returns a connected unix stream socket pair, both ends
@@ -179,8 +181,8 @@ func (c *nodeConn) lines(b []byte) {
 
 // line handles one complete line.
 func (c *nodeConn) line(line []byte) {
-	var m nodeMsg
-	if !parseNodeLine(line, &m) {
+	m := &c.msg // one per channel, not a heap nodeMsg per line (two per rr connection)
+	if !parseNodeLine(line, m) {
 		return // a user message that is not an object
 	}
 	switch m.Cmd {
@@ -214,7 +216,7 @@ func (c *nodeConn) line(line []byte) {
 		return
 	}
 	if c.handle != nil {
-		c.handle(&m, -1)
+		c.handle(m, -1)
 	}
 }
 
