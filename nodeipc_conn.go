@@ -139,12 +139,7 @@ func (c *nodeConn) readLoop() {
 	}
 	c.mu.Lock()
 	c.shut = true
-	for _, o := range c.out {
-		if o.fd >= 0 {
-			syscall.Close(o.fd)
-		}
-	}
-	c.out = nil
+	c.dropOutLocked()
 	c.mu.Unlock()
 	for _, fd := range c.fds {
 		syscall.Close(fd)
@@ -357,16 +352,21 @@ func (c *nodeConn) flush() {
 			}
 		}
 		if c.shut {
-			for _, o := range c.out {
-				if o.fd >= 0 {
-					syscall.Close(o.fd)
-				}
-			}
-			c.out = nil
+			c.dropOutLocked()
 		}
 		c.flushing = false
 		return true
 	})
+}
+
+// dropOutLocked discards the queue of a shut channel, closing its descriptors.
+func (c *nodeConn) dropOutLocked() {
+	for _, o := range c.out {
+		if o.fd >= 0 {
+			syscall.Close(o.fd)
+		}
+	}
+	c.out = nil
 }
 
 // sendmsg is one non-blocking write of b, with fd on its first byte when fd >= 0.
