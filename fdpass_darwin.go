@@ -12,6 +12,23 @@ import (
 // returns it blocking and close-on-exec (BSD accept inherits O_NONBLOCK from the
 // listener, Linux does not). Errors are raw syscall.Errno values.
 func acceptConn(lfd int) (int, error) {
+	fd, err := acceptCloexec(lfd)
+	if err != nil {
+		return -1, err
+	}
+	if err := syscall.SetNonblock(fd, false); err != nil {
+		syscall.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// acceptConnNonblock is acceptConn for connections that go to Node workers:
+// they stay non-blocking, as BSD accept makes them from the listener.
+func acceptConnNonblock(lfd int) (int, error) { return acceptCloexec(lfd) }
+
+// acceptCloexec accepts one connection, close-on-exec under ForkLock.
+func acceptCloexec(lfd int) (int, error) {
 	for {
 		syscall.ForkLock.RLock()
 		fd, _, err := syscall.Accept(lfd)
@@ -19,17 +36,12 @@ func acceptConn(lfd int) (int, error) {
 			syscall.CloseOnExec(fd)
 		}
 		syscall.ForkLock.RUnlock()
-		switch err {
-		case nil:
-			if err := syscall.SetNonblock(fd, false); err != nil {
-				syscall.Close(fd)
+		if err != syscall.EINTR {
+			if err != nil {
 				return -1, err
 			}
 			return fd, nil
-		case syscall.EINTR:
-			continue
 		}
-		return -1, err
 	}
 }
 

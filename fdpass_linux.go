@@ -8,13 +8,22 @@ import (
 )
 
 // acceptConn accepts one connection from the non-blocking listener lfd and
-// returns it blocking and close-on-exec. It asks for no peer address, so it
-// allocates nothing, and never blocking, it enters the kernel without telling
-// the Go scheduler (RawSyscall). Errors are raw syscall.Errno values (EAGAIN
-// included).
-func acceptConn(lfd int) (int, error) {
+// returns it blocking and close-on-exec. Errors are raw syscall.Errno values
+// (EAGAIN included).
+func acceptConn(lfd int) (int, error) { return accept4(lfd, syscall.SOCK_CLOEXEC) }
+
+// acceptConnNonblock is acceptConn for connections that go to Node workers:
+// non-blocking from the start (accept4 with SOCK_NONBLOCK), which saves the
+// ioctl per connection.
+func acceptConnNonblock(lfd int) (int, error) {
+	return accept4(lfd, syscall.SOCK_CLOEXEC|syscall.SOCK_NONBLOCK)
+}
+
+// accept4 asks for no peer address, so it allocates nothing, and never
+// blocking, it enters the kernel without telling the Go scheduler (RawSyscall).
+func accept4(lfd, flags int) (int, error) {
 	for {
-		r, _, e := syscall.RawSyscall6(syscall.SYS_ACCEPT4, uintptr(lfd), 0, 0, syscall.SOCK_CLOEXEC, 0, 0)
+		r, _, e := syscall.RawSyscall6(syscall.SYS_ACCEPT4, uintptr(lfd), 0, 0, uintptr(flags), 0, 0)
 		switch e {
 		case 0:
 			return int(r), nil

@@ -8,7 +8,6 @@ package main
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"os"
 	"strconv"
@@ -51,7 +50,8 @@ type nodeConn struct {
 	rc   syscall.RawConn
 
 	// handle is called on the reader goroutine for every message, with the
-	// descriptor that came with a NODE_HANDLE line (the handler owns it) or -1.
+	// descriptor that came with a NODE_HANDLE line (the handler owns it) or -1;
+	// m is reused for the next line, so the handler must not keep it.
 	handle func(m *nodeMsg, fd int)
 	// refused is called (reader goroutine, outside the write lock) when the
 	// worker NACKs a newconn: it did not take the connection.
@@ -73,25 +73,13 @@ type nodeConn struct {
 	rbuf    []byte
 	partial []byte
 	roob    []byte
-	fds     []int // descriptors received and not yet matched with their line
-	done    chan struct{}
+	fds     []int   // descriptors received and not yet matched with their line
+	msg     nodeMsg // the line being handled: the handler does not keep it
 }
 
 // newNodePair returns a connected unix stream socket pair, both ends
 // close-on-exec: prefork keeps master, child becomes NODE_CHANNEL_FD in the worker.
-func newNodePair() (master, child int, err error) {
-	syscall.ForkLock.RLock()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
-	if err == nil {
-		syscall.CloseOnExec(fds[0])
-		syscall.CloseOnExec(fds[1])
-	}
-	syscall.ForkLock.RUnlock()
-	if err != nil {
-		return -1, -1, os.NewSyscallError("socketpair", err)
-	}
-	return fds[0], fds[1], nil
-}
+func newNodePair() (master, child int, err error) { return rrwire.SocketPair(syscall.SOCK_STREAM) }
 
 // newNodeConn takes ownership of fd (prefork's end of the pair) and starts
 // reading it. The callbacks must be set on c by the caller before start.
@@ -100,7 +88,7 @@ func newNodeConn(fd int, name string) (*nodeConn, error) {
 		syscall.Close(fd)
 		return nil, os.NewSyscallError("fcntl", err)
 	}
-	c := &nodeConn{fd: fd, file: os.NewFile(uintptr(fd), name), done: make(chan struct{}),
+	c := &nodeConn{fd: fd, file: os.NewFile(uintptr(fd), name),
 		rbuf: make([]byte, 64<<10), roob: make([]byte, syscall.CmsgSpace(8*4))}
 	var err error
 	if c.rc, err = c.file.SyscallConn(); err != nil {
@@ -112,9 +100,6 @@ func newNodeConn(fd int, name string) (*nodeConn, error) {
 
 // start runs the reader goroutine.
 func (c *nodeConn) start() { go c.readLoop() }
-
-// wait blocks until the reader goroutine has ended.
-func (c *nodeConn) wait() { <-c.done }
 
 // close shuts the channel: the worker sees end of file. Idempotent.
 func (c *nodeConn) close() {
@@ -129,7 +114,6 @@ func (c *nodeConn) close() {
 }
 
 func (c *nodeConn) readLoop() {
-	defer close(c.done)
 	var err error
 	rerr := c.rc.Read(func(fd uintptr) bool {
 		for {
@@ -155,12 +139,7 @@ func (c *nodeConn) readLoop() {
 	}
 	c.mu.Lock()
 	c.shut = true
-	for _, o := range c.out {
-		if o.fd >= 0 {
-			syscall.Close(o.fd)
-		}
-	}
-	c.out = nil
+	c.dropOutLocked()
 	c.mu.Unlock()
 	for _, fd := range c.fds {
 		syscall.Close(fd)
@@ -174,13 +153,7 @@ func (c *nodeConn) readLoop() {
 
 // takeRights queues the descriptors of a control message; each belongs to the
 // next NODE_HANDLE line, in order (a descriptor arrives with its line's first byte).
-func (c *nodeConn) takeRights(oob []byte) {
-	msgs, _ := syscall.ParseSocketControlMessage(oob)
-	for i := range msgs {
-		fds, _ := syscall.ParseUnixRights(&msgs[i])
-		c.fds = append(c.fds, fds...)
-	}
-}
+func (c *nodeConn) takeRights(oob []byte) { c.fds = rrwire.Rights(oob, c.fds) }
 
 // lines splits what was read into lines and handles the complete ones.
 func (c *nodeConn) lines(b []byte) {
@@ -203,8 +176,8 @@ func (c *nodeConn) lines(b []byte) {
 
 // line handles one complete line.
 func (c *nodeConn) line(line []byte) {
-	var m nodeMsg
-	if !parseNodeLine(line, &m) {
+	m := &c.msg // one per channel, not a heap nodeMsg per line (two per rr connection)
+	if !parseNodeLine(line, m) {
 		return // a user message that is not an object
 	}
 	switch m.Cmd {
@@ -238,7 +211,7 @@ func (c *nodeConn) line(line []byte) {
 		return
 	}
 	if c.handle != nil {
-		c.handle(&m, -1)
+		c.handle(m, -1)
 	}
 }
 
@@ -379,25 +352,28 @@ func (c *nodeConn) flush() {
 			}
 		}
 		if c.shut {
-			for _, o := range c.out {
-				if o.fd >= 0 {
-					syscall.Close(o.fd)
-				}
-			}
-			c.out = nil
+			c.dropOutLocked()
 		}
 		c.flushing = false
 		return true
 	})
 }
 
+// dropOutLocked discards the queue of a shut channel, closing its descriptors.
+func (c *nodeConn) dropOutLocked() {
+	for _, o := range c.out {
+		if o.fd >= 0 {
+			syscall.Close(o.fd)
+		}
+	}
+	c.out = nil
+}
+
 // sendmsg is one non-blocking write of b, with fd on its first byte when fd >= 0.
 func (c *nodeConn) sendmsg(b []byte, fd int) (int, error) {
 	var oob []byte
 	if fd >= 0 {
-		n := copy(c.oob[:], rightsTemplate)
-		putRight(c.oob[syscall.CmsgLen(0):], fd)
-		oob = c.oob[:n]
+		oob = rrwire.PutRight(c.oob[:], fd)
 	}
 	for {
 		n, err := syscall.SendmsgN(c.fd, b, oob, nil, rrwire.SendFlags)
@@ -414,16 +390,6 @@ func (c *nodeConn) nextSeq() int64 {
 	c.seq++
 	return c.seq
 }
-
-// unacked reports how many handle-bearing lines the worker has not acked.
-func (c *nodeConn) unacked() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.sent)
-}
-
-// putRight writes fd into the data of an SCM_RIGHTS control message.
-func putRight(b []byte, fd int) { binary.NativeEndian.PutUint32(b, uint32(fd)) }
 
 // setNonblockFd makes fd non-blocking with one ioctl: Node's libuv does not set
 // O_NONBLOCK on descriptors it receives, and blocks in accept or read otherwise.

@@ -242,7 +242,6 @@ func (nc *nodeCluster) listenerFor(w *nodeWorker, m *nodeMsg) (*nodeListener, sy
 	}
 	nl := &nodeListener{index: uint32(len(nc.ls)), l: l, query: q, socks: map[int]int{0: l.fd}}
 	if nc.rr != nil && network != "udp" {
-		setNonblockFd(l.fd)
 		idx, err := nc.rr.addListener(l.fd)
 		if err != nil {
 			closeListeners([]*listener{l})

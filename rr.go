@@ -421,7 +421,3 @@ func (d *dispatcher) workerLocked(id int) *rrWorker {
 	}
 	return nil
 }
-
-// rightsTemplate is an SCM_RIGHTS control message for one descriptor, for the
-// Node channel's sends (nodeipc_conn.go); the §4 handoff uses rrwire.Send.
-var rightsTemplate = syscall.UnixRights(0)

@@ -118,9 +118,18 @@ func CloseRights(oob []byte) {
 	}
 }
 
-// rightsHeader is the SCM_RIGHTS header for one descriptor; Send copies it and
-// writes the descriptor after it, so a send allocates nothing.
+// rightsHeader is the SCM_RIGHTS header for one descriptor; PutRight copies it
+// and writes the descriptor after it, so a send allocates nothing.
 var rightsHeader = syscall.UnixRights(0)[:syscall.CmsgLen(0)]
+
+// PutRight writes into oob (RightsSpace bytes at least, zero past the
+// header and descriptor) the SCM_RIGHTS control message that carries fd, and
+// returns it.
+func PutRight(oob []byte, fd int) []byte {
+	copy(oob, rightsHeader)
+	binary.NativeEndian.PutUint32(oob[len(rightsHeader):], uint32(fd))
+	return oob[:RightsSpace]
+}
 
 // SendAcks writes one ack message (a multiple of 4 bytes).
 func SendAcks(ch int, acks []byte) error {

@@ -23,8 +23,28 @@ const bufSize = 256 << 10
 // NewPair returns a connected handoff socket pair, both ends close-on-exec and
 // blocking. prefork keeps master; worker becomes fd 3 of the worker process.
 func NewPair() (master, worker int, err error) {
+	master, worker, err = SocketPair(SocketType)
+	if err != nil {
+		return -1, -1, err
+	}
+	for _, fd := range []int{master, worker} {
+		for _, opt := range []int{syscall.SO_SNDBUF, syscall.SO_RCVBUF} {
+			if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, opt, bufSize); err != nil {
+				syscall.Close(master)
+				syscall.Close(worker)
+				return -1, -1, os.NewSyscallError("setsockopt", err)
+			}
+		}
+	}
+	return master, worker, nil
+}
+
+// SocketPair returns a connected unix socket pair of type typ, both ends
+// close-on-exec and blocking: NewPair's, for other channels (the Node one is
+// SOCK_STREAM).
+func SocketPair(typ int) (a, b int, err error) {
 	syscall.ForkLock.RLock()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, SocketType, 0)
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, typ, 0)
 	if err == nil {
 		syscall.CloseOnExec(fds[0])
 		syscall.CloseOnExec(fds[1])
@@ -32,15 +52,6 @@ func NewPair() (master, worker int, err error) {
 	syscall.ForkLock.RUnlock()
 	if err != nil {
 		return -1, -1, os.NewSyscallError("socketpair", err)
-	}
-	for _, fd := range fds {
-		for _, opt := range []int{syscall.SO_SNDBUF, syscall.SO_RCVBUF} {
-			if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, opt, bufSize); err != nil {
-				syscall.Close(fds[0])
-				syscall.Close(fds[1])
-				return -1, -1, os.NewSyscallError("setsockopt", err)
-			}
-		}
 	}
 	return fds[0], fds[1], nil
 }

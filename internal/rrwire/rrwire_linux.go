@@ -19,8 +19,13 @@ const SendFlags = syscall.MSG_DONTWAIT | syscall.MSG_NOSIGNAL
 // blocking. prefork keeps master; worker becomes fd 3 of the worker process.
 // The default socket buffers hold a few hundred handoff messages, more than
 // any sensible window.
-func NewPair() (master, worker int, err error) {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, SocketType|syscall.SOCK_CLOEXEC, 0)
+func NewPair() (master, worker int, err error) { return SocketPair(SocketType) }
+
+// SocketPair returns a connected unix socket pair of type typ, both ends
+// close-on-exec (atomically) and blocking: NewPair's, for other channels (the
+// Node one is SOCK_STREAM).
+func SocketPair(typ int) (a, b int, err error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, typ|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, -1, os.NewSyscallError("socketpair", err)
 	}

@@ -18,6 +18,7 @@ const SocketType = -1
 var ErrUnsupported = errors.New("prefork's rr mode needs Linux or macOS, not " + runtime.GOOS)
 
 func NewPair() (master, worker int, err error) { return -1, -1, ErrUnsupported }
+func SocketPair(int) (a, b int, err error)     { return -1, -1, ErrUnsupported }
 func Recv(int, []byte, []byte, bool) (n, oobn, flags int, err error) {
 	return 0, 0, 0, syscall.EOPNOTSUPP
 }

@@ -5,7 +5,6 @@
 package rrwire
 
 import (
-	"encoding/binary"
 	"syscall"
 )
 
@@ -16,8 +15,7 @@ func Send(ch int, seq, index uint32, conn int) error {
 	var msg [MsgLen]byte
 	Put(&msg, seq, index)
 	var oob [64]byte
-	copy(oob[:], rightsHeader)
-	binary.NativeEndian.PutUint32(oob[len(rightsHeader):], uint32(conn))
+	PutRight(oob[:], conn)
 	for {
 		err := syscall.Sendmsg(ch, msg[:], oob[:RightsSpace], nil, SendFlags)
 		if err != syscall.EINTR {

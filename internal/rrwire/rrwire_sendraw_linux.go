@@ -4,7 +4,6 @@
 package rrwire
 
 import (
-	"encoding/binary"
 	"syscall"
 	"unsafe"
 )
@@ -17,8 +16,7 @@ func Send(ch int, seq, index uint32, conn int) error {
 	var msg [MsgLen]byte
 	Put(&msg, seq, index)
 	var oob [64]byte
-	copy(oob[:], rightsHeader)
-	binary.NativeEndian.PutUint32(oob[len(rightsHeader):], uint32(conn))
+	PutRight(oob[:], conn)
 	iov := syscall.Iovec{Base: &msg[0]}
 	iov.SetLen(MsgLen)
 	h := syscall.Msghdr{Iov: &iov, Iovlen: 1, Control: &oob[0]}
