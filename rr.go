@@ -73,6 +73,12 @@ type rrListener struct {
 	fd    int  // a dup of the supervisor's descriptor, owned by the dispatcher
 	armed bool // on in the poller
 	dead  bool // accepting failed for good on it
+	// shallow: the queue held one connection at a time lately, so a wake-up
+	// accepts one and leaves the poller (level-triggered) to report more,
+	// rather than paying an accept4 that says EAGAIN every time; probe counts
+	// the shallow wake-ups until the next full drain checks that again.
+	shallow bool
+	probe   int
 }
 
 // rrWorkerStats is one worker as the dispatcher sees it.

@@ -30,6 +30,11 @@ func (d *dispatcher) readAcksLocked(w *rrWorker) {
 			p, oob, flags := w.acks.Msg(i)
 			d.handleAcksLocked(w, p, oob, flags, nil)
 		}
+		if n < w.acks.Cap() {
+			// A short batch emptied the queue: no read to learn that again
+			// (EAGAIN); the poller is level-triggered and reports what comes next.
+			return
+		}
 	}
 }
 

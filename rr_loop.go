@@ -56,18 +56,34 @@ func (d *dispatcher) run() {
 	}
 }
 
+// shallowProbe is how many wake-ups accept one connection each, while the
+// queue looks shallow, before one drains it again to see.
+const shallowProbe = 4
+
 // acceptLocked accepts and places connections from one listener while there
-// is room, until its queue is empty.
+// is room, until its queue is empty, or just one while it has been shallow.
 func (d *dispatcher) acceptLocked(l *rrListener) {
 	accept := acceptConn
 	if d.nonblockConns {
 		accept = acceptConnNonblock
 	}
+	once := l.shallow && l.probe < shallowProbe
+	if once {
+		l.probe++
+	} else {
+		l.probe = 0
+	}
+	got := 0
 	for !d.paused && d.acceptableLocked(l.index) {
+		if once && got == 1 {
+			return
+		}
 		fd, err := accept(l.fd)
 		switch err {
 		case nil:
+			got++
 		case syscall.EAGAIN:
+			l.shallow = got <= 1
 			return
 		case syscall.ECONNABORTED, syscall.EPROTO, syscall.EPERM:
 			continue // that connection is gone; the next one may be fine

@@ -121,6 +121,10 @@ func (b *Batch) Recv(fd int) (int, error) {
 	return 1, nil
 }
 
+// Cap is the most messages one Recv reads: one on macOS, so a full Recv says
+// nothing about what is left.
+func (b *Batch) Cap() int { return 1 }
+
 // Msg returns the message of the last Recv.
 func (b *Batch) Msg(i int) (p, oob []byte, flags int) {
 	return b.buf[:b.n], b.oob[:b.oobn], b.flags

@@ -107,6 +107,10 @@ func (b *Batch) Recv(fd int) (int, error) {
 	}
 }
 
+// Cap is the most messages one Recv reads: a Recv that returns fewer found
+// the queue empty.
+func (b *Batch) Cap() int { return len(b.hdrs) }
+
 // Msg returns message i of the last Recv: its bytes, its control message, and
 // its recvmsg flags.
 func (b *Batch) Msg(i int) (p, oob []byte, flags int) {

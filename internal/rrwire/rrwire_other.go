@@ -30,4 +30,5 @@ type Batch struct{}
 
 func NewBatch(n, size int) *Batch                   { return &Batch{} }
 func (b *Batch) Recv(int) (int, error)              { return 0, syscall.EOPNOTSUPP }
+func (b *Batch) Cap() int                           { return 0 }
 func (b *Batch) Msg(int) (p, oob []byte, flags int) { return nil, nil, 0 }
