@@ -209,10 +209,7 @@ func (h *handoff) take(m received) (net.Conn, error) {
 		syscall.Close(m.fd)
 		return nil, err
 	}
-	f := os.NewFile(uintptr(m.fd), "prefork-conn")
-	c, err := net.FileConn(f)
-	f.Close()
-	return c, err
+	return newConn(m.fd)
 }
 
 // Accept waits for the next connection prefork hands to this listener and

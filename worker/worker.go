@@ -12,7 +12,8 @@
 // LISTEN_PID as systemd passes them (so the package works under systemd socket
 // activation too); in rr mode (PREFORK_MODE=rr) fd 3 is prefork's handoff
 // socket and a background reader queues each connection on the listener of its
-// index; Accept acks it as it returns it, before anything is read. Closing every
+// index; Accept acks it as it returns it, before anything is read, as a *Conn
+// (not a *net.TCPConn: see Conn for why and what it offers). Closing every
 // listener stops the reader and closes fd 3; connections prefork sent that were
 // not accepted (so not acked) yet then go to another worker.
 //
