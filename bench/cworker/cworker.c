@@ -30,6 +30,8 @@ static char body[64], resp_ka[256], resp_close[256];
 static int len_ka, len_close;
 static char *inbuf[MAXCONN];
 static int inlen[MAXCONN];
+static int ep; /* the epoll set */
+static int rr; /* PREFORK_MODE=rr: connections come over the handoff channel */
 
 static void die(const char *what) {
 	fprintf(stderr, "cworker: %s: %s\n", what, strerror(errno));
@@ -60,11 +62,19 @@ static void add(int ep, int fd) {
 		die("epoll_ctl");
 }
 
+/* drop closes a connection. In rr mode it leaves the epoll set first: close()
+ * alone does not remove it while another descriptor refers to the same
+ * socket, and prefork holds one until it has read the ack. The stale entry
+ * would keep reporting the closed number (level-triggered: at every wait,
+ * until prefork closes its copy), and by then the number may be another
+ * connection's. */
 static void drop(int fd) {
 	free(inbuf[fd]);
 	inbuf[fd] = NULL;
 	inlen[fd] = 0;
-	close(fd); /* also leaves the epoll set */
+	if (rr)
+		epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
+	close(fd);
 }
 
 /* serve reads what the client sent and answers every complete request. */
@@ -151,13 +161,13 @@ int main(void) {
 	                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n%s",
 	                     strlen(body), body);
 	const char *mode = getenv("PREFORK_MODE");
-	int rr = mode && strcmp(mode, "rr") == 0;
+	rr = mode && strcmp(mode, "rr") == 0;
 	int nl = rr ? 1 : (getenv("LISTEN_FDS") ? atoi(getenv("LISTEN_FDS")) : 0);
 	if (nl < 1) {
 		fprintf(stderr, "cworker: not started by prefork (no LISTEN_FDS, no PREFORK_MODE=rr)\n");
 		return 2;
 	}
-	int ep = epoll_create1(EPOLL_CLOEXEC);
+	ep = epoll_create1(EPOLL_CLOEXEC);
 	if (ep < 0)
 		die("epoll_create1");
 	for (int i = 0; i < nl; i++) {
