@@ -112,6 +112,21 @@ func (c *Conn) SetDeadline(t time.Time) error      { return c.opError("set", c.f
 func (c *Conn) SetReadDeadline(t time.Time) error  { return c.opError("set", c.f.SetReadDeadline(t)) }
 func (c *Conn) SetWriteDeadline(t time.Time) error { return c.opError("set", c.f.SetWriteDeadline(t)) }
 
+// ReadFrom copies r to the connection until EOF. From a regular file (or an
+// io.LimitedReader of one) it uses sendfile(2) on Linux, as net.TCPConn does,
+// so that http.ServeFile through an rr worker copies nothing through Go.
+func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
+	n, handled, err := c.sendFile(r)
+	if handled {
+		return n, c.opError("sendfile", err)
+	}
+	m, err := io.Copy(writerOnly{c}, r)
+	return n + m, err
+}
+
+// writerOnly hides Conn's ReadFrom from io.Copy, which would call it again.
+type writerOnly struct{ io.Writer }
+
 // SyscallConn gives the descriptor, as net.TCPConn's does.
 func (c *Conn) SyscallConn() (syscall.RawConn, error) { return c.f.SyscallConn() }
 

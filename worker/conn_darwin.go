@@ -1,7 +1,10 @@
 // This file holds what Conn does in a macOS-specific way.
 package worker
 
-import "syscall"
+import (
+	"io"
+	"syscall"
+)
 
 // Not in package syscall for darwin; from <netinet/tcp.h>.
 const (
@@ -21,3 +24,6 @@ func setTCPDefaults(fd int) {
 	syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, tcpKeepIntvl, 15)
 	syscall.SetsockoptInt(fd, syscall.IPPROTO_TCP, tcpKeepCnt, 9)
 }
+
+// sendFile is not used on macOS: ReadFrom copies.
+func (c *Conn) sendFile(io.Reader) (int64, bool, error) { return 0, false, nil }

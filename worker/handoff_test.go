@@ -465,3 +465,80 @@ func TestRRConnUnix(t *testing.T) {
 		t.Fatal("SetNoDelay on a unix socket succeeded")
 	}
 }
+
+// TestRRConnReadFrom checks Conn.ReadFrom, which net/http uses to serve
+// files: a file in two parts (a limited reader, then the rest from where the
+// first stopped), then a reader that is not a file; the client gets every byte
+// in order.
+func TestRRConnReadFrom(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ch, ls := inProcessRR(t, "web")
+	defer ls[0].Close()
+	c, s := clientPair(t, l)
+	defer c.Close()
+	sendConn(t, ch, 1, 0, s)
+	got, err := ls[0].Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readAcks(t, ch)
+	s.Close()
+
+	data := make([]byte, 3<<20) // more than a socket buffer: the send waits for room
+	for i := range data {
+		data[i] = byte(i * 7 / 5)
+	}
+	path := filepath.Join(t.TempDir(), "f")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	tail := []byte("and not a file\n")
+	sent := make(chan error, 1)
+	go func() {
+		rf := got.(io.ReaderFrom)
+		n, err := rf.ReadFrom(io.LimitReader(f, 1<<20))
+		if err == nil && n != 1<<20 {
+			err = fmt.Errorf("first part: %d bytes", n)
+		}
+		if err == nil {
+			n, err = rf.ReadFrom(f)
+			if err == nil && n != int64(len(data)-1<<20) {
+				err = fmt.Errorf("rest: %d bytes", n)
+			}
+		}
+		if err == nil {
+			n, err = rf.ReadFrom(strings.NewReader(string(tail)))
+			if err == nil && n != int64(len(tail)) {
+				err = fmt.Errorf("tail: %d bytes", n)
+			}
+		}
+		got.Close()
+		sent <- err
+	}()
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	all, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
+	}
+	want := append(append([]byte(nil), data...), tail...)
+	if len(all) != len(want) {
+		t.Fatalf("client got %d bytes, want %d", len(all), len(want))
+	}
+	for i := range all {
+		if all[i] != want[i] {
+			t.Fatalf("byte %d differs", i)
+		}
+	}
+}
