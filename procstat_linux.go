@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -27,58 +28,120 @@ const acceptQueueSupported = true
 // worker leads its own group) are in pgids, in one pass over /proc. Groups with
 // no process left are missing from the map. It fails only when /proc cannot be
 // listed; processes that exit during the pass are skipped.
+//
+// It runs every second for as long as prefork does, so the pass allocates
+// nothing per process: directory entries, paths and stat lines go through
+// buffers kept between calls (os.ReadDir and os.ReadFile made 20 KB of garbage
+// a second, which let an idle prefork's heap, and so its RSS, grow to the
+// GC's 4 MB floor).
 func groupUsage(pgids []int) (map[int]procUsage, error) {
-	want := make(map[int]bool, len(pgids))
-	for _, p := range pgids {
-		want[p] = true
-	}
 	out := make(map[int]procUsage, len(pgids))
 	if len(pgids) == 0 {
 		return out, nil
 	}
-	d, err := os.Open("/proc")
-	if err != nil {
-		return nil, err
+	procScan.Lock()
+	defer procScan.Unlock()
+	sc := &procScan
+	if sc.dirents == nil {
+		sc.dirents = make([]byte, 16<<10)
+		sc.stat = make([]byte, 1024)
+		sc.path = make([]byte, 0, 32)
 	}
-	defer d.Close()
-	names, err := d.Readdirnames(-1)
+	dir, err := syscall.Open("/proc", syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, err
+		return nil, os.NewSyscallError("open /proc", err)
 	}
+	defer syscall.Close(dir)
 	page, tick := int64(os.Getpagesize()), clockTick()
-	buf := make([]byte, 1024)
-	path := make([]byte, 0, 32)
-	for _, name := range names {
-		if name == "" || name[0] < '0' || name[0] > '9' {
+	for {
+		n, err := syscall.Getdents(dir, sc.dirents)
+		if err == syscall.EINTR {
 			continue
 		}
-		path = append(append(path[:0], "/proc/"...), name...)
-		path = append(path, "/stat"...)
-		n := readSmall(string(path), buf)
+		if err != nil {
+			return nil, os.NewSyscallError("getdents /proc", err)
+		}
 		if n <= 0 {
-			continue
+			return out, nil
 		}
-		st, ok := parseProcStat(buf[:n])
-		if !ok || !want[st.pgrp] {
-			continue
+		for b := sc.dirents[:n]; len(b) >= direntNameOff; {
+			reclen := int(binary.NativeEndian.Uint16(b[direntReclenOff:]))
+			if reclen < direntNameOff || reclen > len(b) {
+				break
+			}
+			name := b[direntNameOff:reclen]
+			b = b[reclen:]
+			if !isPid(name) {
+				continue
+			}
+			k := sc.readStat(dir, name)
+			if k <= 0 {
+				continue
+			}
+			st, ok := parseProcStat(sc.stat[:k])
+			if !ok || !slices.Contains(pgids, st.pgrp) {
+				continue
+			}
+			u := out[st.pgrp]
+			u.RSS += st.rssPages * page
+			u.CPU += time.Duration(st.ticks) * tick
+			u.Procs++
+			out[st.pgrp] = u
 		}
-		u := out[st.pgrp]
-		u.RSS += st.rssPages * page
-		u.CPU += time.Duration(st.ticks) * tick
-		u.Procs++
-		out[st.pgrp] = u
 	}
-	return out, nil
 }
 
-// readSmall reads up to len(buf) bytes of a /proc file into buf; 0 on any error.
-func readSmall(path string, buf []byte) int {
-	fd, err := syscall.Open(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
-	if err != nil {
+// procScan holds groupUsage's buffers; the pool and the control server both
+// sample.
+type procScanner struct {
+	sync.Mutex
+	dirents, stat, path []byte
+}
+
+var procScan procScanner
+
+// Where a struct linux_dirent64 (getdents64) keeps its length and its name.
+const (
+	direntReclenOff = 16
+	direntNameOff   = 19
+)
+
+// isPid reports whether a NUL-padded /proc entry name is a number.
+func isPid(name []byte) bool {
+	if len(name) == 0 || name[0] < '0' || name[0] > '9' {
+		return false
+	}
+	for _, c := range name {
+		if c == 0 {
+			return true
+		}
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// readStat reads /proc/PID/stat, PID the entry name in the /proc directory
+// dir, into sc.stat without allocating; 0 on any error.
+func (sc *procScanner) readStat(dir int, name []byte) int {
+	p := sc.path[:0]
+	for _, c := range name {
+		if c == 0 {
+			break
+		}
+		p = append(p, c)
+	}
+	p = append(p, "/stat\x00"...)
+	sc.path = p
+	r, _, e := syscall.Syscall6(syscall.SYS_OPENAT, uintptr(dir), uintptr(unsafe.Pointer(&p[0])),
+		syscall.O_RDONLY|syscall.O_CLOEXEC, 0, 0, 0)
+	if e != 0 {
 		return 0
 	}
+	fd := int(r)
 	defer syscall.Close(fd)
-	n, err := syscall.Read(fd, buf)
+	n, err := syscall.Read(fd, sc.stat)
 	if err != nil {
 		return 0
 	}

@@ -3,6 +3,7 @@ package main
 
 import (
 	"net"
+	"os"
 	"os/exec"
 	"syscall"
 	"testing"
@@ -50,6 +51,25 @@ func TestGroupUsageCountsEveryProcessOfTheGroup(t *testing.T) {
 			t.Fatalf("sleeping group %+v (want 3 processes), busy group %+v (want 1 process, >= 200ms CPU)", ua, ub)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestGroupUsageAllocatesNothingPerProcess: the pool samples every second for
+// as long as prefork runs, so what a pass allocates must not grow with the
+// number of processes on the machine (it used to be 20 KB a second).
+func TestGroupUsageAllocatesNothingPerProcess(t *testing.T) {
+	a := startGroup(t, "sleep 30 & sleep 30 & wait")
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	allocs := testing.AllocsPerRun(20, func() {
+		if u, err := groupUsage([]int{a.Process.Pid}); err != nil || u[a.Process.Pid].Procs == 0 {
+			t.Fatalf("groupUsage: %v, %v", u, err)
+		}
+	})
+	if allocs > 8 {
+		t.Fatalf("a pass over /proc (%d entries) made %.0f allocations", len(ents), allocs)
 	}
 }
 
