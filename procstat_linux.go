@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"sync"
 	"syscall"
@@ -46,6 +45,11 @@ func groupUsage(pgids []int) (map[int]procUsage, error) {
 		sc.dirents = make([]byte, 16<<10)
 		sc.stat = make([]byte, 1024)
 		sc.path = make([]byte, 0, 32)
+		sc.want = make(map[int]bool)
+	}
+	clear(sc.want) // keeps its buckets: no allocation once it has seen this many workers
+	for _, p := range pgids {
+		sc.want[p] = true
 	}
 	dir, err := syscall.Open("/proc", syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
 	if err != nil {
@@ -79,7 +83,7 @@ func groupUsage(pgids []int) (map[int]procUsage, error) {
 				continue
 			}
 			st, ok := parseProcStat(sc.stat[:k])
-			if !ok || !slices.Contains(pgids, st.pgrp) {
+			if !ok || !sc.want[st.pgrp] {
 				continue
 			}
 			u := out[st.pgrp]
@@ -96,6 +100,7 @@ func groupUsage(pgids []int) (map[int]procUsage, error) {
 type procScanner struct {
 	sync.Mutex
 	dirents, stat, path []byte
+	want                map[int]bool // the process groups asked for
 }
 
 var procScan procScanner

@@ -74,10 +74,7 @@ func (d *dispatcher) acceptLocked(l *rrListener) {
 		l.probe = 0
 	}
 	got := 0
-	for !d.paused && d.acceptableLocked(l.index) {
-		if once && got == 1 {
-			return
-		}
+	for (!once || got == 0) && !d.paused && d.acceptableLocked(l.index) {
 		fd, err := accept(l.fd)
 		switch err {
 		case nil:
