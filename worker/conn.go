@@ -164,10 +164,7 @@ func (c *Conn) control(call string, f func(fd int) error) error {
 	if err := rc.Control(func(fd uintptr) { ferr = f(int(fd)) }); err != nil {
 		return c.opError(call, err)
 	}
-	if ferr != nil {
-		return &net.OpError{Op: call, Net: c.network, Source: c.laddr, Addr: c.raddr, Err: os.NewSyscallError(call, ferr)}
-	}
-	return nil
+	return c.opError(call, ferr)
 }
 
 func boolInt(b bool) int {
