@@ -264,7 +264,7 @@ func sampleUsage(st *ctlStatus) {
 	for i, w := range st.Workers {
 		pids[i] = w.PID
 	}
-	usage, err := groupUsage(pids) // procstat_*.go
+	usage, err := groupUsage(pids, nil) // procstat_*.go
 	if err != nil {
 		return
 	}

@@ -9,7 +9,9 @@ package main
 
 import (
 	"fmt"
+	"maps"
 	"math/rand/v2"
+	"slices"
 	"sync/atomic"
 	"time"
 )
@@ -231,8 +233,10 @@ func (r *poolRunner) run() {
 	defer t.Stop()
 	var (
 		use    map[int]procUsage // the last /proc reading, and the base of the next CPU rate
+		spare  map[int]procUsage // the reading before, refilled by the next one
 		prevAt time.Time
 		mark   uint32 // rr: the dispatcher's sequence number at the previous tick
+		sent   poolStats
 	)
 	for tick := 0; ; tick++ {
 		var now time.Time
@@ -262,14 +266,21 @@ func (r *poolRunner) run() {
 		cpu := -1.0
 		if tick%poolUsageTicks == 0 {
 			if r.usage {
-				if u, err := groupUsage(v.pids); err == nil {
+				if u, err := groupUsage(v.pids, spare); err == nil {
 					if use != nil {
 						cpu = cpuRate(use, u, now.Sub(prevAt))
 					}
-					use, prevAt = u, now
+					spare, use, prevAt = use, u, now
 				}
 			}
-			ev.stats = &poolStats{usage: use, queues: queues}
+			// Figures that did not move are not sent: the owner loop would
+			// snapshot and re-encode the status for nothing, and that garbage,
+			// every second for as long as prefork runs, is what grew an idle
+			// prefork's RSS to the GC's 4 MB floor.
+			if !maps.Equal(use, sent.usage) || !slices.Equal(queues, sent.queues) {
+				ev.stats = &poolStats{usage: maps.Clone(use), queues: queues}
+				sent = *ev.stats
+			}
 		}
 		// Decide only on a view that shows the outcome of every earlier request:
 		// ticks that bunch up after a slow sample must not ask twice.

@@ -20,7 +20,9 @@ var errProcstatUnsupported = errors.New("reading another process's memory and CP
 var errAcceptQueueUnsupported = errors.New("the accept-queue length of a listener cannot be read on macOS")
 
 // groupUsage is not available on macOS.
-func groupUsage(pgids []int) (map[int]procUsage, error) { return nil, errProcstatUnsupported }
+func groupUsage([]int, map[int]procUsage) (map[int]procUsage, error) {
+	return nil, errProcstatUnsupported
+}
 
 // acceptQueue is not available on macOS.
 func acceptQueue(fd int) (int, error) { return 0, errAcceptQueueUnsupported }

@@ -26,15 +26,19 @@ const acceptQueueSupported = true
 // groupUsage samples the process groups whose ids (= the worker pids, each
 // worker leads its own group) are in pgids, in one pass over /proc. Groups with
 // no process left are missing from the map. It fails only when /proc cannot be
-// listed; processes that exit during the pass are skipped.
+// listed; processes that exit during the pass are skipped. The figures go
+// into out, cleared first, when it is not nil.
 //
 // It runs every second for as long as prefork does, so the pass allocates
 // nothing per process: directory entries, paths and stat lines go through
 // buffers kept between calls (os.ReadDir and os.ReadFile made 20 KB of garbage
 // a second, which let an idle prefork's heap, and so its RSS, grow to the
 // GC's 4 MB floor).
-func groupUsage(pgids []int) (map[int]procUsage, error) {
-	out := make(map[int]procUsage, len(pgids))
+func groupUsage(pgids []int, out map[int]procUsage) (map[int]procUsage, error) {
+	if out == nil {
+		out = make(map[int]procUsage, len(pgids))
+	}
+	clear(out)
 	if len(pgids) == 0 {
 		return out, nil
 	}
