@@ -40,5 +40,5 @@ for ((i = 0; i <= minutes * 2; i++)); do
 		awk '/^VmRSS/ { r = $2 } /^RssAnon/ { a = $2 } END { printf "  %-22s", sprintf("%.1f (%.1f)", r / 1024, a / 1024) }' "/proc/$p/status"
 	done
 	echo
-	[ "$i" -lt $((minutes * 2)) ] && sleep 30
+	if [ "$i" -lt $((minutes * 2)) ]; then sleep 30; fi
 done
