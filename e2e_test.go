@@ -334,6 +334,26 @@ func get(addr string) (workerReport, error) {
 
 func pidAlive(pid int) bool { return syscall.Kill(pid, 0) == nil }
 
+// loadInBackground runs load in a goroutine until the returned finish is
+// called; finish returns what load counted.
+func loadInBackground(addr string, clients int, keepAlive bool) (finish func() (total int, failed []error)) {
+	stop := make(chan struct{})
+	type result struct {
+		total  int
+		failed []error
+	}
+	res := make(chan result, 1)
+	go func() {
+		total, failed := load(addr, clients, keepAlive, stop)
+		res <- result{total, failed}
+	}()
+	return func() (int, []error) {
+		close(stop)
+		r := <-res
+		return r.total, r.failed
+	}
+}
+
 // load runs bounded concurrent requests until stop is closed; it returns the
 // number of requests and the failures.
 func load(addr string, clients int, keepAlive bool, stop <-chan struct{}) (total int, failed []error) {

@@ -85,16 +85,7 @@ func TestNodeReloadUnderLoad(t *testing.T) {
 				in := startNode(t, "app.js", []string{"APP_LISTEN=" + strconv.Itoa(port)}, "-n", "2", "--mode", mode)
 				in.readyWorkers(2, 20*time.Second)
 				addr := fmt.Sprintf("127.0.0.1:%d", port)
-				stop := make(chan struct{})
-				type result struct {
-					total  int
-					failed []error
-				}
-				res := make(chan result, 1)
-				go func() {
-					total, failed := load(addr, 4, keepAlive, stop)
-					res <- result{total, failed}
-				}()
+				finish := loadInBackground(addr, 4, keepAlive)
 				// A request in flight across the reload finishes.
 				slow := make(chan error, 1)
 				go func() {
@@ -117,23 +108,22 @@ func TestNodeReloadUnderLoad(t *testing.T) {
 					})
 				}
 				time.Sleep(200 * time.Millisecond)
-				close(stop)
-				r := <-res
+				total, failed := finish()
 				if err := <-slow; err != nil {
 					t.Errorf("the request in flight during the reload failed: %v", err)
 				}
-				if len(r.failed) > 0 && mode == "shared" && !keepAlive && nodeMajor(t) >= 26 {
+				if len(failed) > 0 && mode == "shared" && !keepAlive && nodeMajor(t) >= 26 {
 					// Node 26's server.close() (what disconnect does) destroys
 					// connections accepted in the last turn of its event loop before
 					// their request is read; Node's own cluster primary loses
 					// requests the same way on worker.disconnect(). In rr mode
 					// prefork waits for that turn (nodeSettle); in shared mode it
 					// cannot see the worker's accepts.
-					t.Logf("node %d, shared mode: %d of %d requests reset during reloads (Node's server.close())", nodeMajor(t), len(r.failed), r.total)
-				} else if len(r.failed) > 0 || r.total == 0 {
-					t.Fatalf("%d of %d requests failed during reloads: %v", len(r.failed), r.total, r.failed[:min(len(r.failed), 5)])
+					t.Logf("node %d, shared mode: %d of %d requests reset during reloads (Node's server.close())", nodeMajor(t), len(failed), total)
+				} else if len(failed) > 0 || total == 0 {
+					t.Fatalf("%d of %d requests failed during reloads: %v", len(failed), total, failed[:min(len(failed), 5)])
 				}
-				t.Logf("%d requests, 0 failed, 2 reloads", r.total)
+				t.Logf("%d requests, 0 failed, 2 reloads", total)
 				nodeStop(t, in)
 			})
 		}

@@ -281,16 +281,7 @@ func testReload(t *testing.T, mode string, keepAlive bool) {
 	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "2", "--mode", mode)
 	st := in.readyWorkers(2, 10*time.Second)
 	addr := in.addr()
-	stop := make(chan struct{})
-	type result struct {
-		total  int
-		failed []error
-	}
-	res := make(chan result, 1)
-	go func() {
-		total, failed := load(addr, 4, keepAlive, stop)
-		res <- result{total, failed}
-	}()
+	finish := loadInBackground(addr, 4, keepAlive)
 	time.Sleep(200 * time.Millisecond)
 	in.signal(syscall.SIGHUP)
 	in.waitFor("generation 2 ready", 15*time.Second, func(s statusFile) bool {
@@ -305,13 +296,12 @@ func testReload(t *testing.T, mode string, keepAlive bool) {
 		return true
 	})
 	time.Sleep(200 * time.Millisecond)
-	close(stop)
-	r := <-res
-	if len(r.failed) > 0 {
-		t.Errorf("%d of %d requests failed during a reload; first: %v", len(r.failed), r.total, r.failed[0])
+	total, failed := finish()
+	if len(failed) > 0 {
+		t.Errorf("%d of %d requests failed during a reload; first: %v", len(failed), total, failed[0])
 	}
-	if r.total < 20 {
-		t.Errorf("only %d requests ran during the reload", r.total)
+	if total < 20 {
+		t.Errorf("only %d requests ran during the reload", total)
 	}
 	for _, w := range st.Workers {
 		if pidAlive(w.PID) {
