@@ -99,7 +99,7 @@ func groupUsage(pgids []int, out map[int]procUsage) (map[int]procUsage, error) {
 	}
 }
 
-// procScan holds groupUsage's buffers; the pool and the control server both
+// procScanner holds groupUsage's buffers, in procScan; the pool and the control server both
 // sample.
 type procScanner struct {
 	sync.Mutex
