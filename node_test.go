@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -74,15 +75,31 @@ func startNode(t *testing.T, app string, env []string, args ...string) *instance
 	return startPrefork(t, "", env, args...)
 }
 
-// freePort returns a TCP port nothing listens on right now.
+// freePort returns a TCP port nothing holds right now, for an app that binds
+// its own port (node's listen(PORT)). It picks from below the kernel's
+// ephemeral range: a port that Listen(":0") hands out comes from that range and
+// can become the local end of any outgoing connection on the machine before the
+// app binds it (EADDRINUSE with nothing listening; CI met that).
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	lo := 32768 // Linux's default; macOS starts at 49152
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) > 0 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 12000 {
+				lo = n
+			}
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	for range 100 {
+		port := 10000 + rand.IntN(lo-10000)
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err == nil {
+			l.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port below the ephemeral range")
+	return 0
 }
 
 // fetch makes one request on a fresh connection and returns the body.

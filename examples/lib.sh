@@ -40,17 +40,34 @@ prefork_bin() {
   fi
 }
 
-# free_port prints a TCP port on 127.0.0.1 that nothing listens on.
+# free_port prints a TCP port on 127.0.0.1 that no socket holds. It picks from
+# below the kernel's ephemeral range (ip_local_port_range): a port in that range
+# can be the local end of any outgoing connection on the machine at the moment
+# prefork binds it, and bind then fails with EADDRINUSE although nothing
+# listens. A port is taken as free when no TCP socket, listening or connected,
+# has it as its local port (/proc/net/tcp and tcp6).
 free_port() {
-  local port try
+  local lo=32768 hi port try
+  read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+  [ "$lo" -gt 12000 ] || lo=32768
   for try in $(seq 100); do
-    port=$((20000 + RANDOM % 20000))
-    if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    port=$((10000 + RANDOM % (lo - 10000)))
+    if ! port_held "$port"; then
       echo "$port"
       return 0
     fi
   done
   fail "no free port found"
+}
+
+# port_held PORT: some TCP socket has PORT as its local port.
+port_held() {
+  if [ -r /proc/net/tcp ]; then
+    awk -v p="$(printf ':%04X' "$1")" 'FNR > 1 && substr($2, length($2) - 4) == p { found = 1 } END { exit !found }' \
+      /proc/net/tcp /proc/net/tcp6 2>/dev/null
+  else
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+  fi
 }
 
 # wait_until SECONDS COMMAND...: run COMMAND every 0.1s until it succeeds.

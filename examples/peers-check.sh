@@ -31,8 +31,12 @@ check() {
     --status-file "$tmp/status.json" -- "$@" >"$tmp/$name.log" 2>&1 &
   local pf=$!
   started+=("$pf")
-  wait_until 30 ready_workers "$tmp/status.json" 2 || fail "$name: 2 workers not ready (READY=1 never credited?); log:
+  if ! wait_until 30 ready_workers "$tmp/status.json" 2; then
+    alive "$pf" || fail "$name: prefork exited before 2 workers were ready; log:
 $(cat "$tmp/$name.log")"
+    fail "$name: 2 workers not ready (READY=1 never credited?); log:
+$(cat "$tmp/$name.log")"
+  fi
   local seen="" a i
   for i in $(seq 30); do
     a=$(curl -fsS --max-time 5 "http://127.0.0.1:$port/") || fail "$name: request $i failed; log:
