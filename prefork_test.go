@@ -154,6 +154,28 @@ func TestKilledWorkerIsReplacedInItsSlot(t *testing.T) {
 	t.Errorf("no answer from the replacement of slot %d", victim.Slot)
 }
 
+// In rr mode a dying worker's channel closes a moment before the reaper reports
+// its exit; that end of file must not turn the crash into a replacement that
+// counts nothing. A worker that is up, then exits within --min-uptime, is a
+// failed start in every mode: --max-restarts 3 means three starts. (The worker
+// closes its channel 50 ms before it exits, so that the end of file always
+// comes first; prefork's stop signal then ends it.)
+func TestRRCrashLoopCountsEveryStart(t *testing.T) {
+	in := startPrefork(t, "", nil, "--mode", "rr", "-l", "127.0.0.1:0", "-n", "1", "--ready-delay", "100ms",
+		"--min-uptime", "5s", "--backoff-min", "20ms", "--backoff-max", "40ms", "--max-restarts", "3",
+		"--", "sh", "-c", "sleep 0.4; exec 3>&-; sleep 0.05; exit 3") // the end of file comes first
+	if code := in.wait(30 * time.Second); code != 1 {
+		t.Fatalf("exit status %d after a crash loop, want 1", code)
+	}
+	out := in.stderr.String()
+	if n := strings.Count(out, "worker started"); n != 3 {
+		t.Errorf("%d workers started, want 3 (--max-restarts 3):\n%s", n, out)
+	}
+	if !strings.Contains(out, "crash loop") {
+		t.Errorf("no crash-loop message:\n%s", out)
+	}
+}
+
 func TestCrashLoopGivesUp(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "s.sock")
 	in := startPrefork(t, "exit:3", nil, "-l", "127.0.0.1:0", "-l", "unix:"+sock, "-n", "1", "--backoff-min", "20ms",

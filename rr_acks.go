@@ -121,6 +121,13 @@ func (d *dispatcher) shutLocked(w *rrWorker) {
 		syscall.Close(w.fd)
 	}
 	d.total.Redistributed += uint64(len(w.inflight))
+	for _, h := range w.inflight {
+		// The worker's copy shares the open file description with prefork's:
+		// a worker that made it non-blocking (Go, libuv, Python's settimeout)
+		// before dying would pass that on to the next one, whose blocking
+		// read then fails with EAGAIN. §4 hands connections in blocking mode.
+		syscall.SetNonblock(h.fd, d.nonblockConns)
+	}
 	d.pending = append(d.pending, w.inflight...)
 	w.inflight = nil
 }

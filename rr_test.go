@@ -166,6 +166,27 @@ func TestRRDetachRedistributes(t *testing.T) {
 	}
 }
 
+// A worker that made a connection non-blocking (as Go, libuv and Python's
+// settimeout do) and died before acking must not pass that on: the next worker
+// gets it in blocking mode, as §4 says, and its plain read waits for data.
+func TestRRRedistributedConnIsBlocking(t *testing.T) {
+	f := newRRFixture(t, 1, 4)
+	a := f.worker(471, true)
+	c := f.dial(0)
+	m := a.must()
+	if err := syscall.SetNonblock(m.conn, true); err != nil {
+		t.Fatal(err)
+	}
+	b := f.worker(472, true)
+	a.close()
+	f.d.detach(471)
+	m = b.must()
+	if fl, err := fcntl(m.conn, syscall.F_GETFL, 0); err != nil || fl&syscall.O_NONBLOCK != 0 {
+		t.Fatalf("redistributed connection: flags %#x, %v; want blocking", fl, err)
+	}
+	sameConn(t, c, m.conn, 'n')
+}
+
 func TestRRWorkerClosesChannel(t *testing.T) {
 	f := newRRFixture(t, 1, 4)
 	a := f.worker(451, true)

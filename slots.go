@@ -12,7 +12,8 @@
 //	empty      restart due                    start cur                         → running
 //	running    cur ready                      count it up
 //	running    replace(why)                   start next                        → replacing
-//	running    cur STOPPING=1 / channel broken cur leaves (drained), replace(why)   → replacing
+//	running    cur STOPPING=1                 cur leaves (drained), replace(why) → replacing
+//	running    cur's channel broken           the same, but its exit is a crash  → replacing
 //	  …        the same from a young cur¹     cur leaves; its exit is a failed start
 //	running    cur misses its watchdog         replace(watchdog); cur gets SIGABRT  → replacing
 //	running    cur not ready in time          cur stopped gracefully; a failed start
@@ -274,7 +275,15 @@ func (s *supervisor) quit(w *worker, why string, stop bool) {
 		} else {
 			s.log.Warn("worker cannot serve; stopping it and starting its replacement", "slot", sl.index, "pid", w.pid, "why", why)
 		}
-		s.retire(w)
+		if why == whyBroken {
+			// A channel breaks mostly because its worker died (the end closes
+			// with it; the reaper reports the exit a moment later). Not retired,
+			// its exit is a crash like any other, a failed start when young, so
+			// a crash loop ends alike in every mode (as the watchdog's does).
+			s.leave(w)
+		} else {
+			s.retire(w)
+		}
 		if stop {
 			w.link.stop(s.c.stopSignal)
 		}
@@ -344,6 +353,10 @@ func (s *supervisor) exited(w *worker, status int) {
 		case w.failed || s.policy.failedStart(w.wasReady, uptime):
 			if s.failed(sl, status) {
 				return
+			}
+			if sl.next != nil {
+				s.log.Warn("worker failed to start; its replacement takes over", "slot", sl.index, "pid", w.pid,
+					"status", status, "failures", sl.failures)
 			}
 		default:
 			sl.failures = 0
