@@ -350,10 +350,13 @@ func TestRRModeEndToEnd(t *testing.T) {
 			if rep.Env["PREFORK_MODE"] != "rr" || rep.Env["LISTEN_FDNAMES"] != "web" {
 				t.Errorf("rr worker environment %v", rep.Env)
 			}
-			for _, k := range []string{"LISTEN_FDS", "LISTEN_PID", "SERVER_STARTER_PORT"} {
+			for _, k := range []string{"LISTEN_FDS", "SERVER_STARTER_PORT"} {
 				if _, ok := rep.Env[k]; ok {
 					t.Errorf("%s is set in rr mode", k)
 				}
+			}
+			if got := rep.Env["LISTEN_PID"]; got != strconv.Itoa(rep.PID) { // §2: every worker
+				t.Errorf("rr worker's LISTEN_PID=%q, want its pid %d", got, rep.PID)
 			}
 		}
 	}

@@ -67,9 +67,9 @@ func runShim(args []string) int {
 		}
 		env = append(env, kv)
 	}
-	if os.Getenv("LISTEN_FDS") != "" {
-		env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
-	}
+	// Every worker, in every mode (SPEC §2): without LISTEN_FDS (rr mode, Node
+	// workers) libsystemd and its peers find no sockets all the same.
+	env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
 	if dir != "" {
 		env = append(env, "PWD="+dir)
 	}
