@@ -91,13 +91,25 @@ func (s *supervisor) publish() {
 			s.log.Warn("cannot write status file", "err", err)
 		}
 	}
-	ready := 0
+	// The generations are those of the ready workers, the ones serving: during
+	// a reload, or after an abandoned one, that is not s.gen.
+	ready, lo, hi := 0, s.gen, s.gen
 	for _, w := range st.Workers {
 		if w.State == stateReady {
+			if ready == 0 || w.Generation < lo {
+				lo = w.Generation
+			}
+			if ready == 0 || w.Generation > hi {
+				hi = w.Generation
+			}
 			ready++
 		}
 	}
-	line := fmt.Sprintf("STATUS=%d of %d workers ready, generation %d, mode %s", ready, len(s.slots), s.gen, s.c.mode)
+	gens := fmt.Sprintf("generation %d", lo)
+	if hi != lo {
+		gens = fmt.Sprintf("generations %d-%d", lo, hi)
+	}
+	line := fmt.Sprintf("STATUS=%d of %d workers ready, %s, mode %s", ready, len(s.slots), gens, s.c.mode)
 	if line != s.lastStatus { // the file changes with every reading of RSS and CPU; this line does not
 		s.lastStatus = line
 		s.up.send(line)

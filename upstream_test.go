@@ -94,6 +94,12 @@ func TestUpstreamNotify(t *testing.T) {
 			t.Errorf("READY=1 after the reload, but worker %d is of generation %d", w.PID, w.Generation)
 		}
 	}
+	// STATUS= names the generations that serve: both while the slots turn over,
+	// the new one once all have.
+	u.waitCount(t, "STATUS=2 of 2 workers ready, generation 2, mode shared", 1, 5*time.Second)
+	if !strings.Contains(strings.Join(u.messages(), "\n"), "workers ready, generations 1-2,") {
+		t.Errorf("no STATUS= named both generations during the rolling reload: %q", u.messages())
+	}
 	// The order: READY=1, RELOADING=1, READY=1.
 	var order []string
 	for _, m := range u.messages() {
