@@ -10,6 +10,7 @@ package main
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -200,14 +201,23 @@ func (l *limits) lifetimeOf(pid int, started time.Time) time.Time {
 	return d
 }
 
-// check returns the worker to replace now and why, or pid 0. At most one
+// poolReplace asks the owner loop to replace a worker.
+type poolReplace struct {
+	pid int
+	why string
+}
+
+// check returns the workers to replace now and why. For --max-rss at most one
 // replacement runs at a time (replacing > 0: none is asked for), as a reload
-// does, so that a leak common to every worker never restarts them all at once.
-// The largest process group over --max-rss goes first, then the worker longest
-// past its lifetime. A worker whose replacement failed (it still serves) is
-// asked for again after a backoff that doubles from --backoff-min to
-// --backoff-max. use may be nil when no /proc sample is at hand.
-func (l *limits) check(ws []poolWorker, use map[int]procUsage, replacing int, now time.Time) (int, string) {
+// does, so that a leak common to every worker never restarts them all at once;
+// the largest process group over the limit goes first. --max-lifetime is a
+// bound on each worker's age, so every worker past its lifetime is asked for
+// at once (its slot's own replacement keeps its capacity; the jitter already
+// spreads workers started together); waiting for one another, the last of N
+// would outlive DUR by N readiness times. A worker whose replacement failed
+// (it still serves) is asked for again after a backoff that doubles from
+// --backoff-min to --backoff-max. use may be nil when no /proc sample is at hand.
+func (l *limits) check(ws []poolWorker, use map[int]procUsage, replacing int, now time.Time) []poolReplace {
 	live := make(map[int]bool, len(ws))
 	for _, w := range ws {
 		live[w.pid] = true
@@ -222,11 +232,8 @@ func (l *limits) check(ws []poolWorker, use map[int]procUsage, replacing int, no
 			delete(l.asked, pid)
 		}
 	}
-	if replacing > 0 {
-		return 0, ""
-	}
-	best, bestRSS, reason := 0, int64(0), ""
-	var bestLate time.Duration
+	var out []poolReplace
+	best, bestRSS := 0, int64(0)
 	for _, w := range ws {
 		if !w.ready || w.replaced {
 			continue
@@ -234,22 +241,24 @@ func (l *limits) check(ws []poolWorker, use map[int]procUsage, replacing int, no
 		if r, ok := l.asked[w.pid]; ok && now.Before(r.next) {
 			continue
 		}
-		if u, ok := use[w.pid]; ok && l.maxRSS > 0 && u.RSS > l.maxRSS && u.RSS > bestRSS {
-			best, bestRSS, reason = w.pid, u.RSS, reasonMaxRSS
+		if u, ok := use[w.pid]; ok && replacing == 0 && l.maxRSS > 0 && u.RSS > l.maxRSS && u.RSS > bestRSS {
+			best, bestRSS = w.pid, u.RSS
 		}
-		if bestRSS == 0 && l.lifetime > 0 {
-			if late := now.Sub(l.lifetimeOf(w.pid, w.started)); late >= 0 && (best == 0 || late > bestLate) {
-				best, bestLate, reason = w.pid, late, reasonMaxLifetime
-			}
+		if l.lifetime > 0 && !now.Before(l.lifetimeOf(w.pid, w.started)) {
+			out = append(out, poolReplace{w.pid, reasonMaxLifetime})
 		}
 	}
 	if best != 0 {
-		r := l.asked[best]
-		r.delay = min(max(r.delay*2, l.backoffMin), l.backoffMax)
-		r.next = now.Add(r.delay)
-		l.asked[best] = r
+		out = slices.DeleteFunc(out, func(r poolReplace) bool { return r.pid == best })
+		out = append([]poolReplace{{best, reasonMaxRSS}}, out...)
 	}
-	return best, reason
+	for _, r := range out {
+		a := l.asked[r.pid]
+		a.delay = min(max(a.delay*2, l.backoffMin), l.backoffMax)
+		a.next = now.Add(a.delay)
+		l.asked[r.pid] = a
+	}
+	return out
 }
 
 // cpuRate is the CPU use, in CPUs, of the process groups present in both

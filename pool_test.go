@@ -3,6 +3,7 @@
 package main
 
 import (
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -182,58 +183,77 @@ func TestElasticKeepsStillDuringAReload(t *testing.T) {
 	}
 }
 
+// asked is what check returned, as "pid why" words.
+func asked(rs []poolReplace) string {
+	var b []string
+	for _, r := range rs {
+		b = append(b, fmt.Sprint(r.pid, " ", r.why))
+	}
+	return strings.Join(b, ", ")
+}
+
 func TestLimitsMaxRSSReplacesTheLargestFirst(t *testing.T) {
 	now := time.Unix(1e9, 0)
 	l := newLimits(100<<20, 0, nil, time.Second, 8*time.Second)
 	ws := []poolWorker{{pid: 10, ready: true}, {pid: 11, ready: true}, {pid: 12, ready: true}, {pid: 13, ready: false}}
 	use := map[int]procUsage{10: {RSS: 50 << 20}, 11: {RSS: 150 << 20}, 12: {RSS: 300 << 20}, 13: {RSS: 900 << 20}}
-	if pid, why := l.check(ws, use, 0, now); pid != 12 || why != reasonMaxRSS {
-		t.Fatalf("check = %d %q, want 12 max-rss (13 is not ready)", pid, why)
-	}
-	if pid, _ := l.check(ws, use, 1, now); pid != 0 {
-		t.Fatalf("asked for %d while a replacement runs", pid)
-	}
-	// 12's replacement failed: it still serves; 11 is next, 12 waits its backoff
-	if pid, _ := l.check(ws, use, 0, now.Add(10*time.Millisecond)); pid != 11 {
-		t.Fatalf("check = %d, want 11 while 12 backs off", pid)
-	}
-	if pid, _ := l.check(ws, use, 0, now.Add(500*time.Millisecond)); pid != 0 {
-		t.Fatalf("check = %d, want none: both back off", pid)
-	}
-	if pid, _ := l.check(ws, use, 0, now.Add(1100*time.Millisecond)); pid != 12 {
-		t.Fatalf("check = %d, want 12 again after its backoff", pid)
-	}
-	if pid, _ := l.check(ws, use, 0, now.Add(2*time.Second)); pid != 11 {
-		t.Fatalf("check = %d, want 11 again after its backoff", pid)
-	}
-	// 12's second failure doubles its backoff to 2s
-	if pid, _ := l.check(ws, use, 0, now.Add(2500*time.Millisecond)); pid != 0 {
-		t.Fatalf("check = %d, want none", pid)
+	for _, c := range []struct {
+		after     time.Duration
+		replacing int
+		want      string
+		why       string
+	}{
+		{0, 0, "12 max-rss", "the largest first (13 is not ready)"},
+		{0, 1, "", "one replacement at a time"},
+		{10 * time.Millisecond, 0, "11 max-rss", "12's replacement failed: it still serves and backs off"},
+		{500 * time.Millisecond, 0, "", "both back off"},
+		{1100 * time.Millisecond, 0, "12 max-rss", "12 again after its backoff"},
+		{2 * time.Second, 0, "11 max-rss", "11 again after its backoff"},
+		{2500 * time.Millisecond, 0, "", "12's second failure doubled its backoff to 2s"},
+	} {
+		if got := asked(l.check(ws, use, c.replacing, now.Add(c.after))); got != c.want {
+			t.Fatalf("at +%v: check = %q, want %q (%s)", c.after, got, c.want, c.why)
+		}
 	}
 	ws[2].replaced = true
-	if pid, _ := l.check(ws, use, 0, now.Add(time.Hour)); pid != 11 {
-		t.Fatalf("check = %d, want 11 (12 is being replaced)", pid)
+	if got := asked(l.check(ws, use, 0, now.Add(time.Hour))); got != "11 max-rss" {
+		t.Fatalf("check = %q, want 11 (12 is being replaced)", got)
 	}
 }
 
+// Every worker past its lifetime is asked for at once, whatever else is being
+// replaced: a worker never waits for the others' readiness beyond DUR.
 func TestLimitsMaxLifetimeWithJitter(t *testing.T) {
 	start := time.Unix(1e9, 0)
 	j := []float64{0, 0.999, 0.5}
 	l := newLimits(0, 100*time.Second, func() float64 { v := j[0]; j = j[1:]; return v }, time.Second, time.Minute)
 	ws := []poolWorker{{pid: 1, ready: true, started: start}, {pid: 2, ready: true, started: start}, {pid: 3, ready: true, started: start}}
-	if pid, _ := l.check(ws, nil, 0, start.Add(89900*time.Millisecond)); pid != 0 {
-		t.Fatalf("replaced %d before 90%% of its lifetime", pid)
+	if got := asked(l.check(ws, nil, 0, start.Add(89900*time.Millisecond))); got != "" {
+		t.Fatalf("asked for %q before 90%% of its lifetime", got)
 	}
-	if pid, why := l.check(ws, nil, 0, start.Add(90100*time.Millisecond)); pid != 2 || why != reasonMaxLifetime {
-		t.Fatalf("check = %d %q, want 2 (jitter 0.999 → 90.01s)", pid, why)
+	if got := asked(l.check(ws, nil, 0, start.Add(90100*time.Millisecond))); got != "2 max-lifetime" {
+		t.Fatalf("check = %q, want 2 (jitter 0.999 → 90.01s)", got)
 	}
 	ws[1].replaced = true
-	if pid, _ := l.check(ws, nil, 0, start.Add(95100*time.Millisecond)); pid != 3 {
-		t.Fatalf("check = %d, want 3 at 95s", pid)
+	if got := asked(l.check(ws, nil, 1, start.Add(95100*time.Millisecond))); got != "3 max-lifetime" {
+		t.Fatalf("check = %q, want 3 at 95s, while 2 is being replaced", got)
 	}
-	ws[2].replaced = true
-	if pid, _ := l.check(ws, nil, 0, start.Add(100*time.Second)); pid != 1 {
-		t.Fatalf("check = %d, want 1 at 100s (no jitter)", pid)
+	// 3's replacement failed (it still serves): it backs off for 1s, then is
+	// asked for again together with 1, due at 100s (no jitter)
+	if got := asked(l.check(ws, nil, 1, start.Add(95500*time.Millisecond))); got != "" {
+		t.Fatalf("check = %q, want none: 1 is not due, 3 backs off", got)
+	}
+	if got := asked(l.check(ws, nil, 1, start.Add(100*time.Second))); got != "1 max-lifetime, 3 max-lifetime" {
+		t.Fatalf("check = %q, want 1 and 3 at 100s", got)
+	}
+	// Two due together are asked for together.
+	l2 := newLimits(0, 10*time.Second, nil, time.Second, time.Minute)
+	if got := asked(l2.check(ws[:1:1], nil, 0, start.Add(10*time.Second))); got != "1 max-lifetime" {
+		t.Fatalf("check = %q", got)
+	}
+	ws2 := []poolWorker{{pid: 4, ready: true, started: start}, {pid: 5, ready: true, started: start}}
+	if got := asked(l2.check(ws2, nil, 1, start.Add(10*time.Second))); got != "4 max-lifetime, 5 max-lifetime" {
+		t.Fatalf("check = %q, want both due workers at once", got)
 	}
 	// gone workers are forgotten
 	l.check(nil, nil, 0, start)

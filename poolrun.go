@@ -44,10 +44,9 @@ type poolStats struct {
 
 // poolEvent is what the pool goroutine asks of the owner loop.
 type poolEvent struct {
-	scale   int    // workers to add (> 0) or stop (< 0)
-	waiting int    // connections waiting, for the log line of a scale-up
-	replace int    // pid of a worker to replace, or 0
-	why     string // why it is replaced
+	scale   int           // workers to add (> 0) or stop (< 0)
+	waiting int           // connections waiting, for the log line of a scale-up
+	replace []poolReplace // workers to replace, and why
 	stats   *poolStats
 }
 
@@ -206,11 +205,17 @@ func (s *supervisor) handlePool(e poolEvent) {
 			s.log.Error("pool: cannot add a worker", "err", err)
 		}
 	}
-	if w := s.workers[e.replace]; w != nil && w == w.slot.cur && w.state == stateReady && w.slot.next == nil {
-		u := s.pool.stats.usage[w.pid]
-		s.log.Info("replacing worker", "slot", w.slot.index, "pid", w.pid, "why", e.why,
-			"rss", u.RSS, "age", time.Since(w.started).Round(time.Millisecond))
-		s.replace(w.slot, e.why)
+	for _, r := range e.replace {
+		if w := s.workers[r.pid]; w != nil && w == w.slot.cur && w.state == stateReady && w.slot.next == nil {
+			u, age := s.pool.stats.usage[w.pid], time.Since(w.started)
+			s.log.Info("replacing worker", "slot", w.slot.index, "pid", w.pid, "why", r.why,
+				"rss", u.RSS, "age", age.Round(time.Millisecond))
+			if r.why == reasonMaxRSS && w.why == reasonMaxRSS && age < time.Minute {
+				s.log.Warn("a fresh worker is over --max-rss already: the limit is likely below what a worker needs",
+					"slot", w.slot.index, "max_rss", s.c.maxRSS, "rss", u.RSS, "age", age.Round(time.Millisecond))
+			}
+			s.replace(w.slot, r.why)
+		}
 	}
 }
 
@@ -290,9 +295,9 @@ func (r *poolRunner) run() {
 				starting: v.starting, reloading: v.reloading, cpu: cpu})
 		}
 		if r.limits != nil && current && !v.reloading {
-			ev.replace, ev.why = r.limits.check(v.workers, use, v.replacing, now)
+			ev.replace = r.limits.check(v.workers, use, v.replacing, now)
 		}
-		if ev.scale == 0 && ev.replace == 0 && ev.stats == nil {
+		if ev.scale == 0 && len(ev.replace) == 0 && ev.stats == nil {
 			continue
 		}
 		select {
