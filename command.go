@@ -86,8 +86,8 @@ func resolveCommand(name, dir string) (string, int, error) {
 			err = nil
 		}
 		if err != nil {
-			if errors.Is(err, fs.ErrPermission) {
-				return "", exitNoExec, fmt.Errorf("%s: permission denied (not executable)", name)
+			if p := onPathNotExecutable(name, dir); p != "" {
+				return "", exitNoExec, fmt.Errorf("%s: permission denied (%s is not executable)", name, p)
 			}
 			return "", exitNotFound, fmt.Errorf("%s: command not found", name)
 		}
@@ -99,6 +99,25 @@ func resolveCommand(name, dir string) (string, int, error) {
 		return "", code, fmt.Errorf("%s: %w", name, err)
 	}
 	return path, 0, nil
+}
+
+// onPathNotExecutable is the first file named name on $PATH, when the search
+// found no executable one: execvp(3) and the shells then fail with EACCES and
+// exit 126, not 127, and so does prefork.
+func onPathNotExecutable(name, dir string) string {
+	for _, d := range filepath.SplitList(os.Getenv("PATH")) {
+		if d == "" {
+			d = "."
+		}
+		p := filepath.Join(d, name)
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
+		}
+		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() {
+			return p
+		}
+	}
+	return ""
 }
 
 // checkExecutable finds what execve would refuse, without running anything:
@@ -202,11 +221,11 @@ func unwrapPath(err error) error {
 // when the exit is).
 func execErrorPath(notifySocket string) string { return notifySocket + ".exec" }
 
-// reportExecError is the shim's side: status and message for prefork.
-func reportExecError(code int, msg string) {
-	if ns := os.Getenv("NOTIFY_SOCKET"); filepath.IsAbs(ns) {
-		os.WriteFile(execErrorPath(ns), []byte(fmt.Sprintf("%d %s", code, msg)), 0o600)
-	}
+// reportExecError is the shim's side: status and message for prefork; it
+// reports whether they were left there.
+func reportExecError(code int, msg string) bool {
+	ns := os.Getenv("NOTIFY_SOCKET")
+	return filepath.IsAbs(ns) && os.WriteFile(execErrorPath(ns), []byte(fmt.Sprintf("%d %s", code, msg)), 0o600) == nil
 }
 
 // execError is prefork's side: what the shim of this worker reported, if it

@@ -35,7 +35,7 @@ const ctlCommands = "status, reload, scale, stop or metrics"
 // gone), 2 usage, 3 timed out.
 func ctlMain(path string, args []string, stdout, stderr io.Writer) int {
 	usageErr := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "prefork: "+format+"\nRun 'prefork --help' for usage.\n", a...)
+		fmt.Fprintf(stderr, "prefork: "+format+"\n"+usageHint+"\n", a...)
 		return exitUsage
 	}
 	failf := func(format string, a ...any) int {

@@ -39,7 +39,22 @@ func TestMain(m *testing.M) {
 	case os.Getenv(workerEnv) != "":
 		os.Exit(testWorker(os.Getenv(workerEnv)))
 	}
-	os.Exit(m.Run())
+	os.Exit(runTests(m))
+}
+
+// runTests runs the tests with TMPDIR in a directory of their own, removed at
+// the end: the notify directories of the preforks that tests SIGKILL on
+// purpose (no prefork can clean up after SIGKILL) go with it.
+func runTests(m *testing.M) int {
+	dir, err := os.MkdirTemp("", "prefork-test.")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	os.Setenv("TMPDIR", dir)
+	os.Unsetenv("XDG_RUNTIME_DIR") // prefork would put them there instead
+	return m.Run()
 }
 
 // workerReport is what a test worker says about itself over HTTP.

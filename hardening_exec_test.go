@@ -55,6 +55,21 @@ func TestExecFailuresFailFast(t *testing.T) {
 	}
 }
 
+// A bare name whose only match on $PATH is not executable is 126, as execvp
+// and the shells have it, not "command not found".
+func TestNotExecutableOnPath(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "server")
+	writeScript(t, path, "#!/bin/sh\nexit 0\n")
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ := runPrefork(t, nil, append(preforkEnv(""), "PATH="+dir), nil, "-l", "127.0.0.1:0", "-n", "1", "--", "server")
+	if code != 126 || !strings.Contains(out, "permission denied") || strings.Contains(out, "worker started") {
+		t.Errorf("status %d, want 126, permission denied and no worker:\n%s", code, out)
+	}
+}
+
 // Issue 9.2: a reload whose new command cannot be executed is abandoned, found
 // by the check before it starts or reported by the shim, and the old workers
 // keep serving; a good command reloads afterwards.

@@ -21,9 +21,18 @@ func newLogger(w io.Writer, format string, verbosity int) *slog.Logger {
 		level = slog.LevelDebug
 	}
 	if format == "json" {
-		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level}))
+		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: durationText}))
 	}
 	return slog.New(&textHandler{w: w, level: level, mu: new(sync.Mutex)})
+}
+
+// durationText writes durations in JSON lines as the options take them
+// ("30s", "1.5ms") rather than slog's integer nanoseconds.
+func durationText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
+	return a
 }
 
 // textHandler writes "prefork: msg k=v ..." with no time stamp: the journal and

@@ -130,6 +130,7 @@ type config struct {
 	poolMin, poolMax int // -n MIN:MAX; poolMax 0 = a fixed pool
 	idleTimeout      time.Duration
 	idleTimeoutSet   bool
+	rrWindowSet      bool
 	maxRSS           int64 // bytes; 0 = off
 	maxLifetime      time.Duration
 	maxLifetimeSet   bool
@@ -242,7 +243,10 @@ var options = []option{
 		return err
 	}},
 	{long: "mode", set: choiceOpt(func(c *config) *string { return &c.mode }, "shared", "reuseport", "rr")},
-	{long: "rr-window", set: intOpt(func(c *config) *int { return &c.rrWindow }, 1, maxRRWindow)},
+	{long: "rr-window", set: func(c *config, v string) error {
+		c.rrWindowSet = true
+		return intOpt(func(c *config) *int { return &c.rrWindow }, 1, maxRRWindow)(c, v)
+	}},
 	{long: "user", set: func(c *config, v string) error { c.user = v; return nil }},
 	{long: "demo", boolean: true, set: func(c *config, _ string) error { c.demo = true; return nil }},
 	{long: "ready", set: choiceOpt(func(c *config) *string { return &c.ready }, "delay", "notify")},
@@ -314,15 +318,17 @@ func parseArgs(args []string) (*config, error) {
 				value, hasValue = a[2:], true
 			}
 		}
+		dash := "-"
+		if long {
+			dash = "--"
+		}
 		switch {
+		case (name == "h" && !long || name == "help" || name == "version" && long) && hasValue:
+			return nil, usagef("option %s%s takes no value", dash, name)
 		case name == "h" && !long || name == "help":
 			return nil, errHelp
 		case name == "version" && long:
 			return nil, errVersion
-		}
-		dash := "-"
-		if long {
-			dash = "--"
 		}
 		o := lookupOption(name, long)
 		if o == nil {
@@ -368,6 +374,8 @@ func (c *config) validate() error {
 		return usagef("--ready-timeout must be above 0")
 	case c.watchdog < 0:
 		return usagef("--watchdog must not be negative")
+	case c.rrWindowSet && c.mode != "rr":
+		return usagef("--rr-window applies to --mode rr only")
 	case c.nodeSendServer != "" && c.nodeCluster == "off":
 		return usagef("--node-send-server needs the Node cluster channel: drop --node-cluster off")
 	}
@@ -455,6 +463,10 @@ func version() string {
 	return "prefork " + v
 }
 
+// usageHint follows a usage error, as flag's usage follows its errors; a line
+// of prefork's own like any other (§7: prefixed, lowercase, no period).
+const usageHint = "prefork: run 'prefork --help' for usage"
+
 // run is main without os.Exit, for tests: it returns the exit status.
 func run(args []string, stdout, stderr io.Writer) int {
 	c, err := parseArgs(args)
@@ -467,7 +479,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, version())
 		return exitOK
 	case errors.As(err, &ue):
-		fmt.Fprintf(stderr, "prefork: %s\nRun 'prefork --help' for usage.\n", ue.msg)
+		fmt.Fprintf(stderr, "prefork: %s\n%s\n", ue.msg, usageHint)
 		return exitUsage
 	case err != nil:
 		fmt.Fprintf(stderr, "prefork: %v\n", err)

@@ -41,6 +41,9 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"--backoff-min", "0", "true"}, 2, "--backoff-min must be above 0"},
 		{[]string{"--max-restarts", "-1", "true"}, 2, "invalid value for --max-restarts"},
 		{[]string{"--demo=yes"}, 2, "takes no value"},
+		{[]string{"--version=1"}, 2, "takes no value"},
+		{[]string{"--help=yes"}, 2, "takes no value"},
+		{[]string{"--rr-window", "4", "-p", "0", "true"}, 2, "--rr-window applies to --mode rr only"},
 		{[]string{"--demo", "true"}, 2, "give no command"},
 		{[]string{"--log-format", "xml", "true"}, 2, "invalid value for --log-format"},
 		{[]string{"--ready", "maybe", "true"}, 2, "invalid value for --ready"},
@@ -53,8 +56,13 @@ func TestUsageErrors(t *testing.T) {
 	for _, c := range cases {
 		var out, errb bytes.Buffer
 		code := run(c.args, &out, &errb)
-		if code != c.code || !strings.Contains(errb.String(), c.msg) || !strings.HasPrefix(errb.String(), "prefork: ") {
+		if code != c.code || !strings.Contains(errb.String(), c.msg) {
 			t.Errorf("prefork %q: status %d, stderr %q; want status %d and %q", c.args, code, errb.String(), c.code, c.msg)
+		}
+		for _, line := range strings.Split(strings.TrimSuffix(errb.String(), "\n"), "\n") {
+			if !strings.HasPrefix(line, "prefork: ") || strings.HasSuffix(line, ".") { // §7, the hint too
+				t.Errorf("prefork %q: line %q is not prefork's own form", c.args, line)
+			}
 		}
 		if c.code == 2 && !strings.Contains(errb.String(), "--help") {
 			t.Errorf("prefork %q: usage error without a hint: %q", c.args, errb.String())

@@ -116,9 +116,10 @@ func supervise(c *config, stderr io.Writer) int {
 	defer releaseSignals(sigs)
 	log := newLogger(stderr, c.logFormat, c.verbosity)
 	fail := func(code int, format string, a ...any) int {
-		log.Error(fmt.Sprintf(format, a...))
-		if code == exitUsage {
-			fmt.Fprintln(stderr, "Run 'prefork --help' for usage.")
+		if code == exitUsage { // a usage error found only now: a listener's address
+			log.Error(fmt.Sprintf(format, a...), "hint", "run 'prefork --help' for usage")
+		} else {
+			log.Error(fmt.Sprintf(format, a...))
 		}
 		return code
 	}

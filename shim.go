@@ -74,8 +74,11 @@ func runShim(args []string) int {
 		env = append(env, "PWD="+dir)
 	}
 	fail := func(code int, msg string) int {
-		fmt.Fprintf(os.Stderr, "prefork: exec shim: %s\n", msg)
-		reportExecError(code, msg)
+		// prefork logs what the shim reports, in its own --log-format; the shim
+		// speaks itself only when it cannot report.
+		if !reportExecError(code, msg) {
+			fmt.Fprintf(os.Stderr, "prefork: exec shim: %s\n", msg)
+		}
 		return code
 	}
 	if cred != "" {
