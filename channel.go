@@ -33,6 +33,7 @@ type link interface {
 	attach(w *worker)        // the worker runs under w.pid
 	abort()                  // the worker could not be started: close what prepare opened
 	ready()                  // it is up: it may get work
+	saysReady() bool         // it reports being up itself (a Node worker's listening): --ready-delay does not make it up
 	drain()                  // it is leaving: no more work to it
 	stop(sig syscall.Signal) // ask it to stop gracefully
 	detach()                 // its process is gone
@@ -86,6 +87,7 @@ type signalLink struct{ pid int }
 func (l *signalLink) attach(w *worker)        { l.pid = w.pid }
 func (l *signalLink) abort()                  {}
 func (l *signalLink) ready()                  {}
+func (l *signalLink) saysReady() bool         { return false }
 func (l *signalLink) drain()                  {}
 func (l *signalLink) stop(sig syscall.Signal) { kill(l.pid, sig) }
 func (l *signalLink) detach()                 {}
@@ -116,7 +118,8 @@ func (l *handoffLink) attach(w *worker) {
 }
 
 func (l *handoffLink) abort() { closeFds([]int{l.master, l.worker}) }
-func (l *handoffLink) ready() { l.d.ready(l.pid) }
+func (l *handoffLink) ready()          { l.d.ready(l.pid) }
+func (l *handoffLink) saysReady() bool { return false }
 func (l *handoffLink) drain() { l.d.drain(l.pid) }
 
 func (l *handoffLink) stop(sig syscall.Signal) {
@@ -151,7 +154,10 @@ func (c nodeChannel) prepare(sl *slot) ([]int, []string, link, error) {
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	env = append(env, "NODE_CHANNEL_FD="+strconv.Itoa(3+len(fds)), "NODE_UNIQUE_ID="+strconv.Itoa(sl.index+1))
+	// NODE_APP_INSTANCE: the slot, as PM2 numbers its cluster instances (apps
+	// that run a task in instance 0 only check it).
+	env = append(env, "NODE_CHANNEL_FD="+strconv.Itoa(3+len(fds)), "NODE_UNIQUE_ID="+strconv.Itoa(sl.index+1),
+		"NODE_APP_INSTANCE="+strconv.Itoa(sl.index))
 	fds = append(fds, child)
 	return fds, env, &nodeLink{s: c.s, nc: c.nc, master: master, child: child, slot: sl.index, socks: socks}, nil
 }
@@ -215,6 +221,17 @@ func (l *nodeLink) ready() {
 	if l.s.rr != nil {
 		l.s.rr.ready(l.pid)
 	}
+}
+
+// saysReady: a worker that came online as a cluster worker reports listening
+// when its server is open (SPEC §9: that is when it is up), so --ready-delay
+// alone must not count it up: an app that takes longer to start, or fails
+// before it listens, would take over from a serving worker with nothing
+// listening. Handle-passing workers (--node-send-server) listen on the handle
+// itself and never report it; a worker not online yet is no cluster worker
+// as far as prefork can tell.
+func (l *nodeLink) saysReady() bool {
+	return l.s.c.nodeSendServer == "" && l.nw != nil && l.nw.isOnline()
 }
 
 func (l *nodeLink) drain() {

@@ -370,7 +370,7 @@ func (c *config) validate() error {
 		return usagef("--backoff-min must be above 0")
 	case c.backoffMin > c.backoffMax:
 		return usagef("--backoff-min %v is above --backoff-max %v", c.backoffMin, c.backoffMax)
-	case c.ready == "notify" && c.readyTimeout <= 0:
+	case c.readyTimeout <= 0: // --ready notify, and Node workers under --ready delay
 		return usagef("--ready-timeout must be above 0")
 	case c.watchdog < 0:
 		return usagef("--watchdog must not be negative")

@@ -7,6 +7,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -170,6 +172,47 @@ func TestNodeWorkerDisconnects(t *testing.T) {
 			for i := 0; i < 10; i++ {
 				if _, err := fetch(closeClient, url); err != nil {
 					t.Fatalf("request %d after the replacement: %v", i, err)
+				}
+			}
+			nodeStop(t, in)
+		})
+	}
+}
+
+// A Node worker is up when it reports listening (SPEC §9), not when
+// --ready-delay has passed: a release that starts slower than that takes over
+// only once it listens, and one that fails before listening is abandoned
+// while the old workers keep serving. (Counted up at --ready-delay, the bad
+// release used to stop every old worker: a full outage.)
+func TestNodeUpOnlyWhenListening(t *testing.T) {
+	for _, mode := range []string{"shared", "rr"} {
+		t.Run(mode, func(t *testing.T) {
+			port := freePort(t)
+			bad := filepath.Join(t.TempDir(), "bad-release")
+			in := startNode(t, "app.js", []string{"APP_LISTEN=" + strconv.Itoa(port), "APP_START_MS=1500", "APP_FAIL_IF=" + bad},
+				"-n", "2", "--mode", mode, "-p", strconv.Itoa(port), "--ready-delay", "200ms", "--max-restarts", "3")
+			time.Sleep(900 * time.Millisecond) // past --ready-delay, before listen()
+			if st, ok := in.readStatus(); !ok {
+				t.Fatal("no status file")
+			} else if n, _ := countReady(st); n != 0 {
+				t.Fatalf("workers up before they listen: %+v", st.Workers)
+			}
+			st := in.readyWorkers(2, 20*time.Second)
+			old := map[string]bool{}
+			for _, w := range st.Workers {
+				old[strconv.Itoa(w.PID)] = true
+			}
+			url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+
+			if err := os.WriteFile(bad, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			in.signal(syscall.SIGHUP)
+			in.waitLog("reload aborted; the old workers keep serving", 20*time.Second)
+			for i := 0; i < 10; i++ {
+				b, err := fetch(closeClient, url)
+				if err != nil || !old[b] {
+					t.Fatalf("after the abandoned reload: %q, %v; want an answer from the old workers %v", b, err, old)
 				}
 			}
 			nodeStop(t, in)

@@ -336,7 +336,11 @@ func (s *supervisor) handle(ev any) {
 		s.done = true
 	case readyDelayEvent:
 		if s.alive(e.w) {
-			s.markReady(e.w)
+			if e.w.link.saysReady() {
+				s.awaitReady(e.w)
+			} else {
+				s.markReady(e.w)
+			}
 		}
 	case readyTimeoutEvent:
 		if s.alive(e.w) && e.w.state == stateStarting {

@@ -207,6 +207,16 @@ func (s *supervisor) replaced(sl *slot, why string, err error) {
 	s.advanceReload()
 }
 
+// awaitReady gives a worker that reports being up itself (link.saysReady), and
+// has not yet, until --ready-timeout after its start, as --ready notify does.
+func (s *supervisor) awaitReady(w *worker) {
+	if w.state != stateStarting {
+		return
+	}
+	s.log.Debug("worker not listening yet; waiting for it", "slot", w.slot.index, "pid", w.pid, "ready_timeout", s.c.readyTimeout)
+	w.timer = time.AfterFunc(max(s.c.readyTimeout-time.Since(w.started), 0), func() { s.events <- readyTimeoutEvent{w} })
+}
+
 // markReady makes a starting worker count as up; a replacement takes over.
 func (s *supervisor) markReady(w *worker) {
 	if w.state != stateStarting {

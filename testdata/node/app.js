@@ -33,11 +33,21 @@ const server = http.createServer((req, res) => {
   res.end(String(process.pid));
 });
 
-const on = process.env.APP_LISTEN;
-if (on.startsWith('fd:')) {
-  server.listen({ fd: Number(on.slice(3)) });
-} else if (on.startsWith('/')) {
-  server.listen(on);
-} else {
-  server.listen(Number(on));
+// APP_START_MS: the app takes that long to start (a database to connect to)
+// before it listens; APP_FAIL_IF: a file whose presence makes it fail then, as
+// a bad release does.
+function listen() {
+  if (process.env.APP_FAIL_IF && require('fs').existsSync(process.env.APP_FAIL_IF)) {
+    console.error('app: cannot start');
+    process.exit(1);
+  }
+  const on = process.env.APP_LISTEN;
+  if (on.startsWith('fd:')) {
+    server.listen({ fd: Number(on.slice(3)) });
+  } else if (on.startsWith('/')) {
+    server.listen(on);
+  } else {
+    server.listen(Number(on));
+  }
 }
+setTimeout(listen, Number(process.env.APP_START_MS || 0));
