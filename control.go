@@ -281,7 +281,7 @@ func ctlSummary(st *ctlStatus) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "prefork pid %d, mode %s, generation %d", st.PID, st.Mode, st.Generation)
 	if st.Reloading > 0 {
-		fmt.Fprintf(&b, " (reloading to %d)", st.Reloading)
+		b.WriteString(" (reload in progress)")
 	}
 	if st.Stopping {
 		b.WriteString(", stopping")

@@ -52,6 +52,12 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
+	// Reachable as /tmp is: workers and clients run as nobody in some tests,
+	// and prefork's notify directory for --user lives in here.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	os.Setenv("TMPDIR", dir)
 	os.Unsetenv("XDG_RUNTIME_DIR") // prefork would put them there instead
 	return m.Run()

@@ -85,7 +85,7 @@ func renderMetrics(st *ctlStatus) []byte {
 	var p promText
 	p.family("prefork_info", "gauge", "Always 1; the labels say prefork's pid, mode and version.")
 	p.sample("prefork_info", 1, "pid", strconv.Itoa(st.PID), "mode", st.Mode, "version", strings.TrimPrefix(version(), "prefork "))
-	p.family("prefork_generation", "gauge", "Generation of the workers: 1 at start, +1 at every reload.")
+	p.family("prefork_generation", "gauge", "The newest generation started: 1 at start, +1 at every reload, abandoned ones too; each worker's is in the status.")
 	p.sample("prefork_generation", float64(st.Generation))
 	p.family("prefork_worker_slots", "gauge", "Worker slots: the number of workers prefork keeps running.")
 	p.sample("prefork_worker_slots", float64(len(st.slots)))
@@ -144,7 +144,7 @@ func renderMetrics(st *ctlStatus) []byte {
 		}
 	}
 	if len(st.Queues) > 0 {
-		p.family("prefork_listen_queue_length", "gauge", "Connections waiting in a TCP listener's accept queue.")
+		p.family("prefork_listen_queue_length", "gauge", "Connections waiting in a stream listener's accept queue (TCP or unix).")
 		for _, q := range st.Queues {
 			p.sample("prefork_listen_queue_length", float64(q.Length), "listener", q.Listener, "addr", q.Addr)
 		}
