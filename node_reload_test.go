@@ -219,3 +219,42 @@ func TestNodeUpOnlyWhenListening(t *testing.T) {
 		})
 	}
 }
+
+// A worker that began its own cluster.worker.disconnect() (its servers are
+// closed, a request still in flight) and is then stopped by prefork finishes
+// that request: a disconnect from prefork meanwhile would make it drop the
+// channel at once, and the stop signal that follows would cut the request.
+func TestNodeStopDuringOwnDisconnect(t *testing.T) {
+	for _, mode := range []string{"shared", "rr"} {
+		t.Run(mode, func(t *testing.T) {
+			port := freePort(t)
+			in := startNode(t, "app.js", []string{"APP_LISTEN=" + strconv.Itoa(port)}, "-n", "1", "--mode", mode, "--grace", "8s")
+			in.readyWorkers(1, 20*time.Second)
+			url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+			slow := make(chan error, 1)
+			go func() {
+				b, err := fetch(closeClient, url+"slow") // answered after 1 s
+				if err == nil && b == "" {
+					err = fmt.Errorf("empty answer")
+				}
+				slow <- err
+			}()
+			time.Sleep(200 * time.Millisecond)
+			if _, err := fetch(closeClient, url+"quit"); err != nil { // the worker disconnects itself
+				t.Fatal(err)
+			}
+			time.Sleep(100 * time.Millisecond)
+			start := time.Now()
+			in.signal(syscall.SIGTERM)
+			if err := <-slow; err != nil {
+				t.Fatalf("the request in flight during the worker's own disconnect: %v", err)
+			}
+			if code := in.wait(15 * time.Second); code != 0 {
+				t.Fatalf("prefork exited with %d after TERM, want 0", code)
+			}
+			if d := time.Since(start); d > 4*time.Second {
+				t.Errorf("stopping took %v: the worker was not let finish on its own", d)
+			}
+		})
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // nodeRR is what the Node channel needs of the rr dispatcher.
@@ -56,6 +57,9 @@ type nodeCluster struct {
 	rr         nodeRR // rr mode only
 	// connsNonblock: the rr dispatcher accepts connections non-blocking already.
 	connsNonblock bool
+	// closingWait: how long a stop waits for a worker that closed all its
+	// servers to end its channel itself before it gets disconnect (half --grace).
+	closingWait time.Duration
 
 	mu sync.Mutex
 	ls []*nodeListener // index = the listener's index in the dispatcher
@@ -64,7 +68,7 @@ type nodeCluster struct {
 // newNodeCluster wraps prefork's listeners (static: the order of listeners);
 // d is the rr dispatcher, nil in other modes.
 func newNodeCluster(log *slog.Logger, c *config, listeners []*listener, d *dispatcher) *nodeCluster {
-	nc := &nodeCluster{log: log, mode: c.mode, backlog: c.backlog}
+	nc := &nodeCluster{log: log, mode: c.mode, backlog: c.backlog, closingWait: c.grace / 2}
 	if c.nodeSendServer != "" {
 		nc.sendServer, _ = json.Marshal(c.nodeSendServer)
 	}
@@ -133,6 +137,8 @@ type nodeWorker struct {
 	listening      bool
 	disconnectSent bool
 	selfDisconnect bool              // the worker began its own disconnect (exitedAfterDisconnect)
+	allClosed      bool              // it closed every server it had: most likely its own disconnect has begun
+	stopPending    bool              // a stop waits for it (allClosed) to finish on its own
 	keys           map[uint32][]byte // rr: listener → the JSON key of the worker's server on it
 	servers        map[string]uint32 // the worker's live servers: key → listener
 	sentServers    []uint32          // --node-send-server: listeners sent, not yet listened on
@@ -197,12 +203,36 @@ func (w *nodeWorker) stop() (wait bool) {
 	if !w.online {
 		return false
 	}
-	if w.selfDisconnect || w.disconnectSent {
+	if w.selfDisconnect || w.disconnectSent || w.stopPending {
 		return true // never a second disconnect (the worker would exit 1)
+	}
+	if w.allClosed {
+		// cluster.worker.disconnect() closes the servers first and says
+		// exitedAfterDisconnect only once their connections have ended; a
+		// disconnect from prefork meanwhile makes it drop the channel at once,
+		// and the stop signal that follows cuts what is in flight. So wait for
+		// it to finish; disconnect after all if it has not, half --grace on
+		// (or when it listens again: it had only closed a server to reopen it).
+		w.stopPending = true
+		time.AfterFunc(w.nc.closingWait, func() {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			w.disconnectLocked()
+		})
+		return true
+	}
+	return w.disconnectLocked() == nil
+}
+
+// disconnectLocked sends disconnect unless the worker was sent one or began
+// its own.
+func (w *nodeWorker) disconnectLocked() error {
+	if w.selfDisconnect || w.disconnectSent {
+		return nil
 	}
 	w.disconnectSent = true
 	line := nodeLine(map[string]any{"cmd": "NODE_CLUSTER", "act": "disconnect", "seq": w.conn.nextSeq()})
-	return w.conn.send(line, -1) == nil
+	return w.conn.send(line, -1)
 }
 
 // sendConn is the rr sender: connection conn under seq, from listener index.
@@ -269,6 +299,10 @@ func (w *nodeWorker) message(m *nodeMsg, fd int) {
 		w.mu.Lock()
 		first := !w.listening
 		w.listening = true
+		w.allClosed = false
+		if w.stopPending {
+			w.disconnectLocked() // it reopened a server: not leaving on its own after all
+		}
 		w.mu.Unlock()
 		if first {
 			w.notify(map[string]string{"READY": "1"})
@@ -289,6 +323,7 @@ func (w *nodeWorker) message(m *nodeMsg, fd int) {
 					}
 				}
 			}
+			w.allClosed = len(w.servers) == 0
 		}
 		w.mu.Unlock()
 	case "exitedAfterDisconnect":
