@@ -49,6 +49,7 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"--ready", "maybe", "true"}, 2, "invalid value for --ready"},
 		{[]string{"--watchdog", "1ms", "true"}, 2, "too short"},
 		{[]string{"--user", "no-such-user-here", "-p", "0", "true"}, 2, "no such user"},
+		{[]string{"--node-cluster", "on", "--node-send-server", "srv", "true"}, 2, "--node-send-server sends prefork's listeners"},
 		{[]string{"-p", "0", "no-such-command-xyz"}, 127, "command not found"},
 		{[]string{"-p", "0", noexec}, 126, "not executable"},
 		{[]string{"-p", "0", dir}, 126, "is a directory"},

@@ -166,6 +166,9 @@ func supervise(c *config, stderr io.Writer) int {
 		if len(s.listeners) == 0 && !nodeClusterOn(c, s.path) {
 			return fail(exitUsage, "no listeners: give -p PORT or -l ADDR, or start prefork by socket activation")
 		}
+		if len(s.listeners) == 0 && c.nodeSendServer != "" { // handle-passing workers ask for nothing to bind
+			return fail(exitUsage, "--node-send-server sends prefork's listeners: give -p PORT or -l ADDR")
+		}
 		for _, l := range s.listeners {
 			if c.mode == "rr" && l.spec.network == "udp" {
 				return fail(exitUsage, "--mode rr hands over stream connections: adopted socket %s is UDP", l.spec.name)
