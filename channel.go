@@ -117,10 +117,10 @@ func (l *handoffLink) attach(w *worker) {
 	l.d.attach(w.pid, l.master)
 }
 
-func (l *handoffLink) abort() { closeFds([]int{l.master, l.worker}) }
+func (l *handoffLink) abort()          { closeFds([]int{l.master, l.worker}) }
 func (l *handoffLink) ready()          { l.d.ready(l.pid) }
 func (l *handoffLink) saysReady() bool { return false }
-func (l *handoffLink) drain() { l.d.drain(l.pid) }
+func (l *handoffLink) drain()          { l.d.drain(l.pid) }
 
 func (l *handoffLink) stop(sig syscall.Signal) {
 	l.d.drain(l.pid)

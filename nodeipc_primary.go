@@ -306,6 +306,7 @@ func (w *nodeWorker) message(m *nodeMsg, fd int) {
 		w.mu.Unlock()
 		if first {
 			w.notify(map[string]string{"READY": "1"})
+			w.nc.warnUnasked()
 		}
 		if w.nc.rr != nil {
 			w.nc.rr.kick()
