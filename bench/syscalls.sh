@@ -10,6 +10,8 @@
 #   bench/syscalls.sh [c|go] [ROUNDS]     default: c, 2 rounds
 #   PF=/path/to/prefork bench/syscalls.sh  measure another prefork build
 #   WORKER=/path/to/goserver ...            or another worker build (A/B)
+#   REFBATCH=8 bench/syscalls.sh c          add the reference master sending up
+#                                           to 8 connections per message (C only)
 #
 # Contenders, interleaved within each round: prefork --mode rr, the reference
 # master (bench/refmaster), prefork --mode shared.
@@ -93,5 +95,8 @@ for r in $(seq "$rounds"); do
 	echo "round $r"
 	measure "prefork rr" "$pf" --mode rr -n 2 -q -l "127.0.0.1:$port" -- "$worker"
 	measure "reference" "$bin/refmaster" -addr "127.0.0.1:$port" -n 2 -- "$worker"
+	if [ -n "${REFBATCH:-}" ] && [ "$group" = c ]; then
+		measure "reference x$REFBATCH" "$bin/refmaster" -batch "$REFBATCH" -addr "127.0.0.1:$port" -n 2 -- "$worker"
+	fi
 	measure "prefork shared" "$pf" --mode shared -n 2 -q -l "127.0.0.1:$port" -- "$worker"
 done
