@@ -69,7 +69,7 @@ func (c socketChannel) prepare(sl *slot) ([]int, []string, link, error) {
 			fds = append(fds, l.fd)
 		}
 	}
-	return fds, listenEnv(c.s.listeners), &signalLink{}, nil
+	return fds, listenEnv(c.s.listeners), &signalLink{mixed: c.s.c.killMode == "mixed"}, nil
 }
 
 // listenEnv is the environment of SPEC §2 that describes inherited listeners.
@@ -82,14 +82,17 @@ func listenEnv(ls []*listener) []string {
 }
 
 // signalLink is a worker without a channel: stopping it is a signal.
-type signalLink struct{ pid int }
+type signalLink struct {
+	pid   int
+	mixed bool // --kill-mode mixed
+}
 
 func (l *signalLink) attach(w *worker)        { l.pid = w.pid }
 func (l *signalLink) abort()                  {}
 func (l *signalLink) ready()                  {}
 func (l *signalLink) saysReady() bool         { return false }
 func (l *signalLink) drain()                  {}
-func (l *signalLink) stop(sig syscall.Signal) { kill(l.pid, sig) }
+func (l *signalLink) stop(sig syscall.Signal) { stopKill(l.pid, sig, l.mixed) }
 func (l *signalLink) detach()                 {}
 
 // handoffChannel is rr mode: fd 3 is the worker's end of a SPEC §4 socket pair;
@@ -101,7 +104,7 @@ func (c handoffChannel) prepare(sl *slot) ([]int, []string, link, error) {
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	return []int{worker}, nil, &handoffLink{d: c.s.rr, master: master, worker: worker}, nil
+	return []int{worker}, nil, &handoffLink{d: c.s.rr, master: master, worker: worker, mixed: c.s.c.killMode == "mixed"}, nil
 }
 
 // handoffLink is one rr worker as the dispatcher knows it.
@@ -109,6 +112,7 @@ type handoffLink struct {
 	d              *dispatcher
 	master, worker int // socket pair ends; worker is closed once the process has it
 	pid            int
+	mixed          bool // --kill-mode mixed
 }
 
 func (l *handoffLink) attach(w *worker) {
@@ -124,7 +128,7 @@ func (l *handoffLink) drain()          { l.d.drain(l.pid) }
 
 func (l *handoffLink) stop(sig syscall.Signal) {
 	l.d.drain(l.pid)
-	kill(l.pid, sig)
+	stopKill(l.pid, sig, l.mixed)
 }
 
 func (l *handoffLink) detach() { l.d.detach(l.pid) }
@@ -248,7 +252,7 @@ func (l *nodeLink) drain() {
 func (l *nodeLink) stop(sig syscall.Signal) {
 	l.drain()
 	if l.nw == nil || l.ended {
-		kill(l.pid, sig)
+		stopKill(l.pid, sig, l.s.c.killMode == "mixed")
 		return
 	}
 	l.stopSig = sig
@@ -287,7 +291,7 @@ func (l *nodeLink) settle(lastBusy time.Time) {
 
 func (l *nodeLink) disconnect() {
 	if !l.nw.stop() {
-		kill(l.pid, l.stopSig)
+		stopKill(l.pid, l.stopSig, l.s.c.killMode == "mixed")
 	}
 }
 
@@ -295,7 +299,7 @@ func (l *nodeLink) disconnect() {
 func (l *nodeLink) channelEnded() {
 	l.ended = true
 	if l.stopSig != 0 {
-		kill(l.pid, l.stopSig)
+		stopKill(l.pid, l.stopSig, l.s.c.killMode == "mixed")
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -77,5 +78,32 @@ func TestCtlClientKeepsDefaultSignals(t *testing.T) {
 	}
 	if ws := client.ProcessState.Sys().(syscall.WaitStatus); !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
 		t.Errorf("the control client ended with %v, want death by SIGTERM:\n%s", client.ProcessState, out.String())
+	}
+}
+
+// --kill-mode: the stop signal goes to the worker's whole process group (SPEC
+// §2, a shell wrapper stops with what it started), or with mixed to the worker
+// alone, so that a master process (Starman, uWSGI) stops its own children
+// gracefully; they would otherwise get the signal directly and drop what is
+// in flight. The worker here records, on TERM, whether its child got it too.
+func TestKillMode(t *testing.T) {
+	for _, c := range []struct{ mode, want string }{{"group", "child-dead"}, {"mixed", "child-alive"}} {
+		t.Run(c.mode, func(t *testing.T) {
+			marks := filepath.Join(t.TempDir(), "marks")
+			script := `sleep 30 & child=$!
+trap 'sleep 0.3; if kill -0 $child 2>/dev/null; then echo child-alive; else echo child-dead; fi >>"$MARKS"; kill $child; exit 0' TERM
+wait`
+			in := startPrefork(t, "", []string{"MARKS=" + marks}, "--kill-mode", c.mode, "-l", "127.0.0.1:0", "-n", "1",
+				"--ready-delay", "300ms", "--grace", "10s", "--", "sh", "-c", script)
+			in.readyWorkers(1, 10*time.Second)
+			in.signal(syscall.SIGTERM)
+			if code := in.wait(15 * time.Second); code != 0 {
+				t.Fatalf("exit status %d, want 0", code)
+			}
+			b, _ := os.ReadFile(marks)
+			if got := strings.TrimSpace(string(b)); got != c.want {
+				t.Errorf("--kill-mode %s: the worker saw %q, want %q", c.mode, got, c.want)
+			}
+		})
 	}
 }

@@ -62,6 +62,9 @@ Lifecycle:
       --watchdog DUR         ready workers must send WATCHDOG=1 this often (default off)
       --grace DUR            time a stopping worker gets before SIGKILL (default 30s)
       --stop-signal SIG      graceful stop signal for workers (default TERM)
+      --kill-mode MODE       group: the stop signal to the worker's process group;
+                             mixed: to the worker alone, SIGKILL to the group after
+                             --grace (default group)
       --drain-delay DUR      on TERM/INT, wait this long before stopping workers (default 0s)
 Output:
       --pidfile PATH         write prefork's pid here
@@ -117,6 +120,7 @@ type config struct {
 	watchdog     time.Duration
 	grace        time.Duration
 	stopSignal   syscall.Signal
+	killMode     string // group, mixed (systemd's KillMode)
 	drainDelay   time.Duration
 	pidfile      string
 	statusFile   string
@@ -151,6 +155,7 @@ func defaultConfig() *config {
 		maxRestarts:  10,
 		grace:        30 * time.Second,
 		stopSignal:   syscall.SIGTERM,
+		killMode:     "group",
 		logFormat:    "text",
 		idleTimeout:  10 * time.Second,
 		nodeCluster:  "auto",
@@ -263,6 +268,7 @@ var options = []option{
 		c.stopSignal = s
 		return err
 	}},
+	{long: "kill-mode", set: choiceOpt(func(c *config) *string { return &c.killMode }, "group", "mixed")},
 	{long: "drain-delay", set: durationOpt(func(c *config) *time.Duration { return &c.drainDelay })},
 	{long: "node-cluster", set: choiceOpt(func(c *config) *string { return &c.nodeCluster }, "auto", "on", "off")},
 	{long: "node-send-server", set: func(c *config, v string) error { c.nodeSendServer = v; return nil }},

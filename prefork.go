@@ -385,6 +385,18 @@ func (s *supervisor) alive(w *worker) bool { return s.workers[w.pid] == w }
 // kill signals a worker's whole process group.
 func kill(pid int, sig syscall.Signal) { syscall.Kill(-pid, sig) }
 
+// stopKill sends a worker its stop signal: to its process group (SPEC §2), or
+// with --kill-mode mixed to the worker's own process only, so that a master
+// such as Starman or uWSGI stops its children gracefully itself, as they do
+// under Server::Starter (SIGKILL after --grace still goes to the group).
+func stopKill(pid int, sig syscall.Signal, mixed bool) {
+	if mixed {
+		syscall.Kill(pid, sig)
+		return
+	}
+	kill(pid, sig)
+}
+
 func (s *supervisor) signal(sig syscall.Signal) {
 	s.log.Debug("signal", "signal", sig.String())
 	switch sig {
