@@ -6,6 +6,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,4 +65,38 @@ func TestNotifyFromOutsideIgnored(t *testing.T) {
 	}
 	in.readyWorkers(1, 10*time.Second) // the worker's own child counts
 	in.waitLog("ignored a notification from outside the worker's process group", 5*time.Second)
+}
+
+// A notification longer than the 4096 bytes prefork reads is dropped whole,
+// as systemd drops it, and said: cut short, it could lose its READY=1 or
+// deliver half a STATUS=.
+func TestNotifyTooLongIsDropped(t *testing.T) {
+	d, err := newNotifyDir(-1, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.remove()
+	d.log = testLogger(t)
+	ns, err := d.open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan map[string]string, 4)
+	go ns.read(os.Getpid(), func(m map[string]string) { got <- m })
+	defer ns.close()
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: ns.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("STATUS=" + strings.Repeat("A", 5000) + "\nREADY=1"))
+	c.Write([]byte("STATUS=short"))
+	select {
+	case m := <-got:
+		if len(m) != 1 || m["STATUS"] != "short" {
+			t.Fatalf("first notification delivered: %d keys, STATUS of %d bytes; want only the short one", len(m), len(m["STATUS"]))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing delivered")
+	}
 }

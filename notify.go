@@ -39,7 +39,16 @@ func newNotifyDir(uid, gid int) (*notifyDir, error) {
 		return nil, fmt.Errorf("notify socket directory: %w", err)
 	}
 	if uid >= 0 {
-		if err := os.Chown(dir, uid, gid); err != nil {
+		// prefork's, not the --user's: a worker that could write here could
+		// swap a socket for a symbolic link between prefork's bind and chown
+		// (root would chown any file to the user) or remove the directory
+		// (no worker could start again). The user's group may enter it; each
+		// socket is the user's own, mode 0600, so no one else connects.
+		err := os.Chown(dir, -1, gid)
+		if err == nil {
+			err = os.Chmod(dir, 0o710)
+		}
+		if err != nil {
 			os.RemoveAll(dir)
 			return nil, fmt.Errorf("notify socket directory: %w", err)
 		}
@@ -70,8 +79,23 @@ func (d *notifyDir) open(slot int) (*notifySocket, error) {
 		return nil, fmt.Errorf("notify socket: %w", err)
 	}
 	if d.uid >= 0 {
-		if err := os.Chown(path, d.uid, d.gid); err != nil {
+		// The socket, and the file the shim reports an exec failure in
+		// (command.go), made here: the --user cannot create files in d.
+		err := os.Chown(path, d.uid, d.gid)
+		if err == nil {
+			err = os.Chmod(path, 0o600)
+		}
+		if err == nil {
+			var f *os.File
+			if f, err = os.OpenFile(execErrorPath(path), os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600); err == nil {
+				err = f.Chown(d.uid, d.gid)
+				f.Close()
+			}
+		}
+		if err != nil {
 			conn.Close()
+			os.Remove(path)
+			os.Remove(execErrorPath(path))
 			return nil, fmt.Errorf("notify socket: %w", err)
 		}
 	}
@@ -84,9 +108,15 @@ func (n *notifySocket) read(pid int, deliver func(map[string]string)) {
 	buf := make([]byte, 4096)
 	oob := make([]byte, notifyOOB)
 	for {
-		k, oobn, _, _, err := n.conn.ReadMsgUnix(buf, oob)
+		k, oobn, flags, _, err := n.conn.ReadMsgUnix(buf, oob)
 		if err != nil {
 			return
+		}
+		if flags&syscall.MSG_TRUNC != 0 { // as systemd does: half a message is none
+			if n.log != nil {
+				n.log.Warn("dropped a notification longer than 4096 bytes", "pid", pid)
+			}
+			continue
 		}
 		if notifyChecksSender {
 			if from := notifySender(oob[:oobn]); !fromWorker(pid, from) {

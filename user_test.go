@@ -191,8 +191,16 @@ func TestUserDropsPrivileges(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if s := fi.Sys().(*syscall.Stat_t); s.Uid != 65534 || fi.Mode().Perm() != 0o700 {
-				t.Errorf("notify directory %s: owner %d, mode %v; want the user's own, 0700", filepath.Dir(me.Notify), s.Uid, fi.Mode().Perm())
+			// prefork's directory, which the user's group may enter but not
+			// write (a worker could otherwise swap a socket for a symbolic link
+			// that root then chowns); the socket is the user's, 0600.
+			if s := fi.Sys().(*syscall.Stat_t); s.Uid != 0 || int(s.Gid) != c.gid || fi.Mode().Perm() != 0o710 {
+				t.Errorf("notify directory %s: %d:%d, mode %v; want root's, the user's group, 0710", filepath.Dir(me.Notify), s.Uid, s.Gid, fi.Mode().Perm())
+			}
+			if fi, err := os.Lstat(me.Notify); err != nil {
+				t.Error(err)
+			} else if s := fi.Sys().(*syscall.Stat_t); s.Uid != 65534 || fi.Mode().Perm() != 0o600 {
+				t.Errorf("notify socket %s: owner %d, mode %v; want the user's, 0600", me.Notify, s.Uid, fi.Mode().Perm())
 			}
 			if fi, err := os.Stat(sock); err != nil {
 				t.Error(err)
