@@ -148,3 +148,37 @@ func TestStopRightAfterStart(t *testing.T) {
 	}
 	t.Logf("%d of %d runs stopped before any worker started", runs-started, runs)
 }
+
+// A worker's descendant that left its process group (setsid) and outlives the
+// grace period of a stop is killed, not left holding the listener: the next
+// prefork on that port could not bind.
+func TestStopKillsEscapedDescendants(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "escaped")
+	script := `setsid sh -c 'echo $$ >"$PIDFILE"; exec sleep 60' & sleep 60`
+	in := startPrefork(t, "", []string{"PIDFILE=" + pidFile}, "-l", "127.0.0.1:0", "-n", "1", "--ready-delay", "200ms",
+		"--grace", "500ms", "--", "sh", "-c", script)
+	in.readyWorkers(1, 10*time.Second)
+	var escaped int
+	for deadline := time.Now().Add(5 * time.Second); escaped == 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		b, _ := os.ReadFile(pidFile)
+		escaped, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+	}
+	if escaped == 0 {
+		t.Fatal("the descendant did not start")
+	}
+	in.signal(syscall.SIGTERM)
+	if code := in.wait(15 * time.Second); code != 0 {
+		t.Fatalf("exit status %d, want 0", code)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for syscall.Kill(escaped, 0) == nil && !dead(escaped) {
+		if time.Now().After(deadline) {
+			syscall.Kill(escaped, syscall.SIGKILL)
+			t.Fatalf("the escaped descendant %d outlived prefork", escaped)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !strings.Contains(in.stderr.String(), "killed them") {
+		t.Errorf("no word of the killed descendants:\n%s", in.stderr.String())
+	}
+}

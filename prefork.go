@@ -335,7 +335,16 @@ func (s *supervisor) handle(ev any) {
 		if os.Getpid() == 1 {
 			syscall.Kill(-1, syscall.SIGKILL)
 		}
-		s.log.Warn("descendants of workers still run after the grace period; exiting without them")
+		// Descendants that escaped their worker's process group (setsid) and
+		// outlived the grace period would keep the listeners open after
+		// prefork: the next prefork could not bind. Killed, as systemd kills
+		// what is left of a unit's cgroup.
+		pids := ownChildren()
+		for _, pid := range pids {
+			syscall.Kill(-pid, syscall.SIGKILL)
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		s.log.Warn("descendants of workers still ran after the grace period; killed them", "pids", fmt.Sprint(pids))
 		s.done = true
 	case readyDelayEvent:
 		if s.alive(e.w) {

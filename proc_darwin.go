@@ -30,3 +30,7 @@ var processStart = time.Now()
 
 // monotonicNow approximates CLOCK_MONOTONIC (macOS has no systemd to read it).
 func monotonicNow() time.Duration { return time.Since(processStart) }
+
+// ownChildren: macOS has no subreaper, so no descendant of a worker is ever
+// prefork's child.
+func ownChildren() []int { return nil }
