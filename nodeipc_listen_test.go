@@ -7,7 +7,6 @@
 package main
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"net"
@@ -15,7 +14,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -154,25 +152,8 @@ func TestNodeBindForAsNodeDoes(t *testing.T) {
 	}
 }
 
-// logBuffer is a logger whose lines a test reads.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *logBuffer) logger() *slog.Logger { return slog.New(slog.NewTextHandler(l, nil)) }
+// bufferLogger is a logger whose lines a test reads from b.
+func bufferLogger(b *syncBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(b, nil)) }
 
 // freeBothPort is a port free for TCP and for UDP, IPv4 and IPv6.
 func freeBothPort(t *testing.T) int {
@@ -206,8 +187,8 @@ func queryReply(t *testing.T, f *fakeNodeWorker, seq int, fields string) (int, f
 func TestNodeQueryServerWildcardTakesOwnListener(t *testing.T) {
 	port := strconv.Itoa(freeBothPort(t))
 	nc, ls := testNodeCluster(t, "shared", "127.0.0.1:"+port, "udp:127.0.0.1:"+port)
-	var log logBuffer
-	nc.log = log.logger()
+	var log syncBuffer
+	nc.log = bufferLogger(&log)
 	f, _ := newFakeNodeWorker(t, nc, 0)
 	for i, q := range []struct{ fields, want string }{
 		{`"address":"0.0.0.0","port":` + port + `,"addressType":4,"flags":0`, ls[0].bound},
@@ -258,8 +239,8 @@ func TestNodeQueryServerUDPFamily(t *testing.T) {
 	// Node's primary, and the log says why.
 	port = strconv.Itoa(freeBothPort(t))
 	nc, _ = testNodeCluster(t, "shared", "udp::"+port)
-	var log logBuffer
-	nc.log = log.logger()
+	var log syncBuffer
+	nc.log = bufferLogger(&log)
 	f, _ = newFakeNodeWorker(t, nc, 0)
 	fd, errno := queryReply(t, f, 1, `"address":"0.0.0.0","port":`+port+`,"addressType":"udp4","fd":-1,"flags":0`)
 	if fd >= 0 || errno != -float64(syscall.EADDRINUSE) {
@@ -293,8 +274,8 @@ func TestNodeQueryServerDualStackOnRequest(t *testing.T) {
 
 func TestNodeWarnUnasked(t *testing.T) {
 	nc, ls := testNodeCluster(t, "shared", "127.0.0.1:0", "127.0.0.1:0")
-	var log logBuffer
-	nc.log = log.logger()
+	var log syncBuffer
+	nc.log = bufferLogger(&log)
 	f, _ := newFakeNodeWorker(t, nc, 0)
 	if fd, errno := queryReply(t, f, 1, `"address":null,"port":`+strconv.Itoa(portOf(t, ls[0].fd))+`,"addressType":4`); fd < 0 {
 		t.Fatalf("errno %v", errno)
