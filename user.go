@@ -21,7 +21,13 @@ func lookupUser(spec string) (cred string, uid, gid int, err error) {
 	u, err := user.Lookup(name)
 	if err != nil {
 		if u, err = user.LookupId(name); err != nil {
-			return "", 0, 0, fmt.Errorf("no such user")
+			n, nerr := strconv.Atoi(name)
+			if nerr != nil || n < 0 || n >= 1<<31 {
+				return "", 0, 0, fmt.Errorf("no such user")
+			}
+			// A uid with no account, as container images use them (docker
+			// --user, systemd's User=): its own number as group, no others.
+			u = &user.User{Uid: name, Gid: name}
 		}
 	}
 	uid, _ = strconv.Atoi(u.Uid)
@@ -38,7 +44,7 @@ func lookupUser(spec string) (cred string, uid, gid int, err error) {
 	// With USER:GROUP, GROUP replaces the user's login group, which GroupIds
 	// always lists, as runuser -u USER -g GROUP does; the other groups stay.
 	groups := []string{strconv.Itoa(gid)}
-	if ids, err := u.GroupIds(); err == nil {
+	if ids, err := u.GroupIds(); err == nil && u.Username != "" {
 		for _, id := range ids {
 			if id != strconv.Itoa(gid) && !(hasGroup && id == u.Gid) {
 				groups = append(groups, id)

@@ -151,12 +151,13 @@ func TestUserDropsPrivileges(t *testing.T) {
 	}
 	cases := []struct {
 		user       string
-		gid        int
+		uid, gid   int
 		groups     string
 		sockGroups int
 	}{
-		{"nobody", 65534, "[65534]", 65534},
-		{"nobody:daemon", 1, "[1]", 1}, // as runuser -u nobody -g daemon: the group replaces nogroup
+		{"nobody", 65534, 65534, "[65534]", 65534},
+		{"nobody:daemon", 65534, 1, "[1]", 1}, // as runuser -u nobody -g daemon: the group replaces nogroup
+		{"99999", 99999, 99999, "[99999]", 99999}, // a uid with no account, as container images run them
 	}
 	for _, c := range cases {
 		t.Run(c.user, func(t *testing.T) {
@@ -177,9 +178,9 @@ func TestUserDropsPrivileges(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if me.UID != 65534 || me.EUID != 65534 || me.GID != c.gid || me.EGID != c.gid || fmt.Sprint(me.Groups) != c.groups {
-				t.Errorf("worker runs as uid %d/%d gid %d/%d groups %v; want 65534, %d, %s",
-					me.UID, me.EUID, me.GID, me.EGID, me.Groups, c.gid, c.groups)
+			if me.UID != c.uid || me.EUID != c.uid || me.GID != c.gid || me.EGID != c.gid || fmt.Sprint(me.Groups) != c.groups {
+				t.Errorf("worker runs as uid %d/%d gid %d/%d groups %v; want %d, %d, %s",
+					me.UID, me.EUID, me.GID, me.EGID, me.Groups, c.uid, c.gid, c.groups)
 			}
 			if me.Pdeathsig != int(syscall.SIGKILL) {
 				t.Errorf("worker's parent-death signal is %d after the user change, want SIGKILL", me.Pdeathsig)
@@ -199,19 +200,19 @@ func TestUserDropsPrivileges(t *testing.T) {
 			}
 			if fi, err := os.Lstat(me.Notify); err != nil {
 				t.Error(err)
-			} else if s := fi.Sys().(*syscall.Stat_t); s.Uid != 65534 || fi.Mode().Perm() != 0o600 {
+			} else if s := fi.Sys().(*syscall.Stat_t); int(s.Uid) != c.uid || fi.Mode().Perm() != 0o600 {
 				t.Errorf("notify socket %s: owner %d, mode %v; want the user's, 0600", me.Notify, s.Uid, fi.Mode().Perm())
 			}
 			if fi, err := os.Stat(sock); err != nil {
 				t.Error(err)
-			} else if s := fi.Sys().(*syscall.Stat_t); s.Uid != 65534 || int(s.Gid) != c.sockGroups {
-				t.Errorf("unix socket %s belongs to %d:%d, want 65534:%d", sock, s.Uid, s.Gid, c.sockGroups)
+			} else if s := fi.Sys().(*syscall.Stat_t); int(s.Uid) != c.uid || int(s.Gid) != c.sockGroups {
+				t.Errorf("unix socket %s belongs to %d:%d, want %d:%d", sock, s.Uid, s.Gid, c.uid, c.sockGroups)
 			}
 			unix := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
 				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 					return (&net.Dialer{}).DialContext(ctx, "unix", sock)
 				}}}
-			if me, err := askWhoami(unix, "http://unix/"); err != nil || me.UID != 65534 {
+			if me, err := askWhoami(unix, "http://unix/"); err != nil || me.UID != c.uid {
 				t.Errorf("over the unix socket: %+v, %v", me, err)
 			}
 
