@@ -156,7 +156,7 @@ func TestUserDropsPrivileges(t *testing.T) {
 		sockGroups int
 	}{
 		{"nobody", 65534, 65534, "[65534]", 65534},
-		{"nobody:daemon", 65534, 1, "[1]", 1}, // as runuser -u nobody -g daemon: the group replaces nogroup
+		{"nobody:daemon", 65534, 1, "[1]", 1},     // as runuser -u nobody -g daemon: the group replaces nogroup
 		{"99999", 99999, 99999, "[99999]", 99999}, // a uid with no account, as container images run them
 	}
 	for _, c := range cases {
