@@ -217,3 +217,24 @@ func TestControlStopTimeout(t *testing.T) {
 		t.Errorf("prefork exited %d, want 0", code)
 	}
 }
+
+// A request longer than the control socket takes is answered "too long", not
+// with what a JSON parser makes of its first 64 KB.
+func TestControlRequestTooLong(t *testing.T) {
+	sock := ctlSock(t)
+	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1", "--control", sock)
+	in.readyWorkers(1, 10*time.Second)
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go c.Write([]byte(`{"cmd":"status","pad":"` + strings.Repeat("x", ctlMaxRequest) + "\"}\n"))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 512)
+	n, _ := c.Read(b)
+	if !strings.Contains(string(b[:n]), "request too long") {
+		t.Errorf("a 64 KB request got %q", b[:n])
+	}
+	mustCtl(t, sock, "status") // and prefork still answers
+}

@@ -36,6 +36,8 @@ type ctlServer struct {
 	log    *slog.Logger
 	quit   chan struct{}
 	sem    chan struct{}
+
+	lastRefusal time.Time // the accept loop's: when a refusal was last logged
 }
 
 // openControl serves the control socket at path: a stale socket file there is
@@ -99,7 +101,10 @@ func (c *ctlServer) serve() {
 				c.client(conn.(*net.UnixConn))
 			}()
 		default:
-			c.log.Warn("control socket: too many clients at once; refusing one", "max", ctlMaxClients)
+			if now := time.Now(); now.Sub(c.lastRefusal) > time.Minute { // once a minute at most
+				c.log.Warn("control socket: too many clients at once; refusing them", "max", ctlMaxClients)
+				c.lastRefusal = now
+			}
 			go func() {
 				defer conn.Close()
 				c.answer(conn, ctlResponse{Error: "too many control clients at once; try again"})
@@ -141,6 +146,10 @@ func (c *ctlServer) client(conn *net.UnixConn) {
 		return
 	}
 	conn.SetReadDeadline(time.Time{})
+	if len(line) >= ctlMaxRequest && line[len(line)-1] != '\n' {
+		c.answer(conn, ctlResponse{Error: fmt.Sprintf("request too long (more than %d bytes)", ctlMaxRequest)})
+		return
+	}
 	var req ctlRequest
 	if err := json.Unmarshal(line, &req); err != nil {
 		c.answer(conn, ctlResponse{Error: "malformed request: " + err.Error()})

@@ -96,18 +96,19 @@ type supervisor struct {
 	ctl       ctlState     // the control socket's waiting clients (control.go)
 	nc        *nodeCluster // --node-cluster: the listeners Node workers share (nodeipc_primary.go)
 
-	workers    map[int]*worker
-	slots      []*slot
-	gen        int
-	reloadGen  int // the generation a rolling reload brings in; 0 when none runs
-	stopping   bool
-	sweeping   bool
-	upOnce     bool
-	done       bool
-	exitCode   int
-	lastState  string    // what the status file last said
-	lastStatus string    // the STATUS= line last sent upward
-	published  time.Time // when publish last ran (status.go)
+	workers       map[int]*worker
+	slots         []*slot
+	gen           int
+	reloadGen     int // the generation a rolling reload brings in; 0 when none runs
+	stopping      bool
+	sweeping      bool
+	upOnce        bool
+	done          bool
+	exitCode      int
+	lastState     string    // what the status file last said
+	lastStatus    string    // the STATUS= line last sent upward
+	statusFailing bool      // the status file could not be written last time
+	published     time.Time // when publish last ran (status.go)
 }
 
 // supervise binds, starts the workers and runs until a stop; it returns the exit status.

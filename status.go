@@ -87,9 +87,14 @@ func (s *supervisor) publish() {
 	}
 	s.lastState = string(b)
 	if s.c.statusFile != "" {
-		if err := writeAtomic(s.c.statusFile, append(b, '\n')); err != nil {
-			s.log.Warn("cannot write status file", "err", err)
+		err := writeAtomic(s.c.statusFile, append(b, '\n'))
+		switch { // once when it starts failing, not at every change
+		case err != nil && !s.statusFailing:
+			s.log.Warn("cannot write status file", "path", s.c.statusFile, "err", err)
+		case err == nil && s.statusFailing:
+			s.log.Info("status file written again", "path", s.c.statusFile)
 		}
+		s.statusFailing = err != nil
 	}
 	// The generations are those of the ready workers, the ones serving: during
 	// a reload, or after an abandoned one, that is not s.gen.
