@@ -11,6 +11,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"syscall"
@@ -105,4 +106,23 @@ func writeScript(t *testing.T, path, text string) {
 	if err := os.Rename(tmp, path); err != nil { // a running script keeps its old file
 		t.Fatal(err)
 	}
+}
+
+// One worker's shutdown(2) of the listening socket all workers share stops it
+// for every process; prefork notices and makes it listen again.
+func TestListenerShutDownByAWorker(t *testing.T) {
+	if _, err := exec.LookPath("python3"); err != nil {
+		t.Skip("needs python3")
+	}
+	script := "import socket, time\ns = socket.socket(fileno=3)\ns.shutdown(socket.SHUT_RDWR)\ntime.sleep(60)\n"
+	in := startPrefork(t, "", nil, "-l", "127.0.0.1:0", "-n", "1", "--ready-delay", "300ms", "--grace", "1s",
+		"--", "python3", "-c", script)
+	in.readyWorkers(1, 10*time.Second)
+	addr := in.addr()
+	in.waitLog("listening again", 10*time.Second)
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second) // the kernel completes it: the socket listens
+	if err != nil {
+		t.Fatalf("after the worker's shutdown: %v", err)
+	}
+	c.Close()
 }

@@ -9,10 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // listenSpec is one listener as the user asked for it.
@@ -208,4 +211,52 @@ func defaultName(s listenSpec) string {
 		b = b[:255]
 	}
 	return string(b)
+}
+
+// watchListening puts back in the listening state, once a second, a stream
+// listener that stopped listening: shutdown(2) by any one worker on the socket
+// they all share stops it for every process, and nothing else would notice
+// (the others' accept fails with EINVAL; clients are refused). The socket
+// stays bound, so listen(2) again is all it takes. It returns the function
+// that stops the watch and waits for it.
+func watchListening(ls []*listener, backlog int, log *slog.Logger) (stop func()) {
+	if backlog <= 0 {
+		backlog = somaxconn()
+	}
+	// A socket bound to port 0 loses its port when it stops listening (the
+	// kernel frees a port it chose itself): it is bound to the same again.
+	addrs := make([]syscall.Sockaddr, len(ls))
+	for i, l := range ls {
+		addrs[i], _ = syscall.Getsockname(l.fd)
+	}
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-t.C:
+			}
+			for i, l := range ls {
+				if l.spec.network == "udp" {
+					continue
+				}
+				if v, err := syscall.GetsockoptInt(l.fd, syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN); err == nil && v == 0 {
+					if addrs[i] != nil && l.spec.network == "tcp" {
+						syscall.Bind(l.fd, addrs[i]) // EINVAL when it kept its port
+					}
+					err := syscall.Listen(l.fd, backlog)
+					log.Error("a listener stopped listening (did a worker shut it down?); listening again",
+						"addr", l.addrString(), "err", err)
+				}
+			}
+		}
+	}()
+	return func() {
+		close(quit)
+		<-done
+	}
 }

@@ -185,6 +185,7 @@ func supervise(c *config, stderr io.Writer) int {
 		}
 		log.Info("listening", "name", l.spec.name, "addr", l.addrString())
 	}
+	defer watchListening(s.listeners, c.backlog, log)() // stopped before the listeners close
 	if warn, err := checkDescriptors(c, len(s.listeners)); err != nil {
 		fail(exitFailure, "%v", err)
 		log.Info(err.(*fdLimitError).hint())
