@@ -1,0 +1,70 @@
+//go:build linux || darwin
+
+// This file holds the readers of option values that are more than a number:
+// durations, worker counts and signals. (Sizes are in pool.go, addresses in
+// listeners.go, next to what uses them.)
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// parseDuration reads a Go duration ("1.5s", "300ms") or a bare number of seconds.
+func parseDuration(v string) (time.Duration, error) {
+	if f, err := strconv.ParseFloat(v, 64); err == nil && !strings.ContainsAny(v, "xXpP_") {
+		if f < 0 || f > 1e9 || f != f {
+			return 0, fmt.Errorf("%q is out of range", v)
+		}
+		return time.Duration(f * float64(time.Second)), nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a duration such as 500ms, 30s or 2m", v)
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("%q is negative", v)
+	}
+	return d, nil
+}
+
+// parseWorkers reads -n: "auto" (0) or 1…maxWorkers.
+func parseWorkers(v string) (int, error) {
+	if v == "auto" {
+		return 0, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("%q is neither auto nor a number of workers above 0", v)
+	}
+	if n > maxWorkers {
+		return 0, fmt.Errorf("%d workers is more than prefork runs (at most %d)", n, maxWorkers)
+	}
+	return n, nil
+}
+
+var signalNames = map[string]syscall.Signal{
+	"HUP": syscall.SIGHUP, "INT": syscall.SIGINT, "QUIT": syscall.SIGQUIT,
+	"KILL": syscall.SIGKILL, "USR1": syscall.SIGUSR1, "USR2": syscall.SIGUSR2,
+	"TERM": syscall.SIGTERM, "WINCH": syscall.SIGWINCH, "ABRT": syscall.SIGABRT,
+	"ALRM": syscall.SIGALRM, "CONT": syscall.SIGCONT, "STOP": syscall.SIGSTOP,
+	"TSTP": syscall.SIGTSTP, "PWR": sigPWR,
+}
+
+// parseSignal reads TERM, SIGTERM, term or a number from 1 to 31.
+func parseSignal(v string) (syscall.Signal, error) {
+	if n, err := strconv.Atoi(v); err == nil {
+		if n < 1 || n > 31 {
+			return 0, fmt.Errorf("signal number %d is out of range 1-31", n)
+		}
+		return syscall.Signal(n), nil
+	}
+	name := strings.TrimPrefix(strings.ToUpper(v), "SIG")
+	if s, ok := signalNames[name]; ok && s != 0 {
+		return s, nil
+	}
+	return 0, fmt.Errorf("unknown signal %q (try TERM, INT, QUIT, USR1 or a number)", v)
+}
