@@ -258,3 +258,20 @@ func TestNodeStopDuringOwnDisconnect(t *testing.T) {
 		})
 	}
 }
+
+// A Node worker that never listens (a queue consumer) is counted up after
+// --ready-timeout when it is the slot's only worker, rather than crash-looping;
+// in a reload such a worker fails, and the old one keeps serving.
+func TestNodeNeverListening(t *testing.T) {
+	port := freePort(t)
+	in := startNode(t, "app.js", []string{"APP_LISTEN=" + strconv.Itoa(port), "APP_START_MS=600000"},
+		"-n", "1", "--ready-delay", "200ms", "--ready-timeout", "1500ms")
+	st := in.readyWorkers(1, 20*time.Second)
+	in.waitLog("did not report listening within --ready-timeout; counting it up", time.Second)
+	in.signal(syscall.SIGHUP)
+	in.waitLog("reload aborted; the old workers keep serving", 20*time.Second)
+	if now := in.readyWorkers(1, 5*time.Second); now.Workers[0].PID != st.Workers[0].PID {
+		t.Fatalf("the worker that never listened replaced %d: %+v", st.Workers[0].PID, now.Workers)
+	}
+	nodeStop(t, in)
+}

@@ -386,6 +386,16 @@ func (s *supervisor) exited(w *worker, status int) {
 // systemd stops a unit that missed its start timeout, --stop-signal then SIGKILL
 // after --grace.
 func (s *supervisor) readyTimedOut(w *worker) {
+	if s.c.ready == "delay" && w.link.saysReady() && w == w.slot.cur {
+		// A Node worker that never listened (a queue consumer has no server):
+		// with no worker of the slot to keep serving, it counts up rather than
+		// crash-looping. In a reload (w is next) it fails below, and the old
+		// worker keeps serving.
+		s.log.Warn("node worker did not report listening within --ready-timeout; counting it up",
+			"slot", w.slot.index, "pid", w.pid, "ready_timeout", s.c.readyTimeout)
+		s.markReady(w)
+		return
+	}
 	s.log.Error("worker not ready in time; stopping it", "slot", w.slot.index, "pid", w.pid, "ready_timeout", s.c.readyTimeout)
 	s.quit(w, fmt.Sprintf("not ready within %v", s.c.readyTimeout), true)
 }
