@@ -69,7 +69,7 @@ func (c socketChannel) prepare(sl *slot) ([]int, []string, link, error) {
 			fds = append(fds, l.fd)
 		}
 	}
-	return fds, listenEnv(c.s.listeners), &signalLink{mixed: c.s.c.killMode == "mixed"}, nil
+	return fds, listenEnv(c.s.listeners), &signalLink{killMode: c.s.c.killMode}, nil
 }
 
 // listenEnv is the environment of SPEC §2 that describes inherited listeners.
@@ -83,8 +83,8 @@ func listenEnv(ls []*listener) []string {
 
 // signalLink is a worker without a channel: stopping it is a signal.
 type signalLink struct {
-	pid   int
-	mixed bool // --kill-mode mixed
+	pid      int
+	killMode string // where the stop signal goes (stopKill)
 }
 
 func (l *signalLink) attach(w *worker)        { l.pid = w.pid }
@@ -92,7 +92,7 @@ func (l *signalLink) abort()                  {}
 func (l *signalLink) ready()                  {}
 func (l *signalLink) saysReady() bool         { return false }
 func (l *signalLink) drain()                  {}
-func (l *signalLink) stop(sig syscall.Signal) { stopKill(l.pid, sig, l.mixed) }
+func (l *signalLink) stop(sig syscall.Signal) { stopKill(l.pid, sig, l.killMode) }
 func (l *signalLink) detach()                 {}
 
 // handoffChannel is rr mode: fd 3 is the worker's end of a SPEC §4 socket pair;
@@ -104,7 +104,7 @@ func (c handoffChannel) prepare(sl *slot) ([]int, []string, link, error) {
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	return []int{worker}, nil, &handoffLink{d: c.s.rr, master: master, worker: worker, mixed: c.s.c.killMode == "mixed"}, nil
+	return []int{worker}, nil, &handoffLink{d: c.s.rr, master: master, worker: worker, killMode: c.s.c.killMode}, nil
 }
 
 // handoffLink is one rr worker as the dispatcher knows it.
@@ -112,7 +112,7 @@ type handoffLink struct {
 	d              *dispatcher
 	master, worker int // socket pair ends; worker is closed once the process has it
 	pid            int
-	mixed          bool // --kill-mode mixed
+	killMode       string // where the stop signal goes (stopKill)
 }
 
 func (l *handoffLink) attach(w *worker) {
@@ -128,7 +128,7 @@ func (l *handoffLink) drain()          { l.d.drain(l.pid) }
 
 func (l *handoffLink) stop(sig syscall.Signal) {
 	l.d.drain(l.pid)
-	stopKill(l.pid, sig, l.mixed)
+	stopKill(l.pid, sig, l.killMode)
 }
 
 func (l *handoffLink) detach() { l.d.detach(l.pid) }
@@ -252,7 +252,7 @@ func (l *nodeLink) drain() {
 func (l *nodeLink) stop(sig syscall.Signal) {
 	l.drain()
 	if l.nw == nil || l.ended {
-		stopKill(l.pid, sig, l.s.c.killMode == "mixed")
+		stopKill(l.pid, sig, l.s.c.killMode)
 		return
 	}
 	l.stopSig = sig
@@ -291,7 +291,7 @@ func (l *nodeLink) settle(lastBusy time.Time) {
 
 func (l *nodeLink) disconnect() {
 	if !l.nw.stop() {
-		stopKill(l.pid, l.stopSig, l.s.c.killMode == "mixed")
+		stopKill(l.pid, l.stopSig, l.s.c.killMode)
 	}
 }
 
@@ -299,7 +299,7 @@ func (l *nodeLink) disconnect() {
 func (l *nodeLink) channelEnded() {
 	l.ended = true
 	if l.stopSig != 0 {
-		stopKill(l.pid, l.stopSig, l.s.c.killMode == "mixed")
+		stopKill(l.pid, l.stopSig, l.s.c.killMode)
 	}
 }
 

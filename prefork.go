@@ -400,8 +400,8 @@ func kill(pid int, sig syscall.Signal) { syscall.Kill(-pid, sig) }
 // with --kill-mode mixed to the worker's own process only, so that a master
 // such as Starman or uWSGI stops its children gracefully itself, as they do
 // under Server::Starter (SIGKILL after --grace still goes to the group).
-func stopKill(pid int, sig syscall.Signal, mixed bool) {
-	if mixed {
+func stopKill(pid int, sig syscall.Signal, killMode string) {
+	if killMode == "mixed" {
 		syscall.Kill(pid, sig)
 		return
 	}

@@ -16,7 +16,10 @@
 //	running    cur's channel broken           the same, but its exit is a crash  → replacing
 //	  …        the same from a young cur¹     cur leaves; its exit is a failed start
 //	running    cur misses its watchdog         replace(watchdog); cur gets SIGABRT  → replacing
+//	running    cur's --ready-delay passes     up, unless it says so itself (a Node worker's
+//	                                          listening): then wait up to --ready-timeout
 //	running    cur not ready in time          cur stopped gracefully; a failed start
+//	                                          (a Node worker under --ready delay: counted up)
 //	running    cur exits, ran properly        start cur at once                 → running
 //	running    cur exits, failed start¹       backoff, or give up on a crash loop → empty
 //	running    cur exits, retired             start cur at once                 → running
