@@ -227,15 +227,17 @@ func (l *nodeLink) ready() {
 	}
 }
 
-// saysReady: a worker that came online as a cluster worker reports listening
-// when its server is open (SPEC §9: that is when it is up), so --ready-delay
-// alone must not count it up: an app that takes longer to start, or fails
-// before it listens, would take over from a serving worker with nothing
-// listening. Handle-passing workers (--node-send-server) listen on the handle
-// itself and never report it; a worker not online yet is no cluster worker
-// as far as prefork can tell.
+// saysReady: a cluster worker reports listening when its server is open
+// (SPEC §9: that is when it is up), so --ready-delay alone must not count it
+// up: an app that takes longer to start, or fails before it listens, would
+// take over from a serving worker with nothing listening. That holds from the
+// start, not only once the worker said "online": a wrapper that takes longer
+// than --ready-delay to exec node (or a loaded machine) sends it late. A
+// worker that never listens is counted up at --ready-timeout when it is its
+// slot's only one (readyTimedOut). Handle-passing workers (--node-send-server)
+// listen on the handle itself and never report it.
 func (l *nodeLink) saysReady() bool {
-	return l.s.c.nodeSendServer == "" && l.nw != nil && l.nw.isOnline()
+	return l.s.c.nodeSendServer == ""
 }
 
 func (l *nodeLink) drain() {

@@ -185,12 +185,16 @@ func TestNodeWorkerDisconnects(t *testing.T) {
 // while the old workers keep serving. (Counted up at --ready-delay, the bad
 // release used to stop every old worker: a full outage.)
 func TestNodeUpOnlyWhenListening(t *testing.T) {
-	for _, mode := range []string{"shared", "rr"} {
-		t.Run(mode, func(t *testing.T) {
+	// 200ms: the worker says "online" well before --ready-delay passes; 1ms:
+	// after it, as behind a wrapper that is slow to exec node or on a busy
+	// machine (counted up without listening before the fix).
+	for _, tc := range []struct{ mode, delay string }{{"shared", "200ms"}, {"rr", "200ms"}, {"shared", "1ms"}, {"rr", "1ms"}} {
+		mode := tc.mode
+		t.Run(mode+"/ready-delay-"+tc.delay, func(t *testing.T) {
 			port := freePort(t)
 			bad := filepath.Join(t.TempDir(), "bad-release")
 			in := startNode(t, "app.js", []string{"APP_LISTEN=" + strconv.Itoa(port), "APP_START_MS=1500", "APP_FAIL_IF=" + bad},
-				"-n", "2", "--mode", mode, "-p", strconv.Itoa(port), "--ready-delay", "200ms", "--max-restarts", "3")
+				"-n", "2", "--mode", mode, "-p", strconv.Itoa(port), "--ready-delay", tc.delay, "--max-restarts", "3")
 			time.Sleep(900 * time.Millisecond) // past --ready-delay, before listen()
 			if st, ok := in.readStatus(); !ok {
 				t.Fatal("no status file")

@@ -185,13 +185,6 @@ func (nc *nodeCluster) newNodeWorker(pid, slot, fd int, socks []int, notify func
 // detach closes the channel once the worker is gone; its reader ends on its own.
 func (w *nodeWorker) detach() { w.conn.close() }
 
-// isOnline reports whether the worker said online: it speaks the cluster protocol.
-func (w *nodeWorker) isOnline() bool {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.online
-}
-
 // stop begins a graceful stop: disconnect, so that Node closes its servers and
 // lets in-flight requests finish. It reports whether the caller should wait for
 // the channel to close before sending the stop signal: false when the worker
