@@ -39,7 +39,7 @@ if [ $pool = 1 ]; then # the blocking worker under prefork: no wrk, Node or PM2
 	say "building prefork and the bench programs"
 	CGO_ENABLED=0 go build -o "$out/bin/prefork" .
 	for p in blockserver harness report; do
-		go build -o "$out/bin/$p" "./bench/$p"
+		go build -C bench -o "$out/bin/$p" "./$p"
 	done
 	args=(-only pool -bench "$root/bench" -bin "$out/bin" -out "$out" -command "$command" -o "$out/pool.json")
 	[ $smoke = 1 ] && args+=(-smoke)
@@ -89,7 +89,7 @@ fi
 say "building prefork and the bench programs"
 CGO_ENABLED=0 go build -o "$out/bin/prefork" . # static, as released (README)
 for p in goserver barelaunch blockserver refmaster spawnref load harness report; do
-	go build -o "$out/bin/$p" "./bench/$p"
+	go build -C bench -o "$out/bin/$p" "./$p"
 done
 rm -f "$out/bin/cworker"
 if command -v cc >/dev/null; then

@@ -41,10 +41,10 @@ need perf linux-perf
 
 mkdir -p "$bin"
 CGO_ENABLED=0 go build -o "$bin/prefork" .
-go build -o "$bin/refmaster" ./bench/refmaster
+go build -C bench -o "$bin/refmaster" ./refmaster
 case $group in
 c) cc -O2 -Wall -o "$bin/cworker" bench/cworker/cworker.c; worker=${WORKER:-$bin/cworker} ;;
-go) go build -o "$bin/goserver" ./bench/goserver; worker=${WORKER:-$bin/goserver} ;;
+go) go build -C bench -o "$bin/goserver" ./goserver; worker=${WORKER:-$bin/goserver} ;;
 *) say "unknown group $group (c or go)"; exit 2 ;;
 esac
 pf=${PF:-$bin/prefork}

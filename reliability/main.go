@@ -8,7 +8,7 @@
 // zombies when prefork is pid 1 in a pid namespace. Loopback only, bounded
 // in time and count; it runs in a few minutes. See docs/reliability.md.
 //
-//	go run ./reliability [-modes shared,reuseport,rr] [-reloads 10] [-kill-for 20s]
+//	go run -C reliability . [-modes shared,reuseport,rr] [-reloads 10] [-kill-for 20s]
 package main
 
 import (
@@ -159,7 +159,9 @@ func main() {
 		defer os.RemoveAll(workDir)
 	}
 	preforkBin = filepath.Join(workDir, "prefork")
-	if out, err := exec.Command("go", "build", "-o", preforkBin, ".").CombinedOutput(); err != nil {
+	build := exec.Command("go", "build", "-o", preforkBin, ".")
+	build.Dir = repoRoot()
+	if out, err := build.CombinedOutput(); err != nil {
 		fatal(fmt.Errorf("go build: %v\n%s", err, out))
 	}
 	fmt.Printf("machine: %s, %d CPUs, %s, kernel %s\n", runtime.GOOS+"/"+runtime.GOARCH, runtime.NumCPU(), runtime.Version(), kernel())
@@ -491,4 +493,22 @@ func zombies() outcome {
 	line := fmt.Sprintf("%d samples, %d worker restarts, at most %d zombies at once (transient), %d never reaped; TERM: exit %d after %v",
 		samples, restarts, maxZ, len(stuck), code, time.Since(start).Round(10*time.Millisecond))
 	return outcome{line: line, bad: len(stuck) > 0 || code != 0}
+}
+
+// repoRoot is prefork's own module, the directory above the working directory
+// that holds prefork.go (the suite is a module of its own, run from its
+// directory or from the repository's root).
+func repoRoot() string {
+	dir, err := os.Getwd()
+	if err != nil {
+		fatal(err)
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "prefork.go")); err == nil {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			fatal(fmt.Errorf("prefork.go not found above %s", dir))
+		}
+	}
 }
