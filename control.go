@@ -9,6 +9,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/prefork/prefork/internal/procstat"
 	"strings"
 	"syscall"
 	"time"
@@ -245,7 +246,7 @@ func (s *supervisor) ctlSnapshot() *ctlStatus {
 	// reuseport mode), as the pool and the status file count it.
 	lengths := map[int]int{}
 	for _, q := range s.queueSockets() {
-		if n, err := acceptQueue(q.fd); err == nil && q.fd >= 0 {
+		if n, err := procstat.AcceptQueue(q.fd); err == nil && q.fd >= 0 {
 			lengths[q.listener] += n
 		}
 	}
@@ -264,7 +265,7 @@ func sampleUsage(st *ctlStatus) {
 	for i, w := range st.Workers {
 		pids[i] = w.PID
 	}
-	usage, err := groupUsage(pids, nil) // procstat_*.go
+	usage, err := procstat.GroupUsage(pids, nil) // procstat_*.go
 	if err != nil {
 		return
 	}

@@ -9,6 +9,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/prefork/prefork/internal/procstat"
 	"math"
 	"slices"
 	"strconv"
@@ -217,7 +218,7 @@ type poolReplace struct {
 // would outlive DUR by N readiness times. A worker whose replacement failed
 // (it still serves) is asked for again after a backoff that doubles from
 // --backoff-min to --backoff-max. use may be nil when no /proc sample is at hand.
-func (l *limits) check(ws []poolWorker, use map[int]procUsage, replacing int, now time.Time) []poolReplace {
+func (l *limits) check(ws []poolWorker, use map[int]procstat.Usage, replacing int, now time.Time) []poolReplace {
 	live := make(map[int]bool, len(ws))
 	for _, w := range ws {
 		live[w.pid] = true
@@ -263,7 +264,7 @@ func (l *limits) check(ws []poolWorker, use map[int]procUsage, replacing int, no
 
 // cpuRate is the CPU use, in CPUs, of the process groups present in both
 // samples, between them; a group that left or arrived in between is not counted.
-func cpuRate(prev, cur map[int]procUsage, elapsed time.Duration) float64 {
+func cpuRate(prev, cur map[int]procstat.Usage, elapsed time.Duration) float64 {
 	if elapsed <= 0 {
 		return -1
 	}
@@ -324,8 +325,8 @@ func (c *config) validatePool() error {
 		return usagef("--idle-timeout applies to an elastic pool: give -n MIN:MAX")
 	case c.poolMax > 0 && c.idleTimeout < 100*time.Millisecond:
 		return usagef("--idle-timeout %v is too short (at least 100ms)", c.idleTimeout)
-	case c.maxRSS > 0 && !procstatSupported:
-		return usagef("--max-rss needs Linux: %v", errProcstatUnsupported)
+	case c.maxRSS > 0 && !procstat.Supported:
+		return usagef("--max-rss needs Linux: %v", procstat.ErrUnsupported)
 	case c.maxLifetimeSet && c.maxLifetime < time.Second:
 		return usagef("--max-lifetime %v is too short (at least 1s)", c.maxLifetime)
 	}

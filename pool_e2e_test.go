@@ -9,6 +9,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/prefork/prefork/internal/procstat"
 	"io"
 	"net"
 	"os"
@@ -244,7 +245,7 @@ func TestPoolGrowsUnderLoadAndShrinksWhenIdle(t *testing.T) {
 			if !strings.Contains(out, "pool: connections wait; adding workers") || !strings.Contains(out, "pool: idle; stopping a worker") {
 				t.Errorf("the log does not say why the pool moved")
 			}
-			if mode != "rr" && acceptQueueSupported {
+			if mode != "rr" && procstat.AcceptQueueSupported {
 				if st, _ := in.readStatus(); len(st.AcceptQueue) != 1 || st.AcceptQueue[0] == nil {
 					t.Errorf("status file has no accept queue: %+v", st.AcceptQueue)
 				}
@@ -285,7 +286,7 @@ func TestPoolReloadWhileGrowing(t *testing.T) {
 }
 
 func TestPoolGrowsOnAUnixListener(t *testing.T) {
-	if !acceptQueueSupported {
+	if !procstat.AcceptQueueSupported {
 		t.Skip("no accept queue to read here")
 	}
 	sock := filepath.Join(t.TempDir(), "s")
@@ -316,7 +317,7 @@ func TestPoolSaysWhatItCannotSee(t *testing.T) {
 	in.waitFor("a warning at start", 5*time.Second, func(statusFile) bool {
 		return strings.Contains(in.stderr.String(), "the pool cannot see connections wait: it stays at 1 workers")
 	})
-	if acceptQueueSupported && !strings.Contains(in.stderr.String(), "the accept queue of udp listener") {
+	if procstat.AcceptQueueSupported && !strings.Contains(in.stderr.String(), "the accept queue of udp listener") {
 		t.Errorf("no warning names the UDP listener")
 	}
 }
@@ -355,7 +356,7 @@ func replacedBy(in *instance, why string, n int, timeout time.Duration) statusFi
 }
 
 func TestPoolMaxRSSReplacesALeakingWorker(t *testing.T) {
-	if !procstatSupported {
+	if !procstat.Supported {
 		t.Skip("no /proc here")
 	}
 	for _, mode := range modes() {

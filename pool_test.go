@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/prefork/prefork/internal/procstat"
 	"strconv"
 	"strings"
 	"testing"
@@ -196,7 +197,7 @@ func TestLimitsMaxRSSReplacesTheLargestFirst(t *testing.T) {
 	now := time.Unix(1e9, 0)
 	l := newLimits(100<<20, 0, nil, time.Second, 8*time.Second)
 	ws := []poolWorker{{pid: 10, ready: true}, {pid: 11, ready: true}, {pid: 12, ready: true}, {pid: 13, ready: false}}
-	use := map[int]procUsage{10: {RSS: 50 << 20}, 11: {RSS: 150 << 20}, 12: {RSS: 300 << 20}, 13: {RSS: 900 << 20}}
+	use := map[int]procstat.Usage{10: {RSS: 50 << 20}, 11: {RSS: 150 << 20}, 12: {RSS: 300 << 20}, 13: {RSS: 900 << 20}}
 	for _, c := range []struct {
 		after     time.Duration
 		replacing int
@@ -263,8 +264,8 @@ func TestLimitsMaxLifetimeWithJitter(t *testing.T) {
 }
 
 func TestCPURate(t *testing.T) {
-	prev := map[int]procUsage{1: {CPU: time.Second}, 2: {CPU: 5 * time.Second}}
-	cur := map[int]procUsage{1: {CPU: 1500 * time.Millisecond}, 3: {CPU: time.Hour}}
+	prev := map[int]procstat.Usage{1: {CPU: time.Second}, 2: {CPU: 5 * time.Second}}
+	cur := map[int]procstat.Usage{1: {CPU: 1500 * time.Millisecond}, 3: {CPU: time.Hour}}
 	if r := cpuRate(prev, cur, time.Second); r != 0.5 {
 		t.Fatalf("cpuRate = %v, want 0.5 (2 left, 3 arrived)", r)
 	}

@@ -9,6 +9,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/prefork/prefork/internal/procstat"
 	"maps"
 	"math/rand/v2"
 	"slices"
@@ -38,8 +39,8 @@ type poolQueue struct {
 
 // poolStats is the latest reading, for the status file and metrics.
 type poolStats struct {
-	usage  map[int]procUsage // by worker pid; nil where /proc cannot be read
-	queues []int             // accept-queue length by listener; -1 where it cannot be read
+	usage  map[int]procstat.Usage // by worker pid; nil where /proc cannot be read
+	queues []int                  // accept-queue length by listener; -1 where it cannot be read
 }
 
 // poolEvent is what the pool goroutine asks of the owner loop.
@@ -93,7 +94,7 @@ func (s *supervisor) startPool() {
 	}
 	s.publishPool()
 	r := &poolRunner{p: s.pool, events: s.events, elastic: el, limits: lim, rr: s.rr,
-		listeners: len(s.listeners), usage: procstatSupported}
+		listeners: len(s.listeners), usage: procstat.Supported}
 	go r.run()
 }
 
@@ -105,10 +106,10 @@ func (s *supervisor) explainQueues() {
 			readable++ // prefork's own pending connections
 			continue
 		}
-		if !acceptQueueSupported {
+		if !procstat.AcceptQueueSupported {
 			continue
 		}
-		if _, err := acceptQueue(l.fd); err != nil {
+		if _, err := procstat.AcceptQueue(l.fd); err != nil {
 			s.log.Warn(fmt.Sprintf("-n %d:%d: the accept queue of %s listener %s cannot be read (%v); the pool sizes from the other listeners",
 				s.c.poolMin, s.c.poolMax, l.spec.network, l.addrString(), err))
 			continue
@@ -117,7 +118,7 @@ func (s *supervisor) explainQueues() {
 	}
 	if readable == 0 {
 		why := "no listener's accept queue can be read"
-		if !acceptQueueSupported {
+		if !procstat.AcceptQueueSupported {
 			why = "macOS cannot read a listener's accept queue"
 		}
 		s.log.Warn(fmt.Sprintf("-n %d:%d: %s, so the pool cannot see connections wait: it stays at %d workers and moves only with TTIN/TTOU (--mode rr sizes it from prefork's own queue)",
@@ -237,8 +238,8 @@ func (r *poolRunner) run() {
 	t := time.NewTicker(poolTick)
 	defer t.Stop()
 	var (
-		use    map[int]procUsage // the last /proc reading, and the base of the next CPU rate
-		spare  map[int]procUsage // the reading before, refilled by the next one
+		use    map[int]procstat.Usage // the last /proc reading, and the base of the next CPU rate
+		spare  map[int]procstat.Usage // the reading before, refilled by the next one
 		prevAt time.Time
 		mark   uint32 // rr: the dispatcher's sequence number at the previous tick
 		sent   poolStats
@@ -257,7 +258,7 @@ func (r *poolRunner) run() {
 		}
 		waiting := -1
 		for _, q := range v.queues {
-			if n, err := acceptQueue(q.fd); err == nil {
+			if n, err := procstat.AcceptQueue(q.fd); err == nil {
 				queues[q.listener] = max(queues[q.listener], 0) + n
 				waiting = max(waiting, 0) + n
 			}
@@ -271,7 +272,7 @@ func (r *poolRunner) run() {
 		cpu := -1.0
 		if tick%poolUsageTicks == 0 {
 			if r.usage {
-				if u, err := groupUsage(v.pids, spare); err == nil {
+				if u, err := procstat.GroupUsage(v.pids, spare); err == nil {
 					if use != nil {
 						cpu = cpuRate(use, u, now.Sub(prevAt))
 					}

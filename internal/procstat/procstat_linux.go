@@ -3,7 +3,7 @@
 // /proc for all workers) and the accept-queue length of a listener (TCP_INFO
 // for TCP, sock_diag for unix stream sockets). procstat_darwin.go defines the
 // same names.
-package main
+package procstat
 
 import (
 	"encoding/binary"
@@ -18,10 +18,10 @@ import (
 )
 
 // procstatSupported says whether groupUsage can read other processes here.
-const procstatSupported = true
+const Supported = true
 
 // acceptQueueSupported says whether acceptQueue can read a listener's queue here.
-const acceptQueueSupported = true
+const AcceptQueueSupported = true
 
 // groupUsage samples the process groups whose ids (= the worker pids, each
 // worker leads its own group) are in pgids, in one pass over /proc. Groups with
@@ -34,9 +34,9 @@ const acceptQueueSupported = true
 // buffers kept between calls (os.ReadDir and os.ReadFile made 20 KB of garbage
 // a second, which let an idle prefork's heap, and so its RSS, grow to the
 // GC's 4 MB floor).
-func groupUsage(pgids []int, out map[int]procUsage) (map[int]procUsage, error) {
+func GroupUsage(pgids []int, out map[int]Usage) (map[int]Usage, error) {
 	if out == nil {
-		out = make(map[int]procUsage, len(pgids))
+		out = make(map[int]Usage, len(pgids))
 	}
 	clear(out)
 	if len(pgids) == 0 {
@@ -254,7 +254,7 @@ var errNotListener = errors.New("not a listening TCP or unix stream socket")
 // accept queue: connections the kernel has completed and no accept has taken
 // yet. TCP sockets answer through TCP_INFO, unix stream sockets through
 // sock_diag; a UDP socket has no accept queue, and the error says so.
-func acceptQueue(fd int) (int, error) {
+func AcceptQueue(fd int) (int, error) {
 	q, _, err := acceptQueueInfo(fd)
 	return q, err
 }
@@ -375,4 +375,4 @@ const (
 )
 
 // errProcstatUnsupported is nil on Linux: /proc has what groupUsage reads.
-var errProcstatUnsupported error
+var ErrUnsupported error

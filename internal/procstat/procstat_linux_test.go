@@ -1,7 +1,8 @@
 // This file tests procstat_linux.go against real processes and sockets.
-package main
+package procstat
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -30,7 +31,7 @@ func TestGroupUsageCountsEveryProcessOfTheGroup(t *testing.T) {
 	b := startGroup(t, "while :; do :; done")
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		u, err := groupUsage([]int{a.Process.Pid, b.Process.Pid, 1 << 30}, nil)
+		u, err := GroupUsage([]int{a.Process.Pid, b.Process.Pid, 1 << 30}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -63,9 +64,9 @@ func TestGroupUsageAllocatesNothingPerProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out := map[int]procUsage{}
+	out := map[int]Usage{}
 	allocs := testing.AllocsPerRun(20, func() {
-		if u, err := groupUsage([]int{a.Process.Pid}, out); err != nil || u[a.Process.Pid].Procs == 0 {
+		if u, err := GroupUsage([]int{a.Process.Pid}, out); err != nil || u[a.Process.Pid].Procs == 0 {
 			t.Fatalf("groupUsage: %v, %v", u, err)
 		}
 	})
@@ -75,7 +76,7 @@ func TestGroupUsageAllocatesNothingPerProcess(t *testing.T) {
 }
 
 func TestGroupUsageEmpty(t *testing.T) {
-	u, err := groupUsage(nil, nil)
+	u, err := GroupUsage(nil, nil)
 	if err != nil || len(u) != 0 {
 		t.Fatalf("groupUsage(nil) = %v, %v", u, err)
 	}
@@ -114,7 +115,7 @@ func TestAcceptQueueCountsUnacceptedConnections(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		if q, err := acceptQueue(fd); err != nil || q != i {
+		if q, err := AcceptQueue(fd); err != nil || q != i {
 			t.Fatalf("after %d connections: queue %d, err %v", i, q, err)
 		}
 	}
@@ -123,10 +124,10 @@ func TestAcceptQueueCountsUnacceptedConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer syscall.Close(nfd)
-	if q, err := acceptQueue(fd); err != nil || q != 2 {
+	if q, err := AcceptQueue(fd); err != nil || q != 2 {
 		t.Fatalf("after one accept: queue %d, err %v (want 2)", q, err)
 	}
-	if _, err := acceptQueue(nfd); err != errNotListener {
+	if _, err := AcceptQueue(nfd); err != errNotListener {
 		t.Fatalf("a connected socket: err %v, want errNotListener", err)
 	}
 }
@@ -138,7 +139,7 @@ func TestAcceptQueueRefusesNonTCP(t *testing.T) {
 	}
 	defer syscall.Close(fds[0])
 	defer syscall.Close(fds[1])
-	if _, err := acceptQueue(fds[0]); err == nil {
+	if _, err := AcceptQueue(fds[0]); err == nil {
 		t.Fatal("acceptQueue on a unix socket succeeded")
 	}
 }
@@ -165,7 +166,7 @@ func TestAcceptQueueOfAUnixListener(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		if q, err := acceptQueue(fd); err != nil || q != i {
+		if q, err := AcceptQueue(fd); err != nil || q != i {
 			t.Fatalf("after %d connections: queue %d, err %v", i, q, err)
 		}
 	}
@@ -176,7 +177,7 @@ func TestAcceptQueueOfAUnixListener(t *testing.T) {
 	defer c.Close()
 	cf, _ := c.(*net.UnixConn).File()
 	defer cf.Close()
-	if _, err := acceptQueue(int(cf.Fd())); err == nil {
+	if _, err := AcceptQueue(int(cf.Fd())); err == nil {
 		t.Fatal("acceptQueue on a connected unix socket succeeded")
 	}
 }
@@ -189,7 +190,29 @@ func TestAcceptQueueRefusesUDP(t *testing.T) {
 	defer c.Close()
 	f, _ := c.(*net.UDPConn).File()
 	defer f.Close()
-	if _, err := acceptQueue(int(f.Fd())); err != errNotListener {
+	if _, err := AcceptQueue(int(f.Fd())); err != errNotListener {
 		t.Fatalf("UDP socket: err %v, want errNotListener", err)
 	}
+}
+
+// rawTCPListener binds a blocking TCP listener on 127.0.0.1:0 with a backlog
+// of 128, closed at the end of the test.
+func rawTCPListener(t testing.TB) (fd int, addr string) {
+	t.Helper()
+	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Close(fd) })
+	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Listen(fd, 128); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fd, fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
 }

@@ -3,26 +3,26 @@
 // libproc's proc_pidinfo, outside the syscall package), nor the accept-queue
 // length of a listener: the functions say so, and the options that need them
 // are usage errors.
-package main
+package procstat
 
 import "errors"
 
 // procstatSupported says whether groupUsage can read other processes here.
-const procstatSupported = false
+const Supported = false
 
 // acceptQueueSupported says whether acceptQueue can read a listener's queue here.
-const acceptQueueSupported = false
+const AcceptQueueSupported = false
 
 // errProcstatUnsupported is what groupUsage returns on macOS.
-var errProcstatUnsupported = errors.New("reading another process's memory and CPU time needs libproc on macOS, which prefork (standard library only) does not use")
+var ErrUnsupported = errors.New("reading another process's memory and CPU time needs libproc on macOS, which prefork (standard library only) does not use")
 
 // errAcceptQueueUnsupported is what acceptQueue returns on macOS.
 var errAcceptQueueUnsupported = errors.New("the accept-queue length of a listener cannot be read on macOS")
 
 // groupUsage is not available on macOS.
-func groupUsage([]int, map[int]procUsage) (map[int]procUsage, error) {
-	return nil, errProcstatUnsupported
+func GroupUsage([]int, map[int]Usage) (map[int]Usage, error) {
+	return nil, ErrUnsupported
 }
 
 // acceptQueue is not available on macOS.
-func acceptQueue(fd int) (int, error) { return 0, errAcceptQueueUnsupported }
+func AcceptQueue(fd int) (int, error) { return 0, errAcceptQueueUnsupported }

@@ -1,13 +1,16 @@
 //go:build linux || darwin
 
-// This file holds what procstat_linux.go and procstat_darwin.go share: the
+// Package procstat reads what the pool policy, the metrics and the control
+// socket sample of other processes: a process group's memory and CPU time,
+// and a listener's accept queue. It has no goroutine of its own; its callers
+// own the buffers they pass. This file holds what both platforms share: the
 // type of one process group's reading.
-package main
+package procstat
 
 import "time"
 
 // procUsage is what one worker's process group uses at the moment of a sample.
-type procUsage struct {
+type Usage struct {
 	// RSS is the sum of the resident set sizes of every live process in the
 	// group, in bytes. Pages that processes of the group share (a pre-forking
 	// worker's children) count once per process, as ps would add them up.
