@@ -1,7 +1,7 @@
 //go:build linux || darwin
 
 // nodeipc.go and nodeipc_conn.go implement prefork's end of a Node.js IPC
-// channel, the codec of the Node cluster protocol (../shared/NODE-CLUSTER.md):
+// channel, the codec of the Node cluster protocol (docs/node.md):
 // newline-delimited JSON on a unix stream socket pair, a descriptor travelling
 // in SCM_RIGHTS with the first bytes of its NODE_HANDLE line,
 // NODE_HANDLE_ACK/NACK for every handle either side sends. One reader goroutine
