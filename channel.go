@@ -45,9 +45,9 @@ func (s *supervisor) newChannel() workerChannel {
 		return nodeChannel{s, s.nc}
 	}
 	switch s.c.mode {
-	case "rr":
+	case modeRR:
 		return handoffChannel{s}
-	case "reuseport":
+	case modeReuseport:
 		return socketChannel{s, true}
 	}
 	return socketChannel{s, false}
@@ -84,7 +84,7 @@ func listenEnv(ls []*listener) []string {
 // signalLink is a worker without a channel: stopping it is a signal.
 type signalLink struct {
 	pid      int
-	killMode string // where the stop signal goes (stopKill)
+	killMode killMode // where the stop signal goes
 }
 
 func (l *signalLink) attach(w *worker)        { l.pid = w.pid }
@@ -92,7 +92,7 @@ func (l *signalLink) abort()                  {}
 func (l *signalLink) ready()                  {}
 func (l *signalLink) saysReady() bool         { return false }
 func (l *signalLink) drain()                  {}
-func (l *signalLink) stop(sig syscall.Signal) { stopKill(l.pid, sig, l.killMode) }
+func (l *signalLink) stop(sig syscall.Signal) { l.killMode.stop(l.pid, sig) }
 func (l *signalLink) detach()                 {}
 
 // handoffChannel is rr mode: fd 3 is the worker's end of a SPEC §4 socket pair;
@@ -112,7 +112,7 @@ type handoffLink struct {
 	d              *dispatcher
 	master, worker int // socket pair ends; worker is closed once the process has it
 	pid            int
-	killMode       string // where the stop signal goes (stopKill)
+	killMode       killMode // where the stop signal goes
 }
 
 func (l *handoffLink) attach(w *worker) {
@@ -128,7 +128,7 @@ func (l *handoffLink) drain()          { l.d.drain(l.pid) }
 
 func (l *handoffLink) stop(sig syscall.Signal) {
 	l.d.drain(l.pid)
-	stopKill(l.pid, sig, l.killMode)
+	l.killMode.stop(l.pid, sig)
 }
 
 func (l *handoffLink) detach() { l.d.detach(l.pid) }
@@ -145,8 +145,8 @@ func (c nodeChannel) prepare(sl *slot) ([]int, []string, link, error) {
 	var fds, socks []int
 	var env []string
 	switch c.s.c.mode {
-	case "rr":
-	case "reuseport":
+	case modeRR:
+	case modeReuseport:
 		fds, socks, env = append(fds, sl.socks...), sl.socks, listenEnv(c.s.listeners)
 	default:
 		for _, l := range c.s.listeners {
@@ -192,7 +192,7 @@ func (l *nodeLink) attach(w *worker) {
 	syscall.Close(l.child)
 	s := l.s
 	notify := func(msg map[string]string) {
-		if msg["READY"] == "1" && s.c.ready != "delay" {
+		if msg["READY"] == "1" && s.c.ready != readyOnDelay {
 			delete(msg, "READY") // --ready notify: the worker says READY=1 itself
 		}
 		if len(msg) > 0 {
@@ -254,7 +254,7 @@ func (l *nodeLink) drain() {
 func (l *nodeLink) stop(sig syscall.Signal) {
 	l.drain()
 	if l.nw == nil || l.ended {
-		stopKill(l.pid, sig, l.s.c.killMode)
+		l.s.c.killMode.stop(l.pid, sig)
 		return
 	}
 	l.stopSig = sig
@@ -293,7 +293,7 @@ func (l *nodeLink) settle(lastBusy time.Time) {
 
 func (l *nodeLink) disconnect() {
 	if !l.nw.stop() {
-		stopKill(l.pid, l.stopSig, l.s.c.killMode)
+		l.s.c.killMode.stop(l.pid, l.stopSig)
 	}
 }
 
@@ -301,7 +301,7 @@ func (l *nodeLink) disconnect() {
 func (l *nodeLink) channelEnded() {
 	l.ended = true
 	if l.stopSig != 0 {
-		stopKill(l.pid, l.stopSig, l.s.c.killMode)
+		l.s.c.killMode.stop(l.pid, l.stopSig)
 	}
 }
 

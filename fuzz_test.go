@@ -131,7 +131,7 @@ func FuzzParseArgs(f *testing.F) {
 			if sp.network != "tcp" && sp.network != "udp" && sp.network != "unix" {
 				t.Fatalf("parseArgs(%q): listener %+v", args, sp)
 			}
-			if c.mode == "rr" && sp.network == "udp" {
+			if c.mode == modeRR && sp.network == "udp" {
 				t.Fatalf("parseArgs(%q): UDP listener in rr mode", args)
 			}
 		}

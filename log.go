@@ -12,7 +12,7 @@ import (
 	"sync"
 )
 
-func newLogger(w io.Writer, format string, verbosity int) *slog.Logger {
+func newLogger(w io.Writer, format logFormat, verbosity int) *slog.Logger {
 	level := slog.LevelInfo
 	switch {
 	case verbosity < 0:
@@ -20,7 +20,7 @@ func newLogger(w io.Writer, format string, verbosity int) *slog.Logger {
 	case verbosity > 0:
 		level = slog.LevelDebug
 	}
-	if format == "json" {
+	if format == logJSON {
 		return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: level, ReplaceAttr: durationText}))
 	}
 	return slog.New(&textHandler{w: w, level: level, mu: new(sync.Mutex)})

@@ -106,11 +106,11 @@ type config struct {
 	specs        []listenSpec
 	backlog      int
 	workers      int // 0 = auto; with -n MIN:MAX, MIN
-	mode         string
+	mode         mode
 	rrWindow     int
 	user         string
 	demo         bool
-	ready        string
+	ready        readyRule
 	readyDelay   time.Duration
 	readyTimeout time.Duration
 	minUptime    time.Duration
@@ -120,14 +120,14 @@ type config struct {
 	watchdog     time.Duration
 	grace        time.Duration
 	stopSignal   syscall.Signal
-	killMode     string // group, mixed (systemd's KillMode)
+	killMode     killMode // systemd's KillMode
 	drainDelay   time.Duration
 	pidfile      string
 	statusFile   string
 	control      string // --control: serve the control socket here
 	metricsFile  string
 	ctl          string // --ctl: be the control client of the prefork at this socket
-	logFormat    string
+	logFormat    logFormat
 	verbosity    int // -1 quiet, 0 normal, 1 verbose
 	command      []string
 
@@ -138,15 +138,13 @@ type config struct {
 	maxRSS           int64 // bytes; 0 = off
 	maxLifetime      time.Duration
 	maxLifetimeSet   bool
-	nodeCluster      string // auto, on, off (nodeipc_primary.go)
-	nodeSendServer   string // --node-send-server MSG
+	nodeCluster      nodeRule // nodeipc_primary.go
+	nodeSendServer   string   // --node-send-server MSG
 }
 
 func defaultConfig() *config {
 	return &config{
-		mode:         "shared",
 		rrWindow:     rrDefaultWindow,
-		ready:        "delay",
 		readyDelay:   time.Second,
 		readyTimeout: 60 * time.Second,
 		minUptime:    time.Second,
@@ -155,10 +153,7 @@ func defaultConfig() *config {
 		maxRestarts:  10,
 		grace:        30 * time.Second,
 		stopSignal:   syscall.SIGTERM,
-		killMode:     "group",
-		logFormat:    "text",
 		idleTimeout:  10 * time.Second,
-		nodeCluster:  "auto",
 	}
 }
 
@@ -184,18 +179,6 @@ func durationOpt(field func(*config) *time.Duration) func(*config, string) error
 		}
 		*field(c) = d
 		return nil
-	}
-}
-
-func choiceOpt(field func(*config) *string, choices ...string) func(*config, string) error {
-	return func(c *config, v string) error {
-		for _, ch := range choices {
-			if v == ch {
-				*field(c) = v
-				return nil
-			}
-		}
-		return fmt.Errorf("%q is not one of %s", v, strings.Join(choices, ", "))
 	}
 }
 
@@ -247,14 +230,14 @@ var options = []option{
 		c.maxLifetime, c.maxLifetimeSet = d, true
 		return err
 	}},
-	{long: "mode", set: choiceOpt(func(c *config) *string { return &c.mode }, "shared", "reuseport", "rr")},
+	{long: "mode", set: choiceOpt(func(c *config) *mode { return &c.mode }, modeNames)},
 	{long: "rr-window", set: func(c *config, v string) error {
 		c.rrWindowSet = true
 		return intOpt(func(c *config) *int { return &c.rrWindow }, 1, maxRRWindow)(c, v)
 	}},
 	{long: "user", set: func(c *config, v string) error { c.user = v; return nil }},
 	{long: "demo", boolean: true, set: func(c *config, _ string) error { c.demo = true; return nil }},
-	{long: "ready", set: choiceOpt(func(c *config) *string { return &c.ready }, "delay", "notify")},
+	{long: "ready", set: choiceOpt(func(c *config) *readyRule { return &c.ready }, readyNames)},
 	{long: "ready-delay", set: durationOpt(func(c *config) *time.Duration { return &c.readyDelay })},
 	{long: "ready-timeout", set: durationOpt(func(c *config) *time.Duration { return &c.readyTimeout })},
 	{long: "min-uptime", set: durationOpt(func(c *config) *time.Duration { return &c.minUptime })},
@@ -268,16 +251,16 @@ var options = []option{
 		c.stopSignal = s
 		return err
 	}},
-	{long: "kill-mode", set: choiceOpt(func(c *config) *string { return &c.killMode }, "group", "mixed")},
+	{long: "kill-mode", set: choiceOpt(func(c *config) *killMode { return &c.killMode }, killModeNames)},
 	{long: "drain-delay", set: durationOpt(func(c *config) *time.Duration { return &c.drainDelay })},
-	{long: "node-cluster", set: choiceOpt(func(c *config) *string { return &c.nodeCluster }, "auto", "on", "off")},
+	{long: "node-cluster", set: choiceOpt(func(c *config) *nodeRule { return &c.nodeCluster }, nodeRuleNames)},
 	{long: "node-send-server", set: func(c *config, v string) error { c.nodeSendServer = v; return nil }},
 	{long: "pidfile", set: func(c *config, v string) error { c.pidfile = v; return nil }},
 	{long: "status-file", set: func(c *config, v string) error { c.statusFile = v; return nil }},
 	{long: "control", set: func(c *config, v string) error { c.control = v; return nil }},
 	{long: "metrics-file", set: func(c *config, v string) error { c.metricsFile = v; return nil }},
 	{long: "ctl", set: func(c *config, v string) error { c.ctl = v; return nil }},
-	{long: "log-format", set: choiceOpt(func(c *config) *string { return &c.logFormat }, "text", "json")},
+	{long: "log-format", set: choiceOpt(func(c *config) *logFormat { return &c.logFormat }, logFormatNames)},
 	{long: "quiet", short: "q", boolean: true, set: func(c *config, _ string) error { c.verbosity = -1; return nil }},
 	{long: "verbose", short: "v", boolean: true, set: func(c *config, _ string) error { c.verbosity = 1; return nil }},
 }
@@ -380,9 +363,9 @@ func (c *config) validate() error {
 		return usagef("--ready-timeout must be above 0")
 	case c.watchdog < 0:
 		return usagef("--watchdog must not be negative")
-	case c.rrWindowSet && c.mode != "rr":
+	case c.rrWindowSet && c.mode != modeRR:
 		return usagef("--rr-window applies to --mode rr only")
-	case c.nodeSendServer != "" && c.nodeCluster == "off":
+	case c.nodeSendServer != "" && c.nodeCluster == nodeOff:
 		return usagef("--node-send-server needs the Node cluster channel: drop --node-cluster off")
 	}
 	if c.watchdog > 0 && c.watchdog < 10*time.Millisecond {
@@ -391,14 +374,14 @@ func (c *config) validate() error {
 	if err := c.validatePool(); err != nil {
 		return err
 	}
-	if c.mode == "reuseport" && !reuseportSupported {
+	if c.mode == modeReuseport && !reuseportSupported {
 		return usagef("--mode reuseport needs Linux: the BSD kernel does not balance SO_REUSEPORT sockets (use --mode shared)")
 	}
 	for _, s := range c.specs {
-		if c.mode == "rr" && s.network == "udp" {
+		if c.mode == modeRR && s.network == "udp" {
 			return usagef("--mode rr hands over stream connections: %s is a UDP listener (use --mode shared or reuseport)", s.text)
 		}
-		if c.mode == "reuseport" && s.network == "unix" {
+		if c.mode == modeReuseport && s.network == "unix" {
 			return usagef("--mode reuseport needs TCP or UDP listeners: %s is a unix socket", s.text)
 		}
 	}

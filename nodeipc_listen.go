@@ -166,7 +166,7 @@ func (nc *nodeCluster) bindFor(network, addr string, port int, at string, m *nod
 	if err != nil {
 		return nil, err
 	}
-	return b.open(backlog, nc.mode == "reuseport")
+	return b.open(backlog, nc.mode == modeReuseport)
 }
 
 // nodeBind is a TCP or UDP socket to bind for a worker, as Node's own primary

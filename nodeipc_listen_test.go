@@ -186,7 +186,7 @@ func queryReply(t *testing.T, f *fakeNodeWorker, seq int, fields string) (int, f
 // port whatever its address, and says so once.
 func TestNodeQueryServerWildcardTakesOwnListener(t *testing.T) {
 	port := strconv.Itoa(freeBothPort(t))
-	nc, ls := testNodeCluster(t, "shared", "127.0.0.1:"+port, "udp:127.0.0.1:"+port)
+	nc, ls := testNodeCluster(t, modeShared, "127.0.0.1:"+port, "udp:127.0.0.1:"+port)
 	var log syncBuffer
 	nc.log = bufferLogger(&log)
 	f, _ := newFakeNodeWorker(t, nc, 0)
@@ -218,7 +218,7 @@ func TestNodeQueryServerUDPFamily(t *testing.T) {
 		t.Skip("no IPv6 on this machine")
 	}
 	port := strconv.Itoa(freeBothPort(t))
-	nc, ls := testNodeCluster(t, "shared", "udp:[::]:"+port, "udp:0.0.0.0:"+port)
+	nc, ls := testNodeCluster(t, modeShared, "udp:[::]:"+port, "udp:0.0.0.0:"+port)
 	f, _ := newFakeNodeWorker(t, nc, 0)
 	for i, q := range []struct {
 		at, addr string
@@ -238,7 +238,7 @@ func TestNodeQueryServerUDPFamily(t *testing.T) {
 	// Only a dual-stack IPv6 socket on the port: a udp4 bind fails as under
 	// Node's primary, and the log says why.
 	port = strconv.Itoa(freeBothPort(t))
-	nc, _ = testNodeCluster(t, "shared", "udp::"+port)
+	nc, _ = testNodeCluster(t, modeShared, "udp::"+port)
 	var log syncBuffer
 	nc.log = bufferLogger(&log)
 	f, _ = newFakeNodeWorker(t, nc, 0)
@@ -256,7 +256,7 @@ func TestNodeQueryServerDualStackOnRequest(t *testing.T) {
 	if !lstHaveIPv6() {
 		t.Skip("no IPv6 on this machine")
 	}
-	nc, _ := testNodeCluster(t, "shared")
+	nc, _ := testNodeCluster(t, modeShared)
 	f, _ := newFakeNodeWorker(t, nc, 0)
 	for i, flags := range []int{0, 1} {
 		fields := fmt.Sprintf(`"address":"::","port":%d,"addressType":6,"flags":%d,"backlog":0`, freePort(t), flags)
@@ -273,7 +273,7 @@ func TestNodeQueryServerDualStackOnRequest(t *testing.T) {
 }
 
 func TestNodeWarnUnasked(t *testing.T) {
-	nc, ls := testNodeCluster(t, "shared", "127.0.0.1:0", "127.0.0.1:0")
+	nc, ls := testNodeCluster(t, modeShared, "127.0.0.1:0", "127.0.0.1:0")
 	var log syncBuffer
 	nc.log = bufferLogger(&log)
 	f, _ := newFakeNodeWorker(t, nc, 0)

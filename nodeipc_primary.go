@@ -51,7 +51,7 @@ func (r dispatcherNodeRR) ack(id int, seq uint32, accepted bool) {
 // listeners and the sockets bound on request, in one place, guarded by mu.
 type nodeCluster struct {
 	log        *slog.Logger
-	mode       string
+	mode       mode
 	backlog    int
 	sendServer []byte // --node-send-server as a JSON string; nil when not given
 	rr         nodeRR // rr mode only
@@ -88,9 +88,9 @@ func newNodeCluster(log *slog.Logger, c *config, listeners []*listener, d *dispa
 // node or nodejs (path is the command resolved, which may be a link to it).
 func nodeClusterOn(c *config, path string) bool {
 	switch c.nodeCluster {
-	case "on":
+	case nodeOn:
 		return true
-	case "off":
+	case nodeOff:
 		return false
 	}
 	if c.demo || len(c.command) == 0 {

@@ -36,7 +36,7 @@ func (w *nodeWorker) socketFor(nl *nodeListener) (int, string) {
 	if nl.l.spec.network == "udp" {
 		typ = "dgram.Native"
 	}
-	if w.nc.mode == "reuseport" && nl.l.spec.network != "unix" {
+	if w.nc.mode == modeReuseport && nl.l.spec.network != "unix" {
 		if nl.static {
 			w.mu.Lock()
 			defer w.mu.Unlock()

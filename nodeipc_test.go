@@ -121,7 +121,7 @@ func (f *fakeNodeWorker) quiet(d time.Duration) {
 	}
 }
 
-func testNodeCluster(t *testing.T, mode string, specs ...string) (*nodeCluster, []*listener) {
+func testNodeCluster(t *testing.T, m mode, specs ...string) (*nodeCluster, []*listener) {
 	t.Helper()
 	var ls []*listener
 	if len(specs) > 0 {
@@ -132,7 +132,7 @@ func testNodeCluster(t *testing.T, mode string, specs ...string) (*nodeCluster, 
 		t.Cleanup(func() { closeListeners(ls) })
 	}
 	c := defaultConfig()
-	c.mode = mode
+	c.mode = m
 	nc := newNodeCluster(slog.New(slog.NewTextHandler(io.Discard, nil)), c, ls, nil)
 	t.Cleanup(nc.close)
 	return nc, ls
@@ -155,7 +155,7 @@ func portOf(t *testing.T, fd int) int {
 }
 
 func TestNodeQueryServerShared(t *testing.T) {
-	nc, ls := testNodeCluster(t, "shared", "127.0.0.1:0")
+	nc, ls := testNodeCluster(t, modeShared, "127.0.0.1:0")
 	port := portOf(t, ls[0].fd)
 	f, _ := newFakeNodeWorker(t, nc, 0)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"online","seq":0}`)
@@ -194,7 +194,7 @@ func TestNodeQueryServerShared(t *testing.T) {
 }
 
 func TestNodeQueryServerBindsOnRequest(t *testing.T) {
-	nc, _ := testNodeCluster(t, "shared")
+	nc, _ := testNodeCluster(t, modeShared)
 	a, _ := newFakeNodeWorker(t, nc, 0)
 	b, _ := newFakeNodeWorker(t, nc, 1)
 	// TLS servers send their ticket keys; every worker gets the first one's.
@@ -231,7 +231,7 @@ func TestNodeQueryServerBindsOnRequest(t *testing.T) {
 }
 
 func TestNodeMessages(t *testing.T) {
-	nc, _ := testNodeCluster(t, "shared")
+	nc, _ := testNodeCluster(t, modeShared)
 	f, nw := newFakeNodeWorker(t, nc, 0)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"online","seq":0}`)
 
@@ -291,7 +291,7 @@ func TestNodeMessages(t *testing.T) {
 }
 
 func TestNodeExitedAfterDisconnect(t *testing.T) {
-	nc, _ := testNodeCluster(t, "shared")
+	nc, _ := testNodeCluster(t, modeShared)
 	f, nw := newFakeNodeWorker(t, nc, 0)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"online","seq":0}`)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"exitedAfterDisconnect","seq":7}`)
@@ -309,7 +309,7 @@ func TestNodeExitedAfterDisconnect(t *testing.T) {
 }
 
 func TestNodeNoDisconnectBeforeOnline(t *testing.T) {
-	nc, _ := testNodeCluster(t, "shared")
+	nc, _ := testNodeCluster(t, modeShared)
 	_, nw := newFakeNodeWorker(t, nc, 0)
 	if nw.stop() {
 		t.Fatal("a worker that never said online is not a cluster worker: stop must not wait for disconnect")
@@ -331,7 +331,7 @@ func (r *fakeRR) ack(id int, seq uint32, ok bool) {
 }
 
 func TestNodeNewconn(t *testing.T) {
-	nc, ls := testNodeCluster(t, "rr", "127.0.0.1:0")
+	nc, ls := testNodeCluster(t, modeRR, "127.0.0.1:0")
 	rr := &fakeRR{}
 	nc.rr = rr
 	nc.ls[0].rr = true
@@ -469,8 +469,10 @@ func TestNodeClusterOn(t *testing.T) {
 		{"on", "python3", true},
 		{"off", "node", false},
 	} {
-		c := defaultConfig()
-		c.nodeCluster, c.command = tc.flag, []string{tc.cmd, "app.js"}
+		c, err := parseArgs([]string{"--node-cluster", tc.flag, "--", tc.cmd, "app.js"})
+		if err != nil {
+			t.Fatal(err)
+		}
 		if got := nodeClusterOn(c, tc.cmd); got != tc.want {
 			t.Errorf("--node-cluster %s, command %s: %v, want %v", tc.flag, tc.cmd, got, tc.want)
 		}

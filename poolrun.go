@@ -170,7 +170,7 @@ func (s *supervisor) queueSockets() []poolQueue {
 		if l.spec.network == "udp" {
 			continue // no accept queue
 		}
-		if s.c.mode == "reuseport" {
+		if s.c.mode == modeReuseport {
 			for _, sl := range s.slots {
 				if i < len(sl.socks) {
 					qs = append(qs, poolQueue{i, sl.socks[i]})

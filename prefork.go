@@ -171,11 +171,11 @@ func supervise(c *config, stderr io.Writer) int {
 			return fail(exitUsage, "--node-send-server sends prefork's listeners: give -p PORT or -l ADDR")
 		}
 		for _, l := range s.listeners {
-			if c.mode == "rr" && l.spec.network == "udp" {
+			if c.mode == modeRR && l.spec.network == "udp" {
 				return fail(exitUsage, "--mode rr hands over stream connections: adopted socket %s is UDP", l.spec.name)
 			}
 		}
-	} else if s.listeners, err = bindAll(c.specs, c.backlog, c.mode == "reuseport"); err != nil {
+	} else if s.listeners, err = bindAll(c.specs, c.backlog, c.mode == modeReuseport); err != nil {
 		return fail(exitFailure, "%v", err)
 	}
 	defer closeListeners(s.listeners)
@@ -198,7 +198,7 @@ func supervise(c *config, stderr io.Writer) int {
 	}
 	defer s.notify.remove()
 	s.notify.log = log
-	if c.mode == "rr" {
+	if c.mode == modeRR {
 		fds := make([]int, len(s.listeners))
 		for i, l := range s.listeners {
 			fds[i] = l.fd
@@ -396,12 +396,12 @@ func (s *supervisor) alive(w *worker) bool { return s.workers[w.pid] == w }
 // kill signals a worker's whole process group.
 func kill(pid int, sig syscall.Signal) { syscall.Kill(-pid, sig) }
 
-// stopKill sends a worker its stop signal: to its process group (SPEC §2), or
-// with --kill-mode mixed to the worker's own process only, so that a master
-// such as Starman or uWSGI stops its children gracefully itself, as they do
-// under Server::Starter (SIGKILL after --grace still goes to the group).
-func stopKill(pid int, sig syscall.Signal, killMode string) {
-	if killMode == "mixed" {
+// stop sends a worker its stop signal: to its process group, or with
+// --kill-mode mixed to the worker's own process only, so that a master such
+// as Starman or uWSGI stops its children gracefully itself, as they do under
+// Server::Starter (SIGKILL after --grace still goes to the group).
+func (k killMode) stop(pid int, sig syscall.Signal) {
+	if k == killMixed {
 		syscall.Kill(pid, sig)
 		return
 	}

@@ -54,7 +54,7 @@ const (
 // it; if a socket cannot be opened, no slot is added.
 func (s *supervisor) addSlot() (*slot, error) {
 	sl := &slot{index: len(s.slots), lastExit: -1}
-	if s.c.mode == "reuseport" {
+	if s.c.mode == modeReuseport {
 		for _, l := range s.listeners {
 			fd := l.fd
 			if sl.index > 0 {
@@ -389,7 +389,7 @@ func (s *supervisor) exited(w *worker, status int) {
 // systemd stops a unit that missed its start timeout, --stop-signal then SIGKILL
 // after --grace.
 func (s *supervisor) readyTimedOut(w *worker) {
-	if s.c.ready == "delay" && w.link.saysReady() && w == w.slot.cur {
+	if s.c.ready == readyOnDelay && w.link.saysReady() && w == w.slot.cur {
 		// A Node worker that never listened (a queue consumer has no server):
 		// with no worker of the slot to keep serving, it counts up rather than
 		// crash-looping. In a reload (w is next) it fails below, and the old

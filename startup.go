@@ -184,13 +184,13 @@ const fdMargin = 32
 // handoff channel, in reuseport mode the sockets of its slot (slot 0 uses the
 // listeners themselves); room for one more worker, the replacement a reload
 // or a restart brings up next to the one it replaces; and the margin.
-func fdBudget(mode string, listeners, workers, open int) int {
+func fdBudget(m mode, listeners, workers, open int) int {
 	perWorker := 1
-	if mode == "rr" {
+	if m == modeRR {
 		perWorker++
 	}
 	need := open + (workers+1)*perWorker + fdMargin
-	if mode == "reuseport" {
+	if m == modeReuseport {
 		need += workers * listeners
 	}
 	return need
@@ -217,7 +217,7 @@ func checkDescriptors(c *config, listeners int) (warn string, err error) {
 		return "", &fdLimitError{fmt.Sprintf("%d workers in %s mode need about %d open descriptors; the limit is %d (ulimit -n)",
 			workers, c.mode, need, lim.Cur), need}
 	}
-	if c.mode == "rr" {
+	if c.mode == modeRR {
 		if held := need + workers*c.rrWindow; uint64(held) > lim.Cur {
 			warn = fmt.Sprintf("rr mode may hold up to %d connections until workers ack them (%d workers × --rr-window %d); "+
 				"with the descriptor limit at %d (ulimit -n), accepting pauses when it is reached", workers*c.rrWindow, workers, c.rrWindow, lim.Cur)

@@ -44,7 +44,7 @@ type workerStatus struct {
 }
 
 func (s *supervisor) snapshot() statusFile {
-	st := statusFile{PID: os.Getpid(), Mode: s.c.mode, Generation: s.gen, Stopping: s.stopping,
+	st := statusFile{PID: os.Getpid(), Mode: s.c.mode.String(), Generation: s.gen, Stopping: s.stopping,
 		Listeners: []string{}, Workers: []workerStatus{}}
 	for i, l := range s.listeners {
 		st.Listeners = append(st.Listeners, l.addrString())

@@ -68,3 +68,65 @@ func parseSignal(v string) (syscall.Signal, error) {
 	}
 	return 0, fmt.Errorf("unknown signal %q (try TERM, INT, QUIT, USR1 or a number)", v)
 }
+
+// Choices the command line makes once: each is a small integer type whose zero
+// value is the default, named by the string the option takes.
+type (
+	mode      uint8 // --mode: who accepts connections
+	readyRule uint8 // --ready: what makes a new worker up
+	killMode  uint8 // --kill-mode: where the stop signal goes
+	nodeRule  uint8 // --node-cluster: whether prefork is a Node cluster primary
+	logFormat uint8 // --log-format
+)
+
+const (
+	modeShared    mode = iota // every worker accepts on the shared listeners
+	modeReuseport             // each worker has its own SO_REUSEPORT sockets
+	modeRR                    // prefork accepts and hands connections out (rr.go)
+)
+
+const (
+	readyOnDelay  readyRule = iota // up after --ready-delay (or READY=1 / Node listening)
+	readyOnNotify                  // up only at READY=1 (or Node listening)
+)
+
+const (
+	killGroup killMode = iota // the stop signal to the worker's process group
+	killMixed                 // to the worker alone; SIGKILL to the group at --grace
+)
+
+const (
+	nodeAuto nodeRule = iota // the channel when the command looks like Node
+	nodeOn                   // always
+	nodeOff                  // never
+)
+
+const (
+	logText logFormat = iota
+	logJSON
+)
+
+var (
+	modeNames      = []string{"shared", "reuseport", "rr"}
+	readyNames     = []string{"delay", "notify"}
+	killModeNames  = []string{"group", "mixed"}
+	nodeRuleNames  = []string{"auto", "on", "off"}
+	logFormatNames = []string{"text", "json"}
+)
+
+func (m mode) String() string      { return modeNames[m] }
+func (r readyRule) String() string { return readyNames[r] }
+func (k killMode) String() string  { return killModeNames[k] }
+
+// choiceOpt reads an option whose value is one of names; the index is the value.
+func choiceOpt[T ~uint8](field func(*config) *T, names []string) func(*config, string) error {
+	return func(c *config, v string) error {
+		for i, n := range names {
+			if v == n {
+				*field(c) = T(i)
+				return nil
+			}
+		}
+		return fmt.Errorf("%q is not one of %s", v, strings.Join(names, ", "))
+	}
+}

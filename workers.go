@@ -38,7 +38,7 @@ func (s *supervisor) spawn(sl *slot) (*worker, error) {
 	s.workers[pid] = w
 	lk.attach(w)
 	go ns.read(pid, func(m map[string]string) { s.events <- notifyEvent{w, m} })
-	if s.c.ready == "notify" {
+	if s.c.ready == readyOnNotify {
 		w.timer = time.AfterFunc(s.c.readyTimeout, func() { s.events <- readyTimeoutEvent{w} })
 	} else {
 		w.timer = time.AfterFunc(s.c.readyDelay, func() { s.events <- readyDelayEvent{w} })
@@ -61,7 +61,7 @@ func (s *supervisor) workerEnv(sl *slot, notifyPath string, chEnv []string) []st
 		"PREFORK_WORKER="+strconv.Itoa(sl.index),
 		"PREFORK_WORKERS="+strconv.Itoa(len(s.slots)),
 		"PREFORK_GENERATION="+strconv.Itoa(s.gen),
-		"PREFORK_MODE="+s.c.mode,
+		"PREFORK_MODE="+s.c.mode.String(),
 		"NOTIFY_SOCKET="+notifyPath,
 		shimEnv+"=1",
 		shimPPIDEnv+"="+strconv.Itoa(os.Getpid()),
