@@ -231,6 +231,9 @@ func reportExecError(code int, msg string) bool {
 // execError is prefork's side: what the shim of this worker reported, if it
 // could not start the command.
 func (n *notifySocket) execError() string {
+	if n == nil {
+		return ""
+	}
 	b, err := os.ReadFile(execErrorPath(n.path))
 	if err != nil {
 		return ""

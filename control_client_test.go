@@ -32,11 +32,11 @@ func TestControlStuckClient(t *testing.T) {
 
 	in.signal(syscall.SIGHUP)
 	st := in.waitFor("the reload", 3*time.Second, func(st statusFile) bool {
-		return len(st.Workers) == 1 && st.Workers[0].Generation == 2 && st.Workers[0].State == stateReady
+		return len(st.Workers) == 1 && st.Workers[0].Generation == 2 && st.Workers[0].State == "ready"
 	})
 	syscall.Kill(st.Workers[0].PID, syscall.SIGKILL)
 	in.waitFor("the restart", 3*time.Second, func(s statusFile) bool {
-		return len(s.Workers) == 1 && s.Workers[0].PID != st.Workers[0].PID && s.Workers[0].State == stateReady
+		return len(s.Workers) == 1 && s.Workers[0].PID != st.Workers[0].PID && s.Workers[0].State == "ready"
 	})
 	mustCtl(t, sock, "status")
 	if time.Since(connected) >= ctlRequestTimeout {

@@ -32,7 +32,7 @@ type ctlServer struct {
 	sock   *listener // the socket file, removed on close
 	ln     net.Listener
 	uid    int
-	events chan<- any
+	events chan<- event
 	log    *slog.Logger
 	quit   chan struct{}
 	sem    chan struct{}
@@ -42,7 +42,7 @@ type ctlServer struct {
 
 // openControl serves the control socket at path: a stale socket file there is
 // replaced, a live one is an error, as for the unix listeners.
-func openControl(path string, events chan<- any, log *slog.Logger) (*ctlServer, error) {
+func openControl(path string, events chan<- event, log *slog.Logger) (*ctlServer, error) {
 	sock, err := openUnix(listenSpec{name: "control", network: "unix", addr: path, text: path}, ctlMaxClients)
 	if err != nil {
 		return nil, fmt.Errorf("--control %s: %w", path, err)

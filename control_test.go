@@ -101,7 +101,7 @@ func TestControlCommands(t *testing.T) {
 	if out := mustCtl(t, sock, "scale", "3"); !strings.Contains(out, "3 workers up") {
 		t.Errorf("scale 3: %q", out)
 	}
-	in.waitFor("3 ready workers", time.Second, func(st statusFile) bool { return countState(st, stateReady) == 3 })
+	in.waitFor("3 ready workers", time.Second, func(st statusFile) bool { return countState(st, "ready") == 3 })
 	mustCtl(t, sock, "scale", "1")
 	in.readyWorkers(1, 35*time.Second)
 
@@ -111,7 +111,7 @@ func TestControlCommands(t *testing.T) {
 	}
 	in.waitFor("generation 2 ready", time.Second, func(st statusFile) bool {
 		for _, w := range st.Workers {
-			if w.Generation == 2 && w.State == stateReady {
+			if w.Generation == 2 && w.State == "ready" {
 				return true
 			}
 		}

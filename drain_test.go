@@ -43,7 +43,7 @@ func TestDrainDelayKeepsServing(t *testing.T) {
 	}
 	if st, ok := in.readStatus(); ok {
 		for _, w := range st.Workers {
-			if w.State != stateReady {
+			if w.State != "ready" {
 				t.Errorf("worker %d is %s during the drain delay, want ready", w.PID, w.State)
 			}
 		}

@@ -323,7 +323,7 @@ func readyWhere(n int, ok func(workerStatus) bool) func(statusFile) bool {
 			return false
 		}
 		for _, w := range st.Workers {
-			if w.State != stateReady || ok != nil && !ok(w) {
+			if w.State != "ready" || ok != nil && !ok(w) {
 				return false
 			}
 		}

@@ -95,7 +95,7 @@ func TestReloadWithBrokenCommandKeepsOldWorkers(t *testing.T) {
 				time.Sleep(200 * time.Millisecond)
 				st, _ := in.readStatus()
 				for _, w := range st.Workers {
-					if !old[w.PID] || w.State != stateReady {
+					if !old[w.PID] || w.State != "ready" {
 						t.Fatalf("after a reload to a broken command the workers are %+v; want the old ones serving", st.Workers)
 					}
 				}

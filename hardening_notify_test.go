@@ -57,7 +57,7 @@ func TestNotifyFromOutsideIgnored(t *testing.T) {
 		t.Fatalf("sender: %v\n%s", err, out)
 	}
 	time.Sleep(300 * time.Millisecond)
-	if st, _ := in.readStatus(); len(st.Workers) != 1 || st.Workers[0].State != stateStarting || st.Workers[0].Status != "" {
+	if st, _ := in.readStatus(); len(st.Workers) != 1 || st.Workers[0].State != "starting" || st.Workers[0].Status != "" {
 		t.Fatalf("after READY=1 from outside its process group the worker is %+v; want it starting, with no status", st.Workers)
 	}
 	if err := os.WriteFile(goFile, nil, 0o644); err != nil {

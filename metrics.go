@@ -90,12 +90,12 @@ func renderMetrics(st *ctlStatus) []byte {
 	p.family("prefork_worker_slots", "gauge", "Worker slots: the number of workers prefork keeps running.")
 	p.sample("prefork_worker_slots", float64(len(st.slots)))
 
-	states := map[string]int{stateStarting: 0, stateReady: 0, stateStopping: 0}
+	states := map[string]int{}
 	for _, w := range st.Workers {
 		states[w.State]++
 	}
 	p.family("prefork_workers", "gauge", "Worker processes by state.")
-	for _, s := range []string{stateStarting, stateReady, stateStopping} {
+	for _, s := range workerStateNames {
 		p.sample("prefork_workers", float64(states[s]), "state", s)
 	}
 
@@ -168,14 +168,14 @@ func b2f(b bool) float64 {
 // metricsWriter rewrites --metrics-file every metricsInterval until closed.
 type metricsWriter struct {
 	path   string
-	events chan<- any
+	events chan<- event
 	log    *slog.Logger
 	quit   chan struct{}
 	done   chan struct{}
 }
 
 // startMetricsFile checks that path can be written, then starts the writer.
-func startMetricsFile(path string, events chan<- any, log *slog.Logger) (*metricsWriter, error) {
+func startMetricsFile(path string, events chan<- event, log *slog.Logger) (*metricsWriter, error) {
 	if err := checkWritable(path); err != nil { // as --status-file is checked (startup.go)
 		return nil, err
 	}

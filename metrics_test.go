@@ -310,9 +310,9 @@ func TestRenderMetricsEscapesAndParses(t *testing.T) {
 	rss, cpu, inflight := int64(5<<20), 1.25, 2
 	st := &ctlStatus{statusFile: statusFile{PID: 42, Mode: "rr", Generation: 3},
 		Workers: []ctlWorker{
-			{workerStatus: workerStatus{Slot: 0, PID: 100, Generation: 3, State: stateReady, Started: time.Unix(1700000000, 0)},
+			{workerStatus: workerStatus{Slot: 0, PID: 100, Generation: 3, State: "ready", Started: time.Unix(1700000000, 0)},
 				RSS: &rss, CPU: &cpu, RRInflight: &inflight},
-			{workerStatus: workerStatus{Slot: 0, PID: 99, Generation: 2, State: stateStopping, Started: time.Unix(1600000000, 0)}},
+			{workerStatus: workerStatus{Slot: 0, PID: 99, Generation: 2, State: "stopping", Started: time.Unix(1600000000, 0)}},
 		},
 		Reloads: 2, ReloadFailures: 1, RR: &rrTotals{Handed: 10, Acked: 9, Redistributed: 1},
 		Queues: []ctlQueue{{Listener: "we\"ird\\name\n", Addr: "[::]:80", Length: 3}},

@@ -102,7 +102,7 @@ func TestNodeReloadUnderLoad(t *testing.T) {
 							return false
 						}
 						for _, w := range st.Workers {
-							if w.Generation != gen || w.State != stateReady {
+							if w.Generation != gen || w.State != "ready" {
 								return false
 							}
 						}
@@ -151,7 +151,7 @@ func TestNodeWorkerDisconnects(t *testing.T) {
 					return false
 				}
 				for _, w := range st.Workers {
-					if strconv.Itoa(w.PID) == pid || w.State != stateReady {
+					if strconv.Itoa(w.PID) == pid || w.State != "ready" {
 						return false
 					}
 				}

@@ -148,6 +148,9 @@ func fromWorker(pid, sender int) bool {
 }
 
 func (n *notifySocket) close() {
+	if n == nil { // a fake worker's (slots_test.go)
+		return
+	}
 	n.conn.Close()
 	os.Remove(n.path)
 	os.Remove(execErrorPath(n.path))

@@ -169,7 +169,7 @@ func TestReadyNotifyTimeoutIsFailedStart(t *testing.T) {
 		"--max-restarts", "2", "--grace", "300ms") // it ignores TERM until ready: SIGKILL after --grace
 	// (2s: time for the worker to catch TERM before the timeout, under -race on a busy machine)
 	first := in.waitFor("a starting worker", 10*time.Second, func(st statusFile) bool { return len(st.Workers) == 1 })
-	if s := first.Workers[0].State; s != stateStarting {
+	if s := first.Workers[0].State; s != "starting" {
 		t.Errorf("a worker that sent no READY=1 is %q, want starting", s)
 	}
 	if code := in.wait(20 * time.Second); code != 1 {
@@ -194,7 +194,7 @@ func TestReadyNotifyMakesReady(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // alive, serving, but silent: still starting
 	st, _ := in.readStatus()
 	for _, w := range st.Workers {
-		if w.State != stateStarting {
+		if w.State != "starting" {
 			t.Errorf("worker %d is %q before it sent READY=1", w.PID, w.State)
 		}
 	}
@@ -227,7 +227,7 @@ func TestReloadWaitsForReady(t *testing.T) {
 		}
 	}
 	for _, w := range st.Workers {
-		if w.Generation == 2 && w.State != stateStarting {
+		if w.Generation == 2 && w.State != "starting" {
 			t.Errorf("new worker %d is %q without READY=1", w.PID, w.State)
 		}
 	}
@@ -287,13 +287,13 @@ func TestStoppingStartsReplacement(t *testing.T) {
 		return len(ws) == 2 && pidAlive(victim.PID)
 	})
 	for _, w := range inSlot(both, victim.Slot) {
-		if w.PID == victim.PID && w.State != stateStopping {
+		if w.PID == victim.PID && w.State != "stopping" {
 			t.Errorf("the worker that sent STOPPING=1 is %q, want stopping", w.State)
 		}
 	}
 	st = in.waitFor("the replacement alone", 15*time.Second, func(st statusFile) bool {
 		ws := inSlot(st, victim.Slot)
-		return len(ws) == 1 && ws[0].PID != victim.PID && ws[0].State == stateReady
+		return len(ws) == 1 && ws[0].PID != victim.PID && ws[0].State == "ready"
 	})
 	w := inSlot(st, victim.Slot)[0]
 	if w.Restarts != 0 {
@@ -390,7 +390,7 @@ func TestNotifySocketsArePrivate(t *testing.T) {
 	syscall.Kill(a.PID, syscall.SIGKILL)
 	st = in.waitFor("A's replacement", 10*time.Second, func(st statusFile) bool {
 		ws := inSlot(st, 0)
-		return len(ws) == 1 && ws[0].PID != a.PID && ws[0].State == stateReady
+		return len(ws) == 1 && ws[0].PID != a.PID && ws[0].State == "ready"
 	})
 	if err := send(pa, "READY=1"); err == nil {
 		t.Errorf("A's old socket %s still takes datagrams after A died", pa)

@@ -192,7 +192,7 @@ func (l *poolLoad) end() (int, []error, map[string]int) {
 func countReady(st statusFile) (int, bool) {
 	n, settled := 0, true
 	for _, w := range st.Workers {
-		if w.State == stateReady {
+		if w.State == "ready" {
 			n++
 		} else {
 			settled = false
@@ -268,7 +268,7 @@ func TestPoolReloadWhileGrowing(t *testing.T) {
 			st := in.waitFor("4 workers of generation 2", 30*time.Second, func(st statusFile) bool {
 				n := 0
 				for _, w := range st.Workers {
-					if w.Generation == 2 && w.State == stateReady {
+					if w.Generation == 2 && w.State == "ready" {
 						n++
 					}
 				}
@@ -347,7 +347,7 @@ func replacedBy(in *instance, why string, n int, timeout time.Duration) statusFi
 	return in.waitFor(fmt.Sprintf("%d workers replaced for %s", n, why), timeout, func(st statusFile) bool {
 		k := 0
 		for _, w := range st.Workers {
-			if w.Replaced == why && w.State == stateReady {
+			if w.Replaced == why && w.State == "ready" {
 				k++
 			}
 		}
@@ -372,7 +372,7 @@ func TestPoolMaxRSSReplacesALeakingWorker(t *testing.T) {
 				t.Fatalf("%d of %d requests failed, first: %v", len(failed), total, failed[0])
 			}
 			for _, w := range st.Workers {
-				if first[w.PID] && w.State != stateStopping {
+				if first[w.PID] && w.State != "stopping" {
 					t.Errorf("first worker %d still serves: %+v", w.PID, st.Workers)
 				}
 			}
@@ -399,7 +399,7 @@ func TestPoolMaxLifetimeReplacesOldWorkers(t *testing.T) {
 				t.Fatalf("%d of %d requests failed, first: %v", len(failed), total, failed[0])
 			}
 			for _, w := range st.Workers {
-				if first[w.PID] && w.State != stateStopping {
+				if first[w.PID] && w.State != "stopping" {
 					t.Errorf("first worker %d still serves after its lifetime: %+v", w.PID, st.Workers)
 				}
 			}
@@ -434,14 +434,14 @@ func TestPoolFailedReplacementKeepsTheOldWorker(t *testing.T) {
 			st = in.waitFor("the old worker, alone ready", 5*time.Second, func(st statusFile) bool {
 				ready := 0
 				for _, w := range st.Workers {
-					if w.State == stateReady {
+					if w.State == "ready" {
 						ready++
 					}
 				}
 				return ready == 1 && pidAlive(old) // a replacement may be starting beside it
 			})
 			for _, w := range st.Workers {
-				if w.State == stateReady && w.PID != old {
+				if w.State == "ready" && w.PID != old {
 					t.Fatalf("a new worker serves: %+v", st.Workers)
 				}
 			}

@@ -224,7 +224,7 @@ func (s *supervisor) handlePool(e poolEvent) {
 // limits) and nothing of the supervisor's.
 type poolRunner struct {
 	p         *pool
-	events    chan<- any
+	events    chan<- event
 	elastic   *elastic // nil: a fixed pool
 	limits    *limits  // nil: no --max-rss or --max-lifetime
 	rr        *dispatcher

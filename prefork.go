@@ -17,19 +17,25 @@ import (
 	"time"
 )
 
-// Worker states, as the status file shows them.
+// workerState is where a worker is in its life; the status file shows its name.
+type workerState uint8
+
 const (
-	stateStarting = "starting"
-	stateReady    = "ready"
-	stateStopping = "stopping"
+	stateStarting workerState = iota // started, not up yet
+	stateReady                       // up: it gets work
+	stateStopping                    // leaving: no more work; SIGKILL at --grace
 )
+
+var workerStateNames = []string{"starting", "ready", "stopping"}
+
+func (st workerState) String() string { return workerStateNames[st] }
 
 // worker is one running process.
 type worker struct {
 	pid      int
 	slot     *slot
 	gen      int
-	state    string
+	state    workerState
 	started  time.Time
 	wasReady bool
 	retiring bool // stopped on purpose: its exit is not a crash
@@ -39,7 +45,7 @@ type worker struct {
 	status   string // last STATUS= it sent
 	notify   *notifySocket
 	link     link        // its channel: see channel.go
-	timer    *time.Timer // ready delay or ready timeout, then the grace period
+	timer    func() bool // stops its timer: ready delay or ready timeout, then the grace period
 }
 
 // slot is one of the N places a worker runs in; PREFORK_WORKER is its index.
@@ -55,7 +61,26 @@ type slot struct {
 	removed  bool   // scaled down: its sockets close once its workers are gone
 }
 
-// Events the owner goroutine receives besides exitEvent and noChildrenEvent.
+// event is what the owner goroutine receives on s.events; every kind is listed
+// here (the reaper's, the pool's and the control socket's are declared next to
+// their senders).
+type event interface{ isEvent() }
+
+func (exitEvent) isEvent()         {}
+func (noChildrenEvent) isEvent()   {}
+func (readyDelayEvent) isEvent()   {}
+func (readyTimeoutEvent) isEvent() {}
+func (graceEvent) isEvent()        {}
+func (restartEvent) isEvent()      {}
+func (notifyEvent) isEvent()       {}
+func (brokenEvent) isEvent()       {}
+func (drainDoneEvent) isEvent()    {}
+func (sweepDoneEvent) isEvent()    {}
+func (poolEvent) isEvent()         {}
+func (ctlEvent) isEvent()          {}
+func (linkEvent) isEvent()         {}
+
+// The supervisor's own events: its timers, notify sockets and channels.
 type (
 	readyDelayEvent   struct{ w *worker }
 	readyTimeoutEvent struct{ w *worker }
@@ -69,9 +94,8 @@ type (
 		pid int
 		err error
 	}
-	drainDoneEvent  struct{}
-	sweepDoneEvent  struct{}
-	watchdogTickEvt struct{}
+	drainDoneEvent struct{}
+	sweepDoneEvent struct{}
 )
 
 type supervisor struct {
@@ -85,7 +109,8 @@ type supervisor struct {
 	cred      string   // --user, for the shim
 	listeners []*listener
 	baseEnv   []string
-	events    chan any
+	events    chan event
+	env       env // the world outside: processes, signals, clock, timers (spawn.go)
 	spawner   spawner
 	reaper    *reaper
 	notify    *notifyDir
@@ -126,7 +151,7 @@ func supervise(c *config, stderr io.Writer) int {
 	}
 	setCloseOnExecAll() // nothing prefork inherited may leak into a worker
 	s := &supervisor{c: c, log: log, policy: newRestartPolicy(c), up: takeUpstream(),
-		workers: map[int]*worker{}, events: make(chan any, 1024), gen: 1}
+		workers: map[int]*worker{}, events: make(chan event, 1024), gen: 1}
 	var err error
 	if s.shim, err = selfExe(); err != nil {
 		return fail(exitFailure, "cannot find prefork's own binary: %v", err)
@@ -232,6 +257,7 @@ func supervise(c *config, stderr io.Writer) int {
 	}
 	s.baseEnv = cleanEnv(os.Environ())
 	s.spawner = newSpawner()
+	s.env = s.realEnv()
 	s.reaper = startReaper(s.events)
 	if stopBeforeStart(sigs) {
 		log.Info("stopped during start-up; no worker was started")
@@ -321,7 +347,7 @@ func (s *supervisor) loop(sigs chan os.Signal) int {
 	return s.exitCode
 }
 
-func (s *supervisor) handle(ev any) {
+func (s *supervisor) handle(ev event) {
 	switch e := ev.(type) {
 	case exitEvent:
 		if w := s.workers[e.pid]; w != nil {
@@ -349,21 +375,17 @@ func (s *supervisor) handle(ev any) {
 		s.log.Warn("descendants of workers still ran after the grace period; killed them", "pids", fmt.Sprint(pids))
 		s.done = true
 	case readyDelayEvent:
-		if s.alive(e.w) {
-			if e.w.link.saysReady() {
-				s.awaitReady(e.w)
-			} else {
-				s.markReady(e.w)
-			}
+		if s.alive(e.w) && e.w.state == stateStarting {
+			s.step(slotInput{sl: e.w.slot, w: e.w, ev: evReadyDelay})
 		}
 	case readyTimeoutEvent:
 		if s.alive(e.w) && e.w.state == stateStarting {
-			s.readyTimedOut(e.w)
+			s.step(slotInput{sl: e.w.slot, w: e.w, ev: evReadyTimeout, why: fmt.Sprintf("not ready within %v", s.c.readyTimeout)})
 		}
 	case graceEvent:
 		if s.alive(e.w) {
 			s.log.Warn("worker still running after the grace period; killing it", "slot", e.w.slot.index, "pid", e.w.pid, "grace", s.c.grace)
-			kill(e.w.pid, syscall.SIGKILL)
+			s.env.kill(-e.w.pid, syscall.SIGKILL)
 		}
 	case restartEvent:
 		if !s.stopping && !e.sl.removed && e.sl.cur == nil && e.sl.next == nil {
@@ -376,7 +398,7 @@ func (s *supervisor) handle(ev any) {
 	case brokenEvent:
 		if w := s.workers[e.pid]; w != nil && !w.retiring {
 			s.log.Error("worker channel broken; stopping it", "slot", w.slot.index, "pid", w.pid, "err", e.err)
-			s.quit(w, whyBroken, true)
+			s.step(slotInput{sl: w.slot, w: w, ev: evBroken, why: whyBroken})
 		}
 	case drainDoneEvent:
 		s.stopAll()

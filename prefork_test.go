@@ -126,7 +126,7 @@ func TestKilledWorkerIsReplacedInItsSlot(t *testing.T) {
 	syscall.Kill(victim.PID, syscall.SIGKILL)
 	st = in.waitFor("replacement", 10*time.Second, func(st statusFile) bool {
 		for _, w := range st.Workers {
-			if w.Slot == victim.Slot && w.PID != victim.PID && w.State == stateReady {
+			if w.Slot == victim.Slot && w.PID != victim.PID && w.State == "ready" {
 				return true
 			}
 		}
@@ -311,7 +311,7 @@ func testReload(t *testing.T, mode string, keepAlive bool) {
 			return false
 		}
 		for _, w := range s.Workers {
-			if w.Generation != 2 || w.State != stateReady {
+			if w.Generation != 2 || w.State != "ready" {
 				return false
 			}
 		}

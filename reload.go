@@ -59,7 +59,7 @@ func (s *supervisor) beginStop(drain time.Duration) {
 	s.up.send("STOPPING=1")
 	if drain > 0 {
 		s.log.Info("draining before stopping workers", "drain_delay", drain)
-		time.AfterFunc(drain, func() { s.events <- drainDoneEvent{} })
+		s.env.after(drain, drainDoneEvent{})
 		return
 	}
 	s.stopAll()
@@ -76,7 +76,7 @@ func (s *supervisor) stopAll() {
 func (s *supervisor) killAll() {
 	for _, w := range s.workers {
 		s.retire(w)
-		kill(w.pid, syscall.SIGKILL)
+		s.env.kill(-w.pid, syscall.SIGKILL)
 	}
 }
 
@@ -89,5 +89,5 @@ func (s *supervisor) checkDone() {
 	s.sweeping = true
 	s.reaper.wantEmpty.Store(true)
 	s.reaper.check()
-	time.AfterFunc(s.c.grace, func() { s.events <- sweepDoneEvent{} })
+	s.env.after(s.c.grace, sweepDoneEvent{})
 }

@@ -147,7 +147,7 @@ func TestReuseportSlotSockets(t *testing.T) {
 	syscall.Kill(victim.PID, syscall.SIGKILL)
 	st = in.waitFor("replacement in slot 1", 15*time.Second, func(s statusFile) bool {
 		for _, w := range s.Workers {
-			if w.Slot == victim.Slot && w.PID != victim.PID && w.State == stateReady {
+			if w.Slot == victim.Slot && w.PID != victim.PID && w.State == "ready" {
 				return true
 			}
 		}

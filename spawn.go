@@ -12,7 +12,37 @@ import (
 	"runtime"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
+
+// env is the supervisor's way to the world outside its state: start a worker's
+// process, signal one, read the clock, arm a timer that sends an event. Set
+// once (realEnv); slots_test.go drives the slot table through a fake one, with
+// no process and no sleep.
+type env struct {
+	start func(sl *slot) (proc, error)                // a worker's channel, notify socket and process
+	kill  func(pid int, sig syscall.Signal)           // kill(2): a negative pid is a process group
+	now   func() time.Time                            // the clock
+	after func(d time.Duration, ev event) func() bool // ev is sent to the owner after d; the result stops it
+}
+
+// proc is a started worker process as env.start returns it.
+type proc struct {
+	pid    int
+	link   link          // its channel (channel.go)
+	notify *notifySocket // its notify socket; nil in tests
+}
+
+func (s *supervisor) realEnv() env {
+	return env{
+		start: s.startProcess,
+		kill:  func(pid int, sig syscall.Signal) { syscall.Kill(pid, sig) },
+		now:   time.Now,
+		after: func(d time.Duration, ev event) func() bool {
+			return time.AfterFunc(d, func() { s.events <- ev }).Stop
+		},
+	}
+}
 
 // spawnRequest asks the spawner to start argv[0] with these descriptors at 0, 1, 2, 3….
 type spawnRequest struct {
@@ -69,7 +99,7 @@ type reaper struct {
 	wantEmpty atomic.Bool // report noChildrenEvent when nothing is left
 }
 
-func startReaper(events chan<- any) *reaper {
+func startReaper(events chan<- event) *reaper {
 	r := &reaper{kick: make(chan struct{}, 1)}
 	sigchld := make(chan os.Signal, 1)
 	signal.Notify(sigchld, syscall.SIGCHLD)

@@ -57,7 +57,7 @@ func (s *supervisor) snapshot() statusFile {
 		}
 	}
 	for _, w := range s.workers {
-		ws := workerStatus{Slot: w.slot.index, PID: w.pid, Generation: w.gen, State: w.state,
+		ws := workerStatus{Slot: w.slot.index, PID: w.pid, Generation: w.gen, State: w.state.String(),
 			Started: w.started.UTC().Truncate(time.Millisecond), Restarts: w.slot.restarts, Status: w.status}
 		ws.Replaced = w.slot.replaced
 		if s.pool != nil {
@@ -100,7 +100,7 @@ func (s *supervisor) publish() {
 	// a reload, or after an abandoned one, that is not s.gen.
 	ready, lo, hi := 0, s.gen, s.gen
 	for _, w := range st.Workers {
-		if w.State == stateReady {
+		if w.State == stateReady.String() {
 			if ready == 0 || w.Generation < lo {
 				lo = w.Generation
 			}

@@ -31,7 +31,7 @@ func TestWatchdog(t *testing.T) {
 	stopped := time.Now()
 	st = in.waitFor("the silent worker's replacement", 15*time.Second, func(st statusFile) bool {
 		ws := inSlot(st, silent.Slot)
-		return len(ws) == 1 && ws[0].PID != silent.PID && ws[0].State == stateReady
+		return len(ws) == 1 && ws[0].PID != silent.PID && ws[0].State == "ready"
 	})
 	// The worker is not killed for missing pings before the watchdog period is over.
 	if el := time.Since(stopped); el < time.Second {

@@ -10,19 +10,40 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // spawn starts one worker for a slot in the current generation.
 func (s *supervisor) spawn(sl *slot) (*worker, error) {
-	fds, chEnv, lk, err := s.ch.prepare(sl)
+	p, err := s.env.start(sl)
 	if err != nil {
 		return nil, err
+	}
+	w := &worker{pid: p.pid, slot: sl, gen: s.gen, state: stateStarting, started: s.env.now(), notify: p.notify, link: p.link}
+	s.workers[p.pid] = w
+	p.link.attach(w)
+	if p.notify != nil {
+		go p.notify.read(p.pid, func(m map[string]string) { s.events <- notifyEvent{w, m} })
+	}
+	if s.c.ready == readyOnNotify {
+		w.timer = s.env.after(s.c.readyTimeout, readyTimeoutEvent{w})
+	} else {
+		w.timer = s.env.after(s.c.readyDelay, readyDelayEvent{w})
+	}
+	s.log.Debug("worker started", "slot", sl.index, "pid", p.pid, "generation", s.gen)
+	return w, nil
+}
+
+// startProcess is env.start: the worker's channel, its notify socket, and its
+// process, forked through the exec shim.
+func (s *supervisor) startProcess(sl *slot) (proc, error) {
+	fds, chEnv, lk, err := s.ch.prepare(sl)
+	if err != nil {
+		return proc{}, err
 	}
 	ns, err := s.notify.open(sl.index)
 	if err != nil {
 		lk.abort()
-		return nil, err
+		return proc{}, err
 	}
 	files := []uintptr{0, 1, 2}
 	for _, fd := range fds {
@@ -32,19 +53,9 @@ func (s *supervisor) spawn(sl *slot) (*worker, error) {
 	if err != nil {
 		ns.close()
 		lk.abort()
-		return nil, fmt.Errorf("start %s: %w", s.path, err)
+		return proc{}, fmt.Errorf("start %s: %w", s.path, err)
 	}
-	w := &worker{pid: pid, slot: sl, gen: s.gen, state: stateStarting, started: time.Now(), notify: ns, link: lk}
-	s.workers[pid] = w
-	lk.attach(w)
-	go ns.read(pid, func(m map[string]string) { s.events <- notifyEvent{w, m} })
-	if s.c.ready == readyOnNotify {
-		w.timer = time.AfterFunc(s.c.readyTimeout, func() { s.events <- readyTimeoutEvent{w} })
-	} else {
-		w.timer = time.AfterFunc(s.c.readyDelay, func() { s.events <- readyDelayEvent{w} })
-	}
-	s.log.Debug("worker started", "slot", sl.index, "pid", pid, "generation", s.gen)
-	return w, nil
+	return proc{pid, lk, ns}, nil
 }
 
 // workerEnv is the environment of SPEC §2 for one worker; chEnv is what its
@@ -92,12 +103,12 @@ func (s *supervisor) notified(w *worker, msg map[string]string) {
 		w.status = v
 	}
 	if msg["WATCHDOG"] == "1" {
-		w.lastPing = time.Now()
+		w.lastPing = s.env.now()
 	}
 	if msg["READY"] == "1" {
 		s.markReady(w)
 	}
 	if msg["STOPPING"] == "1" && !w.retiring && !s.stopping {
-		s.quit(w, whyStopping, false)
+		s.step(slotInput{sl: w.slot, w: w, ev: evStopping, why: whyStopping})
 	}
 }
