@@ -1,9 +1,29 @@
 //go:build linux || darwin
 
-// This file holds the supervisor. One goroutine (loop) owns every piece of state:
-// workers, slots, timers, generations. Signals, the reaper, notify sockets,
-// timers, the worker channels, the pool and the control socket only send it
-// events over one channel.
+// This file holds the supervisor: its state, its run loop and its events.
+//
+// Who owns what. Every goroutine below owns only what its row names; the others
+// reach it only the way the last column says. No other locks guard state.
+//
+//	goroutine              owns                                      others reach it by
+//	supervisor (loop)      slots, workers, generations, the reload,  s.events: one typed event at a time
+//	                       the stop, the status and its publication  (exitEvent, notifyEvent, ctlEvent, …)
+//	spawner (spawn.go)     the one OS thread that forks workers      spawner.start: request, reply
+//	reaper (spawn.go)      wait4 for every child                     it sends exitEvent, noChildrenEvent
+//	timers (env.after)     nothing: each sends one event when due    the stop function env.after returns
+//	notify readers         one worker's notify socket each           they send notifyEvent
+//	rr dispatcher (rr*.go) accepts, handoffs in flight, windows      its own calls, on its thread (rr.go)
+//	Node readers           one worker's cluster channel each         they send events (nodeipc*.go)
+//	pool (poolrun.go)      its samples of queues and memory          poolEvent to the loop; the loop's
+//	                                                                 published view (s.pool)
+//	control server         its clients' connections                  ctlEvent with a reply channel
+//	metrics file writer    the file                                  ctlEvent{metrics}, like a client
+//	listen watch           nothing: it rebinds a listener that a     (sock, at start)
+//	                       worker shut down
+//
+// What the loop decides about a slot is the slot table (slots.go); what it
+// asks of the world outside (processes, signals, the clock, timers) goes
+// through s.env, which tests replace.
 package main
 
 import (
