@@ -411,7 +411,7 @@ func version() string {
 }
 
 // usageHint follows a usage error, as flag's usage follows its errors; a line
-// of prefork's own like any other (§7: prefixed, lowercase, no period).
+// of prefork's own like any other (prefixed, lowercase, no period).
 const usageHint = "prefork: run 'prefork --help' for usage"
 
 // run is main without os.Exit, for tests: it returns the exit status.

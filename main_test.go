@@ -61,7 +61,7 @@ func TestUsageErrors(t *testing.T) {
 			t.Errorf("prefork %q: status %d, stderr %q; want status %d and %q", c.args, code, errb.String(), c.code, c.msg)
 		}
 		for _, line := range strings.Split(strings.TrimSuffix(errb.String(), "\n"), "\n") {
-			if !strings.HasPrefix(line, "prefork: ") || strings.HasSuffix(line, ".") { // §7, the hint too
+			if !strings.HasPrefix(line, "prefork: ") || strings.HasSuffix(line, ".") { // the hint too
 				t.Errorf("prefork %q: line %q is not prefork's own form", c.args, line)
 			}
 		}
