@@ -4,7 +4,7 @@
 // request line, one JSON answer line) and its owner-goroutine side: a request
 // arrives as a ctlEvent, and the answer goes back on its reply channel, at once
 // or when the reload or scale it waits for ends. control_server.go serves the
-// socket; ctl.go is the client; metrics.go renders the metrics.
+// socket; ctl.go is the client; status.go renders the metrics.
 package main
 
 import (
