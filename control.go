@@ -17,7 +17,7 @@ import (
 
 // ctlRequest is what a client sends: one JSON line.
 type ctlRequest struct {
-	Cmd     string `json:"cmd"`               // status, metrics, reload, scale, stop
+	Cmd     string `json:"cmd"`               // a name in ctlCommands
 	Workers int    `json:"workers,omitempty"` // scale
 }
 
@@ -94,51 +94,117 @@ type scaleWaiter struct {
 	base  map[*slot]int // each slot's restarts when the scale began
 }
 
+// ctlCommand is a control command, declared once in ctlCommands: the client
+// (ctl.go) parses its arguments and shows its outcome by it, the server admits
+// and answers by it, the owner goroutine runs its handler, and --help lists it.
+type ctlCommand struct {
+	name string
+
+	json, timeout, workers bool // the arguments it takes: --json, --timeout DUR, N
+	waits                  bool // answers once what it asked for is done, not at once
+	stays                  bool // the connection stays open until prefork exits
+	metrics                bool // the server renders the status as Prometheus text
+
+	handle func(s *supervisor, e ctlEvent)    // in the owner goroutine
+	done   func(c *ctlRun, r ctlResponse) int // the client's output and exit status
+}
+
+var ctlCommands = []ctlCommand{
+	{name: "status", json: true, handle: (*supervisor).ctlSample, done: (*ctlRun).status},
+	{name: "reload", timeout: true, waits: true, handle: (*supervisor).ctlReload, done: (*ctlRun).message},
+	{name: "scale", workers: true, timeout: true, waits: true, handle: (*supervisor).ctlScale, done: (*ctlRun).message},
+	{name: "stop", timeout: true, stays: true, handle: (*supervisor).ctlStop, done: (*ctlRun).stopped},
+	{name: "metrics", metrics: true, handle: (*supervisor).ctlSample, done: (*ctlRun).metrics},
+}
+
+func ctlLookup(name string) *ctlCommand {
+	for i := range ctlCommands {
+		if ctlCommands[i].name == name {
+			return &ctlCommands[i]
+		}
+	}
+	return nil
+}
+
+// ctlList names the commands as "a, b or c", scale's with its N if withN.
+func ctlList(withN bool) string {
+	names := make([]string, len(ctlCommands))
+	for i, c := range ctlCommands {
+		names[i] = c.name
+		if withN && c.workers {
+			names[i] += " N"
+		}
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
+}
+
+// ctlSynopsis is the commands' usage lines for --help, two on the first line.
+func ctlSynopsis() string {
+	u := make([]string, len(ctlCommands))
+	for i, c := range ctlCommands {
+		u[i] = c.name
+		if c.workers {
+			u[i] += " N"
+		}
+		if c.json {
+			u[i] += " [--json]"
+		}
+		if c.timeout {
+			u[i] += " [--timeout DUR]"
+		}
+	}
+	return strings.Join(u[:2], " | ") + " |\n" + strings.Repeat(" ", 26) + strings.Join(u[2:], " | ")
+}
+
 // controlRequest answers a client, in the owner goroutine.
-func (s *supervisor) controlRequest(e ctlEvent) {
-	fail := func(format string, a ...any) { e.reply <- ctlResponse{Error: fmt.Sprintf(format, a...)} }
-	switch e.req.Cmd {
-	case "status", "metrics":
-		e.reply <- ctlResponse{OK: true, Status: s.ctlSnapshot()}
-	case "stop":
-		s.log.Info("stop asked for on the control socket")
-		s.beginStop(s.c.drainDelay)
-		e.reply <- ctlResponse{OK: true, Message: "stopping"}
-	case "reload":
-		if s.stopping {
-			fail("prefork is stopping")
-			return
-		}
-		if s.reloadGen != 0 { // join the reload under way
-			s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{s.reloadGen, e.reply})
-			return
-		}
-		// Wait first: the reload may end at once (a worker that cannot be forked).
+func (s *supervisor) controlRequest(e ctlEvent) { ctlLookup(e.req.Cmd).handle(s, e) }
+
+func (e ctlEvent) fail(format string, a ...any) {
+	e.reply <- ctlResponse{Error: fmt.Sprintf(format, a...)}
+}
+
+func (s *supervisor) ctlSample(e ctlEvent) { e.reply <- ctlResponse{OK: true, Status: s.ctlSnapshot()} }
+
+func (s *supervisor) ctlStop(e ctlEvent) {
+	s.log.Info("stop asked for on the control socket")
+	s.beginStop(s.c.drainDelay)
+	e.reply <- ctlResponse{OK: true, Message: "stopping"}
+}
+
+func (s *supervisor) ctlReload(e ctlEvent) {
+	switch {
+	case s.stopping:
+		e.fail("prefork is stopping")
+	case s.reloadGen != 0: // join the reload under way
+		s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{s.reloadGen, e.reply})
+	default: // wait first: the reload may end at once (a worker that cannot be forked)
 		s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{s.gen + 1, e.reply})
 		s.log.Info("reload asked for on the control socket")
 		s.signal(syscall.SIGHUP)
-	case "scale":
-		n := e.req.Workers
-		lo, hi := s.slotBounds() // -n MIN:MAX bounds it as TTIN and TTOU
-		switch {
-		case s.stopping:
-			fail("prefork is stopping")
-			return
-		case n < lo || n > hi:
-			fail("cannot scale to %d workers: give %d to %d", n, lo, hi)
-			return
-		}
-		s.log.Info("scale asked for on the control socket", "workers", n)
-		if err := s.scaleTo(n); err != nil {
-			fail("cannot add a worker (at %d of %d): %v", len(s.slots), n, err)
-			return
-		}
-		w := scaleWaiter{n: n, reply: e.reply, base: map[*slot]int{}}
-		for _, sl := range s.slots {
-			w.base[sl] = sl.restarts
-		}
-		s.ctl.scales = append(s.ctl.scales, w)
 	}
+}
+
+func (s *supervisor) ctlScale(e ctlEvent) {
+	n := e.req.Workers
+	lo, hi := s.slotBounds() // -n MIN:MAX bounds it as TTIN and TTOU
+	switch {
+	case s.stopping:
+		e.fail("prefork is stopping")
+		return
+	case n < lo || n > hi:
+		e.fail("cannot scale to %d workers: give %d to %d", n, lo, hi)
+		return
+	}
+	s.log.Info("scale asked for on the control socket", "workers", n)
+	if err := s.scaleTo(n); err != nil {
+		e.fail("cannot add a worker (at %d of %d): %v", len(s.slots), n, err)
+		return
+	}
+	w := scaleWaiter{n: n, reply: e.reply, base: map[*slot]int{}}
+	for _, sl := range s.slots {
+		w.base[sl] = sl.restarts
+	}
+	s.ctl.scales = append(s.ctl.scales, w)
 }
 
 // ctlCheck answers the clients waiting for a scale whose outcome is known, and

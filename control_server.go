@@ -155,9 +155,8 @@ func (c *ctlServer) client(conn *net.UnixConn) {
 		c.answer(conn, ctlResponse{Error: "malformed request: " + err.Error()})
 		return
 	}
-	switch req.Cmd {
-	case "status", "metrics", "reload", "scale", "stop":
-	default:
+	cmd := ctlLookup(req.Cmd)
+	if cmd == nil {
 		c.answer(conn, ctlResponse{Error: fmt.Sprintf("unknown command %q", req.Cmd)})
 		return
 	}
@@ -186,11 +185,11 @@ func (c *ctlServer) client(conn *net.UnixConn) {
 	}
 	if r.Status != nil {
 		sampleUsage(r.Status)
-		if req.Cmd == "metrics" {
+		if cmd.metrics {
 			r.Metrics, r.Status = string(renderMetrics(r.Status)), nil
 		}
 	}
-	if c.answer(conn, r) != nil || req.Cmd != "stop" || !r.OK {
+	if c.answer(conn, r) != nil || !cmd.stays || !r.OK {
 		return
 	}
 	// stop: the connection stays open until prefork exits, so the client can
