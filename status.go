@@ -27,7 +27,7 @@ type statusFile struct {
 	Listeners  []string `json:"listeners"`
 	// AcceptQueue is, by listener, the connections waiting in its accept
 	// queue at the last sample (null where it cannot be read); absent when
-	// nothing samples it (poolrun.go).
+	// nothing samples it (pool.go).
 	AcceptQueue []*int         `json:"accept_queue,omitempty"`
 	Workers     []workerStatus `json:"workers"`
 }
