@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -108,7 +109,7 @@ type scaleWaiter struct {
 // (ctl.go) parses its arguments and shows its outcome by it, the server admits
 // and answers by it, the owner goroutine runs its handler, and --help lists it.
 type ctlCommand struct {
-	name string
+	name, usage string // its name, and its usage line in --help
 
 	json, timeout, workers bool // the arguments it takes: --json, --timeout DUR, N
 	waits                  bool // answers once what it asked for is done, not at once
@@ -120,11 +121,16 @@ type ctlCommand struct {
 }
 
 var ctlCommands = []ctlCommand{
-	{name: "status", json: true, handle: (*supervisor).ctlSample, done: (*ctlRun).status},
-	{name: "reload", timeout: true, waits: true, handle: (*supervisor).ctlReload, done: (*ctlRun).message},
-	{name: "scale", workers: true, timeout: true, waits: true, handle: (*supervisor).ctlScale, done: (*ctlRun).message},
-	{name: "stop", timeout: true, stays: true, handle: (*supervisor).ctlStop, done: (*ctlRun).stopped},
-	{name: "metrics", metrics: true, handle: (*supervisor).ctlSample, done: (*ctlRun).metrics},
+	{name: "status", usage: "status [--json]", json: true,
+		handle: (*supervisor).ctlSample, done: (*ctlRun).status},
+	{name: "reload", usage: "reload [--timeout DUR]", timeout: true, waits: true,
+		handle: (*supervisor).ctlReload, done: (*ctlRun).message},
+	{name: "scale", usage: "scale N [--timeout DUR]", workers: true, timeout: true, waits: true,
+		handle: (*supervisor).ctlScale, done: (*ctlRun).message},
+	{name: "stop", usage: "stop [--timeout DUR]", timeout: true, stays: true,
+		handle: (*supervisor).ctlStop, done: (*ctlRun).stopped},
+	{name: "metrics", usage: "metrics", metrics: true,
+		handle: (*supervisor).ctlSample, done: (*ctlRun).metrics},
 }
 
 func ctlLookup(name string) *ctlCommand {
@@ -136,13 +142,13 @@ func ctlLookup(name string) *ctlCommand {
 	return nil
 }
 
-// ctlList names the commands as "a, b or c", scale's with its N if withN.
-func ctlList(withN bool) string {
+// ctlList names the commands as "a, b or c", with their N if usage ("scale N").
+func ctlList(usage bool) string {
 	names := make([]string, len(ctlCommands))
 	for i, c := range ctlCommands {
 		names[i] = c.name
-		if withN && c.workers {
-			names[i] += " N"
+		if usage {
+			names[i], _, _ = strings.Cut(c.usage, " [")
 		}
 	}
 	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
@@ -152,16 +158,7 @@ func ctlList(withN bool) string {
 func ctlSynopsis() string {
 	u := make([]string, len(ctlCommands))
 	for i, c := range ctlCommands {
-		u[i] = c.name
-		if c.workers {
-			u[i] += " N"
-		}
-		if c.json {
-			u[i] += " [--json]"
-		}
-		if c.timeout {
-			u[i] += " [--timeout DUR]"
-		}
+		u[i] = c.usage
 	}
 	return strings.Join(u[:2], " | ") + " |\n" + strings.Repeat(" ", 26) + strings.Join(u[2:], " | ")
 }
@@ -234,16 +231,13 @@ func (s *supervisor) ctlCheck() {
 		s.ctl.reloads, s.ctl.scales = nil, nil
 		return
 	}
-	keep := s.ctl.scales[:0]
-	for _, w := range s.ctl.scales {
-		if r, done := s.scaleOutcome(w); done {
+	s.ctl.scales = slices.DeleteFunc(s.ctl.scales, func(w scaleWaiter) bool {
+		r, done := s.scaleOutcome(w)
+		if done {
 			w.reply <- r
-		} else {
-			keep = append(keep, w)
 		}
-	}
-	clear(s.ctl.scales[len(keep):])
-	s.ctl.scales = keep
+		return done
+	})
 }
 
 func (s *supervisor) scaleOutcome(w scaleWaiter) (ctlResponse, bool) {
@@ -277,19 +271,17 @@ func (s *supervisor) ctlReloadFinished(gen int, err error) {
 	if err != nil {
 		s.ctl.reloadFailures++
 	}
-	keep := s.ctl.reloads[:0]
-	for _, w := range s.ctl.reloads {
+	s.ctl.reloads = slices.DeleteFunc(s.ctl.reloads, func(w ctlWaiter) bool {
 		switch {
 		case w.gen > gen:
-			keep = append(keep, w)
+			return false
 		case err != nil:
 			w.reply <- ctlResponse{Error: fmt.Sprintf("generation %d abandoned: %v; the old workers keep serving", gen, err)}
 		default:
 			w.reply <- ctlResponse{OK: true, Message: fmt.Sprintf("every slot runs generation %d", gen)}
 		}
-	}
-	clear(s.ctl.reloads[len(keep):])
-	s.ctl.reloads = keep
+		return true
+	})
 }
 
 // ctlSnapshot is the state the control socket reports, sampled in the owner
@@ -532,29 +524,19 @@ func (c *ctlServer) client(conn *net.UnixConn) {
 		return
 	}
 	c.log.Debug("control request", "cmd", req.Cmd)
-	// The client may hang up while it waits (a reload can take minutes):
-	// notice. A half-close (EOF: nc -N) ends the request, not the conversation;
-	// a client that closes outright is then seen when its answer is written.
-	gone := make(chan struct{})
-	go func() {
-		if _, err := io.Copy(io.Discard, conn); err != nil {
-			close(gone)
-		}
-	}()
+	// A half-close (EOF: nc -N) ends the request, not the conversation; it is
+	// also all that a client which hangs up while it waits (a reload can take
+	// minutes) shows until its answer is written, so every answer is written.
 	reply := make(chan ctlResponse, 1)
 	select {
 	case c.events <- ctlEvent{req, reply}:
 	case <-c.quit:
-		return
-	case <-gone:
 		return
 	}
 	var r ctlResponse
 	select {
 	case r = <-reply:
 	case <-c.quit:
-		return
-	case <-gone:
 		return
 	}
 	if r.Status != nil {
@@ -563,14 +545,8 @@ func (c *ctlServer) client(conn *net.UnixConn) {
 			r.Metrics, r.Status = string(renderMetrics(r.Status)), nil
 		}
 	}
-	if c.answer(conn, r) != nil || !cmd.stays || !r.OK {
-		return
-	}
-	// stop: the connection stays open until prefork exits, so the client can
-	// wait for that.
-	select {
-	case <-gone:
-	case <-c.quit:
+	if c.answer(conn, r) == nil && cmd.stays && r.OK {
+		<-c.quit // stop: the connection stays open until prefork exits, so the client can wait for that
 	}
 }
 
