@@ -252,7 +252,7 @@ func (s *supervisor) ctlSnapshot() *ctlStatus {
 	}
 	for i, l := range s.listeners {
 		if n, ok := lengths[i]; ok {
-			st.Queues = append(st.Queues, ctlQueue{Listener: l.spec.name, Addr: l.addrString(), Length: n})
+			st.Queues = append(st.Queues, ctlQueue{Listener: l.Spec.Name, Addr: l.Bound(), Length: n})
 		}
 	}
 	return st
