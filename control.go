@@ -533,11 +533,14 @@ func (c *ctlServer) client(conn *net.UnixConn) {
 		return
 	}
 	c.log.Debug("control request", "cmd", req.Cmd)
-	// The client may hang up while it waits (a reload can take minutes): notice.
+	// The client may hang up while it waits (a reload can take minutes):
+	// notice. A half-close (EOF: nc -N) ends the request, not the conversation;
+	// a client that closes outright is then seen when its answer is written.
 	gone := make(chan struct{})
 	go func() {
-		io.Copy(io.Discard, conn)
-		close(gone)
+		if _, err := io.Copy(io.Discard, conn); err != nil {
+			close(gone)
+		}
 	}()
 	reply := make(chan ctlResponse, 1)
 	select {

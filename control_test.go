@@ -12,6 +12,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -355,4 +356,38 @@ func TestControlRequestTooLong(t *testing.T) {
 		t.Errorf("a 64 KB request got %q", b[:n])
 	}
 	mustCtl(t, sock, "status") // and prefork still answers
+}
+
+// A half-close ends the request, not the conversation (nc -N): a client that
+// shuts down its side after the request, with or without the newline, gets
+// its answer; a half-closed stop gets its answer and prefork then stops.
+func TestControlHalfClose(t *testing.T) {
+	sock := ctlSock(t)
+	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1", "--control", sock)
+	in.readyWorkers(1, 10*time.Second)
+	ask := func(req string) string {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte(req))
+		c.(*net.UnixConn).CloseWrite()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(c)
+		return string(b)
+	}
+	for i := 0; i < 20; i++ {
+		for _, req := range []string{`{"cmd":"status"}` + "\n", `{"cmd":"metrics"}`} {
+			if got := ask(req); !strings.HasPrefix(got, `{"server":"prefork","ok":true,`) {
+				t.Fatalf("try %d: a half-closed %q got %q", i, req, got)
+			}
+		}
+	}
+	if got := ask(`{"cmd":"stop"}`); got != `{"server":"prefork","ok":true,"message":"stopping"}`+"\n" {
+		t.Errorf("a half-closed stop got %q", got)
+	}
+	if code := in.wait(10 * time.Second); code != 0 {
+		t.Errorf("prefork exited %d after a half-closed stop, want 0", code)
+	}
 }
