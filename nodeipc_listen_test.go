@@ -282,8 +282,8 @@ func TestNodeWarnUnasked(t *testing.T) {
 	} else {
 		syscall.Close(fd)
 	}
-	nc.warnUnasked()
-	nc.warnUnasked()
+	nc.do(nc.warnUnasked)
+	nc.do(nc.warnUnasked)
 	out := log.String()
 	if strings.Count(out, "none has asked for this listener") != 1 || !strings.Contains(out, ls[1].bound) || strings.Contains(out, ls[0].bound) {
 		t.Fatalf("want one warning, of %s only:\n%s", ls[1].bound, out)
