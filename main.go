@@ -20,10 +20,9 @@ import (
 	"time"
 )
 
-const usage = `usage: prefork [options] [--] command [args...]
+var usage = `usage: prefork [options] [--] command [args...]
        prefork [options] --demo
-       prefork --ctl PATH status [--json] | reload [--timeout DUR] |
-                          scale N [--timeout DUR] | stop [--timeout DUR] | metrics
+       prefork --ctl PATH ` + ctlSynopsis() + `
 
 Bind the listeners once, then run command N times; every worker inherits the
 listening sockets as fd 3, 4, ... with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES.
@@ -78,7 +77,7 @@ Output:
       --version              print the version
 
 Control (talks to a prefork started with --control PATH; starts nothing):
-      --ctl PATH COMMAND     status, reload, scale N, stop or metrics; exit 0 done,
+      --ctl PATH COMMAND     ` + ctlList(true) + `; exit 0 done,
                              1 failed (reload abandoned, refused, prefork gone),
                              2 usage, 3 timed out (the command goes on in prefork)
 
@@ -346,7 +345,7 @@ func parseArgs(args []string) (*config, error) {
 func (c *config) validate() error {
 	if c.ctl != "" { // the control client: the words after PATH are its command
 		if len(c.command) == 0 {
-			return usagef("--ctl %s needs a command: %s", c.ctl, ctlCommands)
+			return usagef("--ctl %s needs a command: %s", c.ctl, ctlList(false))
 		}
 		return nil
 	}

@@ -92,7 +92,7 @@ type supervisor struct {
 	up        *upstream
 	rr        *dispatcher
 	ch        workerChannel
-	pool      *pool        // the pool goroutine's view and readings (poolrun.go); nil when not needed
+	pool      *pool        // the pool goroutine's view and readings (pool.go); nil when not needed
 	ctl       ctlState     // the control socket's waiting clients (control.go)
 	nc        *nodeCluster // --node-cluster: the listeners Node workers share (nodeipc_primary.go)
 

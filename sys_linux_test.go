@@ -1,4 +1,4 @@
-// This file tests the Linux CPU count for -n auto: the cgroup parsers on text and
+// This file tests the CPU count for -n auto in sys_linux.go: the cgroup parsers on text and
 // on a fake cgroup tree, and the affinity count against the real process.
 package main
 
