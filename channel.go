@@ -10,6 +10,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/prefork/prefork/internal/sock"
 	"strconv"
 	"strings"
 	"syscall"
@@ -65,14 +66,14 @@ func (c socketChannel) prepare(sl *slot) ([]int, []string, link, error) {
 		fds = sl.socks
 	} else {
 		for _, l := range c.s.listeners {
-			fds = append(fds, l.fd)
+			fds = append(fds, l.FD)
 		}
 	}
 	return fds, listenEnv(c.s.listeners), &signalLink{killMode: c.s.c.killMode}, nil
 }
 
 // listenEnv is the environment of SPEC §2 that describes inherited listeners.
-func listenEnv(ls []*listener) []string {
+func listenEnv(ls []*sock.Listener) []string {
 	ports := make([]string, len(ls))
 	for i, l := range ls {
 		ports[i] = fmt.Sprintf("%s=%d", serverStarterAddr(l), 3+i)
@@ -149,7 +150,7 @@ func (c nodeChannel) prepare(sl *slot) ([]int, []string, link, error) {
 		fds, socks, env = append(fds, sl.socks...), sl.socks, listenEnv(c.s.listeners)
 	default:
 		for _, l := range c.s.listeners {
-			fds = append(fds, l.fd)
+			fds = append(fds, l.FD)
 		}
 		env = listenEnv(c.s.listeners)
 	}

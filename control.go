@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/prefork/prefork/internal/procstat"
+	"github.com/prefork/prefork/internal/sock"
 	"io"
 	"log/slog"
 	"net"
@@ -328,7 +329,7 @@ func (s *supervisor) ctlSnapshot() *ctlStatus {
 	}
 	for i, l := range s.listeners {
 		if n, ok := lengths[i]; ok {
-			st.Queues = append(st.Queues, ctlQueue{Listener: l.spec.name, Addr: l.addrString(), Length: n})
+			st.Queues = append(st.Queues, ctlQueue{Listener: l.Spec.Name, Addr: l.Bound(), Length: n})
 		}
 	}
 	return st
@@ -400,7 +401,7 @@ const (
 
 // ctlServer accepts and serves control clients.
 type ctlServer struct {
-	sock   *listener // the socket file, removed on close
+	sock   *sock.Listener // the socket file, removed on close
 	ln     net.Listener
 	uid    int
 	events chan<- any
@@ -414,26 +415,26 @@ type ctlServer struct {
 // openControl serves the control socket at path: a stale socket file there is
 // replaced, a live one is an error, as for the unix listeners.
 func openControl(path string, events chan<- any, log *slog.Logger) (*ctlServer, error) {
-	sock, err := openUnix(listenSpec{name: "control", network: "unix", addr: path, text: path}, ctlMaxClients)
+	l, err := sock.BindUnix(sock.Spec{Name: "control", Network: "unix", Addr: path, Text: path}, ctlMaxClients)
 	if err != nil {
 		return nil, fmt.Errorf("--control %s: %w", path, err)
 	}
-	if sock.unixPath != "" {
+	if l.Path() != "" {
 		// The peer check is what keeps others out; the mode says so to a reader.
 		if err := os.Chmod(path, 0o600); err != nil {
-			closeListeners([]*listener{sock})
+			sock.Close(l)
 			return nil, fmt.Errorf("--control %s: %w", path, err)
 		}
 	}
-	f := os.NewFile(uintptr(sock.fd), path)
+	f := os.NewFile(uintptr(l.FD), path)
 	ln, err := net.FileListener(f) // a close-on-exec duplicate in Go's poller
 	f.Close()
-	sock.fd = -1
+	l.FD = -1
 	if err != nil {
-		closeListeners([]*listener{sock})
+		sock.Close(l)
 		return nil, fmt.Errorf("--control %s: %w", path, err)
 	}
-	c := &ctlServer{sock: sock, ln: ln, uid: os.Getuid(), events: events, log: log,
+	c := &ctlServer{sock: l, ln: ln, uid: os.Getuid(), events: events, log: log,
 		quit: make(chan struct{}), sem: make(chan struct{}, ctlMaxClients)}
 	go c.serve()
 	return c, nil
@@ -446,7 +447,7 @@ func (c *ctlServer) close() {
 		return
 	}
 	c.ln.Close()
-	closeListeners([]*listener{c.sock})
+	sock.Close(c.sock)
 	close(c.quit) // then waiting clients (stop) see their connection close
 }
 

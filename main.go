@@ -11,6 +11,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/prefork/prefork/internal/sock"
 	"io"
 	"os"
 	"runtime/debug"
@@ -102,7 +103,7 @@ const (
 
 // config is everything the command line says.
 type config struct {
-	specs        []listenSpec
+	specs        []sock.Spec
 	backlog      int
 	workers      int // 0 = auto; with -n MIN:MAX, MIN
 	mode         mode
@@ -194,12 +195,12 @@ func intOpt(field func(*config) *int, lo, hi int) func(*config, string) error {
 
 var options = []option{
 	{long: "port", short: "p", set: func(c *config, v string) error {
-		s, err := parsePort(v)
+		s, err := sock.ParsePort(v)
 		c.specs = append(c.specs, s)
 		return err
 	}},
 	{long: "listen", short: "l", set: func(c *config, v string) error {
-		s, err := parseListen(v)
+		s, err := sock.ParseSpec(v)
 		c.specs = append(c.specs, s)
 		return err
 	}},
@@ -377,11 +378,11 @@ func (c *config) validate() error {
 		return usagef("--mode reuseport needs Linux: the BSD kernel does not balance SO_REUSEPORT sockets (use --mode shared)")
 	}
 	for _, s := range c.specs {
-		if c.mode == modeRR && s.network == "udp" {
-			return usagef("--mode rr hands over stream connections: %s is a UDP listener (use --mode shared or reuseport)", s.text)
+		if c.mode == modeRR && s.Network == "udp" {
+			return usagef("--mode rr hands over stream connections: %s is a UDP listener (use --mode shared or reuseport)", s.Text)
 		}
-		if c.mode == modeReuseport && s.network == "unix" {
-			return usagef("--mode reuseport needs TCP or UDP listeners: %s is a unix socket", s.text)
+		if c.mode == modeReuseport && s.Network == "unix" {
+			return usagef("--mode reuseport needs TCP or UDP listeners: %s is a unix socket", s.Text)
 		}
 	}
 	return nil

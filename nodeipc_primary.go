@@ -25,6 +25,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/prefork/prefork/internal/sock"
 	"log/slog"
 	"path/filepath"
 	"sync/atomic"
@@ -81,7 +82,7 @@ type nodeCluster struct {
 
 // newNodeCluster wraps prefork's listeners (static: the order of listeners);
 // d is the rr dispatcher, nil in other modes.
-func newNodeCluster(log *slog.Logger, c *config, listeners []*listener, d *dispatcher) *nodeCluster {
+func newNodeCluster(log *slog.Logger, c *config, listeners []*sock.Listener, d *dispatcher) *nodeCluster {
 	nc := &nodeCluster{log: log, mode: c.mode, backlog: c.backlog, closingWait: c.grace / 2}
 	if c.nodeSendServer != "" {
 		nc.sendServer, _ = json.Marshal(c.nodeSendServer)
@@ -92,7 +93,7 @@ func newNodeCluster(log *slog.Logger, c *config, listeners []*listener, d *dispa
 		nc.connsNonblock = true
 	}
 	for i, l := range listeners {
-		nc.ls = append(nc.ls, &nodeListener{index: uint32(i), l: l, static: true, rr: d != nil && l.spec.network != "udp"})
+		nc.ls = append(nc.ls, &nodeListener{index: uint32(i), l: l, static: true, rr: d != nil && l.Spec.Network != "udp"})
 	}
 	return nc
 }
@@ -128,7 +129,7 @@ func (nc *nodeCluster) close() {
 				syscall.Close(fd)
 			}
 		}
-		closeListeners([]*listener{nl.l})
+		sock.Close(nl.l)
 	}
 }
 

@@ -6,6 +6,7 @@ package main
 
 import (
 	"encoding/json"
+	"github.com/prefork/prefork/internal/sock"
 	"io"
 	"log/slog"
 	"net"
@@ -165,15 +166,23 @@ func (f *fakeNodeWorker) quiet(d time.Duration) {
 	}
 }
 
-func testNodeCluster(t *testing.T, m mode, specs ...string) (*testCluster, []*listener) {
+func testNodeCluster(t *testing.T, m mode, specs ...string) (*testCluster, []*sock.Listener) {
 	t.Helper()
-	var ls []*listener
+	var ls []*sock.Listener
 	if len(specs) > 0 {
+		var parsed []sock.Spec
+		for _, in := range specs {
+			spec, err := sock.ParseSpec(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			parsed = append(parsed, spec)
+		}
 		var err error
-		if ls, err = openListeners(lstSpecs(t, specs...), 0); err != nil {
+		if ls, err = sock.Bind(parsed, 0, false); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { closeListeners(ls) })
+		t.Cleanup(func() { sock.Close(ls...) })
 	}
 	c := defaultConfig()
 	c.mode = m
@@ -207,7 +216,7 @@ func portOf(t *testing.T, fd int) int {
 
 func TestNodeQueryServerShared(t *testing.T) {
 	nc, ls := testNodeCluster(t, modeShared, "127.0.0.1:0")
-	port := portOf(t, ls[0].fd)
+	port := portOf(t, ls[0].FD)
 	f, _ := newFakeNodeWorker(t, nc, 0)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"online","seq":0}`)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"queryServer","index":0,"data":null,"address":null,"port":` + strconv.Itoa(port) + `,"addressType":4,"backlog":0,"seq":1}`)
@@ -387,7 +396,7 @@ func TestNodeNewconn(t *testing.T) {
 	rr := &fakeRR{}
 	nc.rr = rr
 	nc.ls[0].rr = true
-	port := portOf(t, ls[0].fd)
+	port := portOf(t, ls[0].FD)
 	f, nw := newFakeNodeWorker(t, nc, 0)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"online","seq":0}`)
 
@@ -540,7 +549,7 @@ func TestNodeStopSettles(t *testing.T) {
 	nc.ls[0].rr = true
 	f, nw := newFakeNodeWorker(t, nc, 0)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"online","seq":0}`)
-	f.write(`{"cmd":"NODE_CLUSTER","act":"queryServer","index":0,"data":null,"address":null,"port":` + strconv.Itoa(portOf(t, ls[0].fd)) + `,"addressType":4,"backlog":0,"seq":1}`)
+	f.write(`{"cmd":"NODE_CLUSTER","act":"queryServer","index":0,"data":null,"address":null,"port":` + strconv.Itoa(portOf(t, ls[0].FD)) + `,"addressType":4,"backlog":0,"seq":1}`)
 	f.read()
 	c1, _ := socketPair(t)
 	if err := nw.sendConn(7, 0, c1); err != nil {

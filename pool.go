@@ -435,9 +435,9 @@ func (s *supervisor) explainQueues() {
 		if !procstat.AcceptQueueSupported {
 			continue
 		}
-		if _, err := procstat.AcceptQueue(l.fd); err != nil {
+		if _, err := procstat.AcceptQueue(l.FD); err != nil {
 			s.log.Warn(fmt.Sprintf("-n %d:%d: the accept queue of %s listener %s cannot be read (%v); the pool sizes from the other listeners",
-				s.c.poolMin, s.c.poolMax, l.spec.network, l.addrString(), err))
+				s.c.poolMin, s.c.poolMax, l.Spec.Network, l.Bound(), err))
 			continue
 		}
 		readable++
@@ -493,7 +493,7 @@ func (s *supervisor) publishPool() {
 func (s *supervisor) queueSockets() []poolQueue {
 	var qs []poolQueue
 	for i, l := range s.listeners {
-		if l.spec.network == "udp" {
+		if l.Spec.Network == "udp" {
 			continue // no accept queue
 		}
 		if s.c.mode == modeReuseport {
@@ -503,7 +503,7 @@ func (s *supervisor) queueSockets() []poolQueue {
 				}
 			}
 		} else {
-			qs = append(qs, poolQueue{i, l.fd})
+			qs = append(qs, poolQueue{i, l.FD})
 		}
 	}
 	return qs

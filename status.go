@@ -53,7 +53,7 @@ func (s *supervisor) snapshot() statusFile {
 	st := statusFile{PID: os.Getpid(), Mode: s.c.mode.String(), Generation: s.gen, Stopping: s.stopping,
 		Listeners: []string{}, Workers: []workerStatus{}}
 	for i, l := range s.listeners {
-		st.Listeners = append(st.Listeners, l.addrString())
+		st.Listeners = append(st.Listeners, l.Bound())
 		if s.pool != nil && i < len(s.pool.stats.queues) {
 			var q *int
 			if n := s.pool.stats.queues[i]; n >= 0 {

@@ -124,3 +124,11 @@ func TestAffinityCPUs(t *testing.T) {
 		t.Errorf("affinityCPUs() = %d, runtime.NumCPU() = %d", got, runtime.NumCPU())
 	}
 }
+
+func TestAutoWorkers(t *testing.T) {
+	n := autoWorkers()
+	if n < 1 || n > runtime.NumCPU() {
+		t.Fatalf("autoWorkers() = %d, NumCPU = %d", n, runtime.NumCPU())
+	}
+	t.Logf("autoWorkers() = %d, runtime.NumCPU() = %d", n, runtime.NumCPU())
+}
