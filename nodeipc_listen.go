@@ -137,7 +137,7 @@ func wildcardOf(family int) string {
 }
 
 // bindFor binds a socket for a worker's listen() that none of prefork's own
-// serves. nc.mu is held.
+// serves.
 func (nc *nodeCluster) bindFor(network, addr string, port int, at string, m *nodeMsg) (*sock.Listener, error) {
 	backlog := nc.backlog
 	if m.Backlog.n > 0 && backlog <= 0 {

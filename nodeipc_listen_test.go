@@ -293,8 +293,8 @@ func TestNodeWarnUnasked(t *testing.T) {
 	} else {
 		syscall.Close(fd)
 	}
-	nc.warnUnasked()
-	nc.warnUnasked()
+	nc.do(nc.warnUnasked)
+	nc.do(nc.warnUnasked)
 	out := log.String()
 	if strings.Count(out, "none has asked for this listener") != 1 || !strings.Contains(out, ls[1].Bound()) || strings.Contains(out, ls[0].Bound()) {
 		t.Fatalf("want one warning, of %s only:\n%s", ls[1].Bound(), out)

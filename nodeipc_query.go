@@ -39,15 +39,11 @@ func (w *nodeWorker) socketFor(nl *nodeListener) (int, string) {
 	}
 	if w.nc.mode == modeReuseport && nl.l.Spec.Network != "unix" {
 		if nl.static {
-			w.mu.Lock()
-			defer w.mu.Unlock()
 			if int(nl.index) < len(w.socks) {
 				return w.socks[nl.index], typ
 			}
 			return -1, typ
 		}
-		w.nc.mu.Lock()
-		defer w.nc.mu.Unlock()
 		fd, ok := nl.socks[w.slot]
 		if !ok {
 			var err error
@@ -72,45 +68,41 @@ func (w *nodeWorker) queryServer(m *nodeMsg) {
 	}
 	if errno != 0 {
 		reply["errno"] = -int(errno)
-		reply["seq"] = w.conn.nextSeq()
+		reply["seq"] = w.nextSeq()
 		w.conn.send(nodeLine(reply), -1)
 		return
 	}
-	w.nc.mu.Lock()
 	if nl.data == nil && len(m.Data) > 0 && string(m.Data) != "null" {
 		nl.data = append(json.RawMessage(nil), m.Data...)
 	}
 	if nl.data != nil {
 		reply["data"] = nl.data
 	}
-	rr := nl.rr
-	w.nc.mu.Unlock()
-	w.mu.Lock()
 	w.servers[key] = nl.index
-	if w.keys[nl.index] == nil {
-		w.keys[nl.index] = jsonString(key)
+	if w.ownKeys[nl.index] == nil {
+		w.ownKeys[nl.index] = jsonString(key)
+		w.publishKeys()
 	}
-	w.mu.Unlock()
-	if rr {
+	if nl.rr {
 		reply["errno"] = nil
 		if nl.l.Spec.Network != "unix" {
 			if sn := sockname(nl.l.FD); sn != nil {
 				reply["sockname"] = sn
 			}
 		}
-		reply["seq"] = w.conn.nextSeq()
+		reply["seq"] = w.nextSeq()
 		w.conn.send(nodeLine(reply), -1)
 		return
 	}
 	fd, typ := w.socketFor(nl)
 	if err := setNonblockFd(fd); err != nil {
 		reply["errno"] = -int(syscall.EINVAL)
-		reply["seq"] = w.conn.nextSeq()
+		reply["seq"] = w.nextSeq()
 		w.conn.send(nodeLine(reply), -1)
 		return
 	}
 	reply["errno"] = 0
-	reply["seq"] = w.conn.nextSeq()
+	reply["seq"] = w.nextSeq()
 	inner := nodeLine(reply)
 	line := nodeLine(map[string]any{"cmd": "NODE_HANDLE", "type": typ, "msg": json.RawMessage(inner[:len(inner)-1])})
 	w.conn.send(line, fd)
@@ -119,8 +111,6 @@ func (w *nodeWorker) queryServer(m *nodeMsg) {
 // listenerFor finds or binds the listener for a queryServer, or an errno.
 func (nc *nodeCluster) listenerFor(w *nodeWorker, m *nodeMsg) (*nodeListener, syscall.Errno) {
 	at := string(m.AddressType)
-	nc.mu.Lock()
-	defer nc.mu.Unlock()
 	// listen({fd: N}): prefork's listener at fd N.
 	if m.Fd.num && m.Fd.n >= 0 {
 		if i := m.Fd.n - 3; i >= 0 && i < len(nc.ls) && nc.ls[i].static {
@@ -131,8 +121,6 @@ func (nc *nodeCluster) listenerFor(w *nodeWorker, m *nodeMsg) (*nodeListener, sy
 	}
 	// server.listen(handle) in a worker, for a handle --node-send-server sent.
 	if m.Address == nil && at == "-1" {
-		w.mu.Lock()
-		defer w.mu.Unlock()
 		if len(w.sentServers) > 0 {
 			i := w.sentServers[0]
 			w.sentServers = w.sentServers[1:]
@@ -199,7 +187,7 @@ func (nc *nodeCluster) listenerFor(w *nodeWorker, m *nodeMsg) (*nodeListener, sy
 // serves a worker's listen(), or nil. The operator chose prefork's addresses,
 // so they win over the app's (see matchNodeListener). Binding the app's
 // address beside them would fail (EADDRINUSE on a wildcard) or leave
-// prefork's socket unserved. nc.mu is held.
+// prefork's socket unserved.
 func (nc *nodeCluster) ownListener(network, addr string, port int, at string) *nodeListener {
 	var cands []*nodeListener
 	var offers []nodeOffer
@@ -238,8 +226,6 @@ func (nc *nodeCluster) ownListener(network, addr string, port int, at string) *n
 // Meant to be called when the first worker says listening: by then that
 // worker has asked for every server it starts at once.
 func (nc *nodeCluster) warnUnasked() {
-	nc.mu.Lock()
-	defer nc.mu.Unlock()
 	for _, nl := range nc.ls {
 		if nl == nil || !nl.static || nl.asked || nl.warned {
 			continue
@@ -271,7 +257,7 @@ func (nc *nodeCluster) bindFailed(network, addr string, port int, at string, err
 
 // familyHint explains an EADDRINUSE on a UDP port that one of prefork's own
 // listeners holds with the other address family, which a worker's dgram
-// socket cannot use; "" otherwise. nc.mu is held.
+// socket cannot use; "" otherwise.
 func (nc *nodeCluster) familyHint(network string, port int, at string) string {
 	want := askFamily(at)
 	if network != "udp" || want == 0 {

@@ -377,9 +377,9 @@ func (s *supervisor) handle(ev any) {
 		s.handlePool(e)
 	case ctlEvent:
 		s.controlRequest(e)
-	case linkEvent:
+	case nodeLinkEvent:
 		if s.alive(e.w) {
-			e.fn()
+			e.l.event(e.w, e.e)
 		}
 	}
 }
