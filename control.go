@@ -91,19 +91,16 @@ type ctlState struct {
 	server         *ctlServer
 	metrics        *metricsWriter
 	reloads        []ctlWaiter
-	scales         []scaleWaiter
+	scales         []ctlWaiter
 	reloadFailures int
 }
 
+// ctlWaiter is a client waiting for a reload to generation gen, or for a
+// scale to n workers (base: each slot's restarts when the scale began).
 type ctlWaiter struct {
-	gen   int
-	reply chan ctlResponse
-}
-
-type scaleWaiter struct {
-	n     int
-	reply chan ctlResponse
-	base  map[*slot]int // each slot's restarts when the scale began
+	gen, n int
+	base   map[*slot]int
+	reply  chan ctlResponse
 }
 
 // ctlCommand is a control command, declared once in ctlCommands: the client
@@ -122,23 +119,16 @@ type ctlCommand struct {
 }
 
 var ctlCommands = []ctlCommand{
-	{name: "status", usage: "status [--json]", json: true,
-		handle: (*supervisor).ctlSample, done: (*ctlRun).status},
-	{name: "reload", usage: "reload [--timeout DUR]", timeout: true, waits: true,
-		handle: (*supervisor).ctlReload, done: (*ctlRun).message},
-	{name: "scale", usage: "scale N [--timeout DUR]", workers: true, timeout: true, waits: true,
-		handle: (*supervisor).ctlScale, done: (*ctlRun).message},
-	{name: "stop", usage: "stop [--timeout DUR]", timeout: true, stays: true,
-		handle: (*supervisor).ctlStop, done: (*ctlRun).stopped},
-	{name: "metrics", usage: "metrics", metrics: true,
-		handle: (*supervisor).ctlSample, done: (*ctlRun).metrics},
+	{name: "status", usage: "status [--json]", json: true, handle: (*supervisor).ctlSample, done: (*ctlRun).status},
+	{name: "reload", usage: "reload [--timeout DUR]", timeout: true, waits: true, handle: (*supervisor).ctlReload, done: (*ctlRun).message},
+	{name: "scale", usage: "scale N [--timeout DUR]", workers: true, timeout: true, waits: true, handle: (*supervisor).ctlScale, done: (*ctlRun).message},
+	{name: "stop", usage: "stop [--timeout DUR]", timeout: true, stays: true, handle: (*supervisor).ctlStop, done: (*ctlRun).stopped},
+	{name: "metrics", usage: "metrics", metrics: true, handle: (*supervisor).ctlSample, done: (*ctlRun).metrics},
 }
 
 func ctlLookup(name string) *ctlCommand {
-	for i := range ctlCommands {
-		if ctlCommands[i].name == name {
-			return &ctlCommands[i]
-		}
+	if i := slices.IndexFunc(ctlCommands, func(c ctlCommand) bool { return c.name == name }); i >= 0 {
+		return &ctlCommands[i]
 	}
 	return nil
 }
@@ -184,9 +174,9 @@ func (s *supervisor) ctlReload(e ctlEvent) {
 	case s.stopping:
 		e.fail("prefork is stopping")
 	case s.reloadGen != 0: // join the reload under way
-		s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{s.reloadGen, e.reply})
+		s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{gen: s.reloadGen, reply: e.reply})
 	default: // wait first: the reload may end at once (a worker that cannot be forked)
-		s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{s.gen + 1, e.reply})
+		s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{gen: s.gen + 1, reply: e.reply})
 		s.log.Info("reload asked for on the control socket")
 		s.signal(syscall.SIGHUP)
 	}
@@ -208,7 +198,7 @@ func (s *supervisor) ctlScale(e ctlEvent) {
 		e.fail("cannot add a worker (at %d of %d): %v", len(s.slots), n, err)
 		return
 	}
-	w := scaleWaiter{n: n, reply: e.reply, base: map[*slot]int{}}
+	w := ctlWaiter{n: n, reply: e.reply, base: map[*slot]int{}}
 	for _, sl := range s.slots {
 		w.base[sl] = sl.restarts
 	}
@@ -232,7 +222,7 @@ func (s *supervisor) ctlCheck() {
 		s.ctl.reloads, s.ctl.scales = nil, nil
 		return
 	}
-	s.ctl.scales = slices.DeleteFunc(s.ctl.scales, func(w scaleWaiter) bool {
+	s.ctl.scales = slices.DeleteFunc(s.ctl.scales, func(w ctlWaiter) bool {
 		r, done := s.scaleOutcome(w)
 		if done {
 			w.reply <- r
@@ -241,7 +231,7 @@ func (s *supervisor) ctlCheck() {
 	})
 }
 
-func (s *supervisor) scaleOutcome(w scaleWaiter) (ctlResponse, bool) {
+func (s *supervisor) scaleOutcome(w ctlWaiter) (ctlResponse, bool) {
 	if len(s.slots) != w.n {
 		return ctlResponse{Error: fmt.Sprintf("the worker count changed to %d before %d workers were up", len(s.slots), w.n)}, true
 	}
