@@ -10,10 +10,10 @@ package main
 
 import (
 	"fmt"
+	"github.com/prefork/prefork/internal/sock"
 	"strconv"
 	"strings"
 	"syscall"
-	"time"
 
 	"github.com/prefork/prefork/internal/rrwire"
 )
@@ -66,14 +66,14 @@ func (c socketChannel) prepare(sl *slot) ([]int, []string, link, error) {
 		fds = sl.socks
 	} else {
 		for _, l := range c.s.listeners {
-			fds = append(fds, l.fd)
+			fds = append(fds, l.FD)
 		}
 	}
 	return fds, listenEnv(c.s.listeners), &signalLink{killMode: c.s.c.killMode}, nil
 }
 
 // listenEnv is the environment (README: What a worker gets) that describes inherited listeners.
-func listenEnv(ls []*listener) []string {
+func listenEnv(ls []*sock.Listener) []string {
 	ports := make([]string, len(ls))
 	for i, l := range ls {
 		ports[i] = fmt.Sprintf("%s=%d", serverStarterAddr(l), 3+i)
@@ -150,7 +150,7 @@ func (c nodeChannel) prepare(sl *slot) ([]int, []string, link, error) {
 		fds, socks, env = append(fds, sl.socks...), sl.socks, listenEnv(c.s.listeners)
 	default:
 		for _, l := range c.s.listeners {
-			fds = append(fds, l.fd)
+			fds = append(fds, l.FD)
 		}
 		env = listenEnv(c.s.listeners)
 	}
@@ -166,15 +166,15 @@ func (c nodeChannel) prepare(sl *slot) ([]int, []string, link, error) {
 	return fds, env, &nodeLink{s: c.s, nc: c.nc, master: master, child: child, slot: sl.index, socks: socks}, nil
 }
 
-// linkEvent runs fn on the owner goroutine while w is alive: how a link's
-// goroutines act on the supervisor's side of a worker.
-type linkEvent struct {
-	w  *worker
-	fn func()
+// nodeLinkEvent is what a Node worker's reader or timers hand the owner
+// goroutine: the owner gives it to the worker's link while w is alive.
+type nodeLinkEvent struct {
+	w *worker
+	l *nodeLink
+	e nodeEvent
 }
 
-// nodeLink is one Node worker's channel. Its fields other than nw are owned by
-// the supervisor goroutine.
+// nodeLink is one Node worker's channel, owned by the supervisor goroutine.
 type nodeLink struct {
 	s             *supervisor
 	nc            *nodeCluster
@@ -191,24 +191,8 @@ func (l *nodeLink) attach(w *worker) {
 	l.pid = w.pid
 	syscall.Close(l.child)
 	s := l.s
-	notify := func(msg map[string]string) {
-		if msg["READY"] == "1" && s.c.ready != readyOnDelay {
-			delete(msg, "READY") // --ready notify: the worker says READY=1 itself
-		}
-		if len(msg) > 0 {
-			s.events <- notifyEvent{w, msg}
-		}
-	}
-	ended := func(err error) {
-		if s.rr != nil {
-			s.rr.shut(w.pid)
-		}
-		if err != nil {
-			s.log.Debug("node channel error", "pid", w.pid, "err", err)
-		}
-		s.events <- linkEvent{w, l.channelEnded}
-	}
-	nw, err := l.nc.newNodeWorker(w.pid, l.slot, l.master, l.socks, notify, ended)
+	post := func(e nodeEvent) { s.events <- nodeLinkEvent{w, l, e} }
+	nw, err := l.nc.newNodeWorker(w.pid, l.slot, l.master, l.socks, post)
 	if err != nil {
 		go func() { s.events <- brokenEvent{w.pid, err} }()
 		return
@@ -216,6 +200,29 @@ func (l *nodeLink) attach(w *worker) {
 	l.nw = nw
 	if s.rr != nil {
 		s.rr.attachSender(w.pid, nw)
+	}
+}
+
+// event acts on what the worker's channel reported (owner goroutine).
+func (l *nodeLink) event(w *worker, e nodeEvent) {
+	out, err := l.nw.handle(e)
+	switch out {
+	case nodeReady:
+		if l.s.c.ready == readyOnDelay { // --ready notify: the worker says READY=1 itself
+			l.s.notified(w, map[string]string{"READY": "1"})
+		}
+	case nodeStopping:
+		l.s.notified(w, map[string]string{"STOPPING": "1"})
+	case nodeEnded:
+		l.ended = true
+		if err != nil {
+			l.s.log.Debug("node channel error", "pid", w.pid, "err", err)
+		}
+		if l.stopSig != 0 {
+			l.s.c.killMode.stop(l.pid, l.stopSig)
+		}
+	case nodeUnheeded:
+		l.s.c.killMode.stop(l.pid, l.stopSig)
 	}
 }
 
@@ -246,11 +253,9 @@ func (l *nodeLink) drain() {
 	}
 }
 
-// stop sends disconnect, so that Node closes its servers and finishes what is
-// in flight; the stop signal follows once the worker closes the channel. In rr
-// mode disconnect waits until the worker has acked every connection it was
-// handed and has had nodeSettle to read their requests: Node's server.close()
-// destroys connections on which no request has arrived yet (closeIdleConnections).
+// stop sends disconnect (in rr mode once what the worker was handed has
+// settled: nodeWorker.stop), so that Node closes its servers and finishes what
+// is in flight; the stop signal follows once the worker closes the channel.
 func (l *nodeLink) stop(sig syscall.Signal) {
 	l.drain()
 	if l.nw == nil || l.ended {
@@ -258,50 +263,8 @@ func (l *nodeLink) stop(sig syscall.Signal) {
 		return
 	}
 	l.stopSig = sig
-	if l.s.rr == nil {
-		l.disconnect()
-		return
-	}
-	l.settle(time.Now())
-}
-
-// nodeSettle is how long an rr worker gets to read the request on a
-// connection it took, before disconnect.
-const nodeSettle = 100 * time.Millisecond
-
-// settle sends disconnect once the worker holds no unacked connection and
-// nodeSettle has passed since it last did (checked every few milliseconds).
-func (l *nodeLink) settle(lastBusy time.Time) {
-	if l.ended {
-		return
-	}
-	for _, st := range l.s.rr.stats() {
-		if st.id == l.pid && st.inflight > 0 {
-			lastBusy = time.Now()
-		}
-	}
-	if time.Since(lastBusy) >= nodeSettle || time.Since(lastBusy) < 0 {
-		l.disconnect()
-		return
-	}
-	w := l.s.workers[l.pid]
-	if w == nil {
-		return // gone meanwhile
-	}
-	time.AfterFunc(10*time.Millisecond, func() { l.s.events <- linkEvent{w, func() { l.settle(lastBusy) }} })
-}
-
-func (l *nodeLink) disconnect() {
 	if !l.nw.stop() {
-		l.s.c.killMode.stop(l.pid, l.stopSig)
-	}
-}
-
-// channelEnded runs on the owner goroutine once the worker closed its channel.
-func (l *nodeLink) channelEnded() {
-	l.ended = true
-	if l.stopSig != 0 {
-		l.s.c.killMode.stop(l.pid, l.stopSig)
+		l.s.c.killMode.stop(l.pid, sig)
 	}
 }
 

@@ -11,6 +11,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/prefork/prefork/internal/sock"
 	"io"
 	"os"
 	"runtime/debug"
@@ -20,10 +21,9 @@ import (
 	"time"
 )
 
-const usage = `usage: prefork [options] [--] command [args...]
+var usage = `usage: prefork [options] [--] command [args...]
        prefork [options] --demo
-       prefork --ctl PATH status [--json] | reload [--timeout DUR] |
-                          scale N [--timeout DUR] | stop [--timeout DUR] | metrics
+       prefork --ctl PATH ` + ctlSynopsis() + `
 
 Bind the listeners once, then run command N times; every worker inherits the
 listening sockets as fd 3, 4, ... with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES.
@@ -80,7 +80,7 @@ Output:
       --version              print the version
 
 Control (talks to a prefork started with --control PATH; starts nothing):
-      --ctl PATH COMMAND     status, reload, scale N, stop or metrics; exit 0 done,
+      --ctl PATH COMMAND     ` + ctlList(true) + `; exit 0 done,
                              1 failed (reload abandoned, refused, prefork gone),
                              2 usage, 3 timed out (the command goes on in prefork)
 
@@ -105,7 +105,7 @@ const (
 
 // config is everything the command line says.
 type config struct {
-	specs        []listenSpec
+	specs        []sock.Spec
 	backlog      int
 	workers      int // 0 = auto; with -n MIN:MAX, MIN
 	mode         mode
@@ -197,12 +197,12 @@ func intOpt(field func(*config) *int, lo, hi int) func(*config, string) error {
 
 var options = []option{
 	{long: "port", short: "p", set: func(c *config, v string) error {
-		s, err := parsePort(v)
+		s, err := sock.ParsePort(v)
 		c.specs = append(c.specs, s)
 		return err
 	}},
 	{long: "listen", short: "l", set: func(c *config, v string) error {
-		s, err := parseListen(v)
+		s, err := sock.ParseSpec(v)
 		c.specs = append(c.specs, s)
 		return err
 	}},
@@ -348,7 +348,7 @@ func parseArgs(args []string) (*config, error) {
 func (c *config) validate() error {
 	if c.ctl != "" { // the control client: the words after PATH are its command
 		if len(c.command) == 0 {
-			return usagef("--ctl %s needs a command: %s", c.ctl, ctlCommands)
+			return usagef("--ctl %s needs a command: %s", c.ctl, ctlList(false))
 		}
 		return nil
 	}
@@ -380,11 +380,11 @@ func (c *config) validate() error {
 		return usagef("--mode reuseport needs Linux: the BSD kernel does not balance SO_REUSEPORT sockets (use --mode shared)")
 	}
 	for _, s := range c.specs {
-		if c.mode == modeRR && s.network == "udp" {
-			return usagef("--mode rr hands over stream connections: %s is a UDP listener (use --mode shared or reuseport)", s.text)
+		if c.mode == modeRR && s.Network == "udp" {
+			return usagef("--mode rr hands over stream connections: %s is a UDP listener (use --mode shared or reuseport)", s.Text)
 		}
-		if c.mode == modeReuseport && s.network == "unix" {
-			return usagef("--mode reuseport needs TCP or UDP listeners: %s is a unix socket", s.text)
+		if c.mode == modeReuseport && s.Network == "unix" {
+			return usagef("--mode reuseport needs TCP or UDP listeners: %s is a unix socket", s.Text)
 		}
 	}
 	return nil

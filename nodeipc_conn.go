@@ -54,20 +54,27 @@ type nodeConn struct {
 	// m is reused for the next line, so the handler must not keep it.
 	handle func(m *nodeMsg, fd int)
 	// refused is called (reader goroutine, outside the write lock) when the
-	// worker NACKs a newconn: it did not take the connection.
-	refused func(seq uint32)
+	// worker NACKs a newconn: it did not take the connection. idle: that was
+	// the last newconn in flight and the owner asked to hear of it (watchIdle).
+	refused func(seq uint32, idle bool)
 	// closed is called once, on the reader goroutine, when the channel ends:
 	// err is nil for end of file.
 	closed func(err error)
 
-	mu       sync.Mutex // guards what follows and every write to fd
-	shut     bool
-	out      []nodeOut // lines waiting to be written, in order
-	flushing bool      // a goroutine is writing out
-	sent     []nodeSent
-	scratch  []byte
-	oob      [64]byte
-	seq      int64 // prefork's sequence numbers for replies and requests other than newconn
+	// The write lock. The socket is written by the owner (replies), the rr
+	// dispatcher's thread (newconn), the reader (handle acks) and a flusher;
+	// the lock keeps their lines whole and in wire order, and with them the
+	// handle-bearing lines awaiting an ack and the count of newconns in flight.
+	mu        sync.Mutex
+	shut      bool
+	out       []nodeOut // lines waiting to be written, in order
+	flushing  bool      // a goroutine is writing out
+	sent      []nodeSent
+	scratch   []byte
+	oob       [64]byte
+	inflight  int    // newconns the worker has not answered (accepted or not)
+	handed    uint64 // newconns sent, ever
+	watchIdle bool   // report once when inflight falls to 0
 
 	// reader state, reader goroutine only
 	rbuf    []byte
@@ -226,13 +233,14 @@ func (c *nodeConn) handleAcked(nack bool) {
 	}
 	s := c.sent[0]
 	c.sent = c.sent[:copy(c.sent, c.sent[1:])]
+	idle := nack && s.newconn && c.answeredLocked()
 	c.mu.Unlock()
 	if !nack {
 		return
 	}
 	if s.newconn {
 		if c.refused != nil {
-			c.refused(s.seq)
+			c.refused(s.seq, idle)
 		}
 		return
 	}
@@ -285,7 +293,38 @@ func (c *nodeConn) sendNewconn(keyJSON []byte, seq uint32, conn int, setNonblock
 		return err
 	}
 	c.sent = append(c.sent, nodeSent{newconn: true, seq: seq})
+	c.inflight++
+	c.handed++
 	return nil
+}
+
+// answered counts the worker's answer to a newconn; it reports whether that
+// was the last one in flight and the owner asked to hear of it (newconns).
+func (c *nodeConn) answered() (idle bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.answeredLocked()
+}
+
+func (c *nodeConn) answeredLocked() bool {
+	if c.inflight > 0 {
+		c.inflight--
+	}
+	if c.inflight > 0 || !c.watchIdle {
+		return false
+	}
+	c.watchIdle = false
+	return true
+}
+
+// newconns reports how many newconns are in flight and how many were ever
+// sent; with watch, when some are in flight, the reader reports the moment
+// the last is answered (answered, refused), once.
+func (c *nodeConn) newconns(watch bool) (inflight int, handed uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.watchIdle = watch && c.inflight > 0
+	return c.inflight, c.handed
 }
 
 // writeLocked writes b with fd in SCM_RIGHTS on its first byte. What is not
@@ -381,14 +420,6 @@ func (c *nodeConn) sendmsg(b []byte, fd int) (int, error) {
 			return n, err
 		}
 	}
-}
-
-// nextSeq is a fresh sequence number for a message prefork starts.
-func (c *nodeConn) nextSeq() int64 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.seq++
-	return c.seq
 }
 
 // setNonblockFd makes fd non-blocking with one ioctl: Node's libuv does not set

@@ -8,7 +8,7 @@
 package main
 
 import (
-	"errors"
+	"github.com/prefork/prefork/internal/sock"
 	"net"
 	"os"
 	"strconv"
@@ -96,19 +96,19 @@ func takes(o nodeOffer, ip net.IP) bool {
 }
 
 // offerOf is what matching needs of a TCP or UDP listener, from its socket.
-func offerOf(l *listener) (nodeOffer, bool) {
-	sa, err := syscall.Getsockname(l.fd)
+func offerOf(l *sock.Listener) (nodeOffer, bool) {
+	sa, err := syscall.Getsockname(l.FD)
 	if err != nil {
 		return nodeOffer{}, false
 	}
-	o := nodeOffer{network: l.spec.network}
+	o := nodeOffer{network: l.Spec.Network}
 	switch sa := sa.(type) {
 	case *syscall.SockaddrInet4:
 		o.ip, o.port, o.family = net.IP(sa.Addr[:]), sa.Port, 4
 	case *syscall.SockaddrInet6:
 		o.ip, o.port, o.family = net.IP(sa.Addr[:]), sa.Port, 6
 		if o.ip.IsUnspecified() {
-			v, err := syscall.GetsockoptInt(l.fd, syscall.IPPROTO_IPV6, syscall.IPV6_V6ONLY)
+			v, err := syscall.GetsockoptInt(l.FD, syscall.IPPROTO_IPV6, syscall.IPV6_V6ONLY)
 			o.dual = err == nil && v == 0
 		}
 	default:
@@ -137,16 +137,16 @@ func wildcardOf(family int) string {
 }
 
 // bindFor binds a socket for a worker's listen() that none of prefork's own
-// serves. nc.mu is held.
-func (nc *nodeCluster) bindFor(network, addr string, port int, at string, m *nodeMsg) (*listener, error) {
+// serves.
+func (nc *nodeCluster) bindFor(network, addr string, port int, at string, m *nodeMsg) (*sock.Listener, error) {
 	backlog := nc.backlog
 	if m.Backlog.n > 0 && backlog <= 0 {
 		backlog = m.Backlog.n
 	}
 	if network == "unix" {
-		spec := listenSpec{network: network, addr: addr, text: addr}
-		spec.name = defaultName(spec)
-		ls, err := openAll([]listenSpec{spec}, backlog, false)
+		spec := sock.Spec{Network: network, Addr: addr, Text: addr}
+		spec.Name = spec.DefaultName()
+		ls, err := sock.Bind([]sock.Spec{spec}, backlog, false)
 		if err != nil {
 			return nil, err
 		}
@@ -175,9 +175,8 @@ func (nc *nodeCluster) bindFor(network, addr string, port int, at string, m *nod
 // address makes an IPv6 socket IPv6-only (nginx's rule), where Node binds
 // listen(port, '::') dual-stack.
 type nodeBind struct {
-	spec listenSpec
+	spec sock.Spec
 	sa   syscall.Sockaddr
-	port int
 	// v6only is IPV6_V6ONLY for an IPv6 socket: 1 only when the app asked for
 	// ipv6Only (flags & 1); otherwise 0 for TCP, so that [::] takes IPv4 too,
 	// and -1 for UDP (the system default, dual-stack on Linux), as libuv does.
@@ -189,7 +188,7 @@ type nodeBind struct {
 // nodeBindFor is how Node's primary binds addr:port for a worker whose
 // queryServer had addressType at and flags.
 func nodeBindFor(network, addr string, port int, at string, flags int) (nodeBind, error) {
-	b := nodeBind{spec: listenSpec{network: network}, port: port}
+	b := nodeBind{spec: sock.Spec{Network: network}}
 	ipv6Only := flags&1 != 0
 	switch {
 	case ipv6Only:
@@ -201,12 +200,12 @@ func nodeBindFor(network, addr string, port int, at string, flags int) (nodeBind
 	}
 	if addr == "" {
 		b.sa, b.anyHost = &syscall.SockaddrInet6{Port: port}, true
-		b.spec.addr = ":" + strconv.Itoa(port)
+		b.spec.Addr = ":" + strconv.Itoa(port)
 		if ipv6Only {
-			b.spec.addr = "[::]:" + strconv.Itoa(port)
+			b.spec.Addr = "[::]:" + strconv.Itoa(port)
 		}
 	} else {
-		sa, err := resolveSockaddr(addr, port)
+		sa, err := sock.Resolve(addr, port)
 		if err != nil {
 			return b, err
 		}
@@ -218,38 +217,15 @@ func nodeBindFor(network, addr string, port int, at string, flags int) (nodeBind
 			sa = sa6
 		}
 		b.sa = sa
-		b.spec.addr = net.JoinHostPort(addr, strconv.Itoa(port))
+		b.spec.Addr = net.JoinHostPort(addr, strconv.Itoa(port))
 	}
-	b.spec.text = b.spec.addr
-	b.spec.name = defaultName(b.spec)
+	b.spec.Text = b.spec.Addr
+	b.spec.Name = b.spec.DefaultName()
 	return b, nil
 }
 
 // open binds b, with SO_REUSEPORT in reuseport mode, and listens for TCP
 // (backlog <= 0: the system maximum).
-func (b nodeBind) open(backlog int, reuseport bool) (*listener, error) {
-	if backlog <= 0 {
-		backlog = somaxconn()
-	}
-	bind := func(reuseport bool, backlog int) (int, error) {
-		fd, err := inetSocket(b.spec.network, b.sa, b.v6only, reuseport, backlog)
-		if b.anyHost && (errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EADDRNOTAVAIL)) {
-			fd, err = inetSocket(b.spec.network, &syscall.SockaddrInet4{Port: b.port}, -1, reuseport, backlog) // no IPv6 here
-		}
-		return fd, err
-	}
-	if reuseport && b.port != 0 {
-		// As openInet: a socket with SO_REUSEPORT would join another
-		// process's group on the port; a plain bind finds one first.
-		probe, err := bind(false, bindOnly)
-		if err != nil {
-			return nil, err
-		}
-		syscall.Close(probe)
-	}
-	fd, err := bind(reuseport, backlog)
-	if err != nil {
-		return nil, err
-	}
-	return newListener(b.spec, fd)
+func (b nodeBind) open(backlog int, reuseport bool) (*sock.Listener, error) {
+	return sock.BindInet(b.spec, b.sa, b.v6only, b.anyHost, reuseport, backlog)
 }

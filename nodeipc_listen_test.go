@@ -8,6 +8,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/prefork/prefork/internal/sock"
 	"log/slog"
 	"net"
 	"os"
@@ -18,6 +19,16 @@ import (
 	"testing"
 	"time"
 )
+
+// haveIPv6 reports whether this machine can bind IPv6 loopback.
+func haveIPv6() bool {
+	ln, err := net.Listen("tcp6", "[::1]:0")
+	if err != nil {
+		return false
+	}
+	ln.Close()
+	return true
+}
 
 func TestNodeMatchListener(t *testing.T) {
 	v4 := func(ip string, port int) nodeOffer {
@@ -112,7 +123,7 @@ const anyV6only = -2
 // Node's primary binds listen(port, '::') dual-stack unless the app asked for
 // ipv6Only (flags & 1), where prefork's -l [::]:PORT is IPv6-only.
 func TestNodeBindForAsNodeDoes(t *testing.T) {
-	if !lstHaveIPv6() {
+	if !haveIPv6() {
 		t.Skip("no IPv6 on this machine")
 	}
 	sys := systemV6only(t)
@@ -144,9 +155,9 @@ func TestNodeBindForAsNodeDoes(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			defer closeListeners([]*listener{l})
-			if f, v := sockInfo(t, l.fd); f != c.family || v != c.v6only && c.v6only != anyV6only {
-				t.Fatalf("%s: IPv%d socket with IPV6_V6ONLY %d; want IPv%d with %d", l.bound, f, v, c.family, c.v6only)
+			defer sock.Close(l)
+			if f, v := sockInfo(t, l.FD); f != c.family || v != c.v6only && c.v6only != anyV6only {
+				t.Fatalf("%s: IPv%d socket with IPV6_V6ONLY %d; want IPv%d with %d", l.Bound(), f, v, c.family, c.v6only)
 			}
 		})
 	}
@@ -191,10 +202,10 @@ func TestNodeQueryServerWildcardTakesOwnListener(t *testing.T) {
 	nc.log = bufferLogger(&log)
 	f, _ := newFakeNodeWorker(t, nc, 0)
 	for i, q := range []struct{ fields, want string }{
-		{`"address":"0.0.0.0","port":` + port + `,"addressType":4,"flags":0`, ls[0].bound},
-		{`"address":"::","port":` + port + `,"addressType":6,"flags":0`, ls[0].bound},
-		{`"address":null,"port":` + port + `,"addressType":4`, ls[0].bound},
-		{`"address":"0.0.0.0","port":` + port + `,"addressType":"udp4","fd":-1,"flags":0`, ls[1].bound},
+		{`"address":"0.0.0.0","port":` + port + `,"addressType":4,"flags":0`, ls[0].Bound()},
+		{`"address":"::","port":` + port + `,"addressType":6,"flags":0`, ls[0].Bound()},
+		{`"address":null,"port":` + port + `,"addressType":4`, ls[0].Bound()},
+		{`"address":"0.0.0.0","port":` + port + `,"addressType":"udp4","fd":-1,"flags":0`, ls[1].Bound()},
 	} {
 		fd, errno := queryReply(t, f, i+1, q.fields)
 		if fd < 0 {
@@ -203,7 +214,7 @@ func TestNodeQueryServerWildcardTakesOwnListener(t *testing.T) {
 		sa, _ := syscall.Getsockname(fd)
 		typ, _ := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TYPE)
 		syscall.Close(fd)
-		if got := sockaddrString(sa); got != q.want || (typ == syscall.SOCK_DGRAM) != (i == 3) {
+		if got := sock.FormatSockaddr(sa); got != q.want || (typ == syscall.SOCK_DGRAM) != (i == 3) {
 			t.Fatalf("{%s}: got %s (type %d); want prefork's listener %s", q.fields, got, typ, q.want)
 		}
 	}
@@ -214,7 +225,7 @@ func TestNodeQueryServerWildcardTakesOwnListener(t *testing.T) {
 
 // A udp4 socket never gets an IPv6 socket (its sends would fail), nor udp6 an IPv4 one.
 func TestNodeQueryServerUDPFamily(t *testing.T) {
-	if !lstHaveIPv6() {
+	if !haveIPv6() {
 		t.Skip("no IPv6 on this machine")
 	}
 	port := strconv.Itoa(freeBothPort(t))
@@ -222,16 +233,16 @@ func TestNodeQueryServerUDPFamily(t *testing.T) {
 	f, _ := newFakeNodeWorker(t, nc, 0)
 	for i, q := range []struct {
 		at, addr string
-		want     *listener
+		want     *sock.Listener
 	}{{"udp4", "0.0.0.0", ls[1]}, {"udp6", "::", ls[0]}} {
 		fd, errno := queryReply(t, f, i+1, `"address":"`+q.addr+`","port":`+port+`,"addressType":"`+q.at+`","fd":-1,"flags":0`)
 		if fd < 0 {
-			t.Fatalf("%s: errno %v; want %s", q.at, errno, q.want.bound)
+			t.Fatalf("%s: errno %v; want %s", q.at, errno, q.want.Bound())
 		}
 		sa, _ := syscall.Getsockname(fd)
 		syscall.Close(fd)
-		if got := sockaddrString(sa); got != q.want.bound {
-			t.Fatalf("%s got %s; want %s", q.at, got, q.want.bound)
+		if got := sock.FormatSockaddr(sa); got != q.want.Bound() {
+			t.Fatalf("%s got %s; want %s", q.at, got, q.want.Bound())
 		}
 	}
 
@@ -253,7 +264,7 @@ func TestNodeQueryServerUDPFamily(t *testing.T) {
 
 // A socket bound on request for '::' takes IPv4 too, unless ipv6Only.
 func TestNodeQueryServerDualStackOnRequest(t *testing.T) {
-	if !lstHaveIPv6() {
+	if !haveIPv6() {
 		t.Skip("no IPv6 on this machine")
 	}
 	nc, _ := testNodeCluster(t, modeShared)
@@ -277,16 +288,16 @@ func TestNodeWarnUnasked(t *testing.T) {
 	var log syncBuffer
 	nc.log = bufferLogger(&log)
 	f, _ := newFakeNodeWorker(t, nc, 0)
-	if fd, errno := queryReply(t, f, 1, `"address":null,"port":`+strconv.Itoa(portOf(t, ls[0].fd))+`,"addressType":4`); fd < 0 {
+	if fd, errno := queryReply(t, f, 1, `"address":null,"port":`+strconv.Itoa(portOf(t, ls[0].FD))+`,"addressType":4`); fd < 0 {
 		t.Fatalf("errno %v", errno)
 	} else {
 		syscall.Close(fd)
 	}
-	nc.warnUnasked()
-	nc.warnUnasked()
+	nc.do(nc.warnUnasked)
+	nc.do(nc.warnUnasked)
 	out := log.String()
-	if strings.Count(out, "none has asked for this listener") != 1 || !strings.Contains(out, ls[1].bound) || strings.Contains(out, ls[0].bound) {
-		t.Fatalf("want one warning, of %s only:\n%s", ls[1].bound, out)
+	if strings.Count(out, "none has asked for this listener") != 1 || !strings.Contains(out, ls[1].Bound()) || strings.Contains(out, ls[0].Bound()) {
+		t.Fatalf("want one warning, of %s only:\n%s", ls[1].Bound(), out)
 	}
 }
 
@@ -348,7 +359,7 @@ func echoes(t *testing.T, addr string) {
 // primary, when prefork binds them on request.
 func TestNodeListenIPv6WildcardIsDualStack(t *testing.T) {
 	nodeBinary(t)
-	if !lstHaveIPv6() {
+	if !haveIPv6() {
 		t.Skip("no IPv6 on this machine")
 	}
 	for _, mode := range modes() {
@@ -389,7 +400,7 @@ func TestNodeUDPDefaultHostTakesOwnListener(t *testing.T) {
 // (every send() would fail with EINVAL); a udp6 socket takes a dual-stack one.
 func TestNodeUDPSocketFamily(t *testing.T) {
 	nodeBinary(t)
-	if !lstHaveIPv6() {
+	if !haveIPv6() {
 		t.Skip("no IPv6 on this machine")
 	}
 	t.Run("udp4 skips IPv6", func(t *testing.T) {
@@ -451,7 +462,7 @@ func TestNodeWildcardHostTakesOwnListener(t *testing.T) {
 // Node server handles connections of either family.
 func TestNodeIPv4WildcardOnDualStackListener(t *testing.T) {
 	nodeBinary(t)
-	if !lstHaveIPv6() {
+	if !haveIPv6() {
 		t.Skip("no IPv6 on this machine")
 	}
 	for _, mode := range []string{"shared", "rr"} {

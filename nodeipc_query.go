@@ -10,6 +10,7 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"github.com/prefork/prefork/internal/sock"
 	"net"
 	"strconv"
 	"syscall"
@@ -18,7 +19,7 @@ import (
 // nodeListener is a listener a Node worker may get.
 type nodeListener struct {
 	index  uint32
-	l      *listener
+	l      *sock.Listener
 	static bool            // one of prefork's own (-p, -l, adopted): fd 3+index in workers
 	query  string          // for one bound on request: what it was bound for
 	data   json.RawMessage // the first worker's server data (TLS ticket keys), echoed to all
@@ -33,32 +34,28 @@ type nodeListener struct {
 // mode, with the handle type that carries it; -1 if none.
 func (w *nodeWorker) socketFor(nl *nodeListener) (int, string) {
 	typ := "net.Native"
-	if nl.l.spec.network == "udp" {
+	if nl.l.Spec.Network == "udp" {
 		typ = "dgram.Native"
 	}
-	if w.nc.mode == modeReuseport && nl.l.spec.network != "unix" {
+	if w.nc.mode == modeReuseport && nl.l.Spec.Network != "unix" {
 		if nl.static {
-			w.mu.Lock()
-			defer w.mu.Unlock()
 			if int(nl.index) < len(w.socks) {
 				return w.socks[nl.index], typ
 			}
 			return -1, typ
 		}
-		w.nc.mu.Lock()
-		defer w.nc.mu.Unlock()
 		fd, ok := nl.socks[w.slot]
 		if !ok {
 			var err error
-			if fd, err = nl.l.reuseportSocket(w.nc.backlog); err != nil {
-				w.nc.log.Error("node: cannot open a reuseport socket", "addr", nl.l.bound, "err", err)
-				return nl.l.fd, typ
+			if fd, err = nl.l.ReuseportSocket(w.nc.backlog); err != nil {
+				w.nc.log.Error("node: cannot open a reuseport socket", "addr", nl.l.Bound(), "err", err)
+				return nl.l.FD, typ
 			}
 			nl.socks[w.slot] = fd
 		}
 		return fd, typ
 	}
-	return nl.l.fd, typ
+	return nl.l.FD, typ
 }
 
 // queryServer answers a worker's listen(): the listener it gets, in the mode's way.
@@ -71,45 +68,41 @@ func (w *nodeWorker) queryServer(m *nodeMsg) {
 	}
 	if errno != 0 {
 		reply["errno"] = -int(errno)
-		reply["seq"] = w.conn.nextSeq()
+		reply["seq"] = w.nextSeq()
 		w.conn.send(nodeLine(reply), -1)
 		return
 	}
-	w.nc.mu.Lock()
 	if nl.data == nil && len(m.Data) > 0 && string(m.Data) != "null" {
 		nl.data = append(json.RawMessage(nil), m.Data...)
 	}
 	if nl.data != nil {
 		reply["data"] = nl.data
 	}
-	rr := nl.rr
-	w.nc.mu.Unlock()
-	w.mu.Lock()
 	w.servers[key] = nl.index
-	if w.keys[nl.index] == nil {
-		w.keys[nl.index] = jsonString(key)
+	if w.ownKeys[nl.index] == nil {
+		w.ownKeys[nl.index] = jsonString(key)
+		w.publishKeys()
 	}
-	w.mu.Unlock()
-	if rr {
+	if nl.rr {
 		reply["errno"] = nil
-		if nl.l.spec.network != "unix" {
-			if sn := sockname(nl.l.fd); sn != nil {
+		if nl.l.Spec.Network != "unix" {
+			if sn := sockname(nl.l.FD); sn != nil {
 				reply["sockname"] = sn
 			}
 		}
-		reply["seq"] = w.conn.nextSeq()
+		reply["seq"] = w.nextSeq()
 		w.conn.send(nodeLine(reply), -1)
 		return
 	}
 	fd, typ := w.socketFor(nl)
 	if err := setNonblockFd(fd); err != nil {
 		reply["errno"] = -int(syscall.EINVAL)
-		reply["seq"] = w.conn.nextSeq()
+		reply["seq"] = w.nextSeq()
 		w.conn.send(nodeLine(reply), -1)
 		return
 	}
 	reply["errno"] = 0
-	reply["seq"] = w.conn.nextSeq()
+	reply["seq"] = w.nextSeq()
 	inner := nodeLine(reply)
 	line := nodeLine(map[string]any{"cmd": "NODE_HANDLE", "type": typ, "msg": json.RawMessage(inner[:len(inner)-1])})
 	w.conn.send(line, fd)
@@ -118,8 +111,6 @@ func (w *nodeWorker) queryServer(m *nodeMsg) {
 // listenerFor finds or binds the listener for a queryServer, or an errno.
 func (nc *nodeCluster) listenerFor(w *nodeWorker, m *nodeMsg) (*nodeListener, syscall.Errno) {
 	at := string(m.AddressType)
-	nc.mu.Lock()
-	defer nc.mu.Unlock()
 	// listen({fd: N}): prefork's listener at fd N.
 	if m.Fd.num && m.Fd.n >= 0 {
 		if i := m.Fd.n - 3; i >= 0 && i < len(nc.ls) && nc.ls[i].static {
@@ -130,8 +121,6 @@ func (nc *nodeCluster) listenerFor(w *nodeWorker, m *nodeMsg) (*nodeListener, sy
 	}
 	// server.listen(handle) in a worker, for a handle --node-send-server sent.
 	if m.Address == nil && at == "-1" {
-		w.mu.Lock()
-		defer w.mu.Unlock()
 		if len(w.sentServers) > 0 {
 			i := w.sentServers[0]
 			w.sentServers = w.sentServers[1:]
@@ -176,12 +165,12 @@ func (nc *nodeCluster) listenerFor(w *nodeWorker, m *nodeMsg) (*nodeListener, sy
 	if err != nil {
 		return nil, nc.bindFailed(network, addr, port, at, err)
 	}
-	nl := &nodeListener{index: uint32(len(nc.ls)), l: l, query: q, socks: map[int]int{0: l.fd}}
+	nl := &nodeListener{index: uint32(len(nc.ls)), l: l, query: q, socks: map[int]int{0: l.FD}}
 	if nc.rr != nil && network != "udp" {
-		idx, err := nc.rr.addListener(l.fd)
+		idx, err := nc.rr.addListener(l.FD)
 		if err != nil {
-			closeListeners([]*listener{l})
-			nc.log.Error("node: rr cannot accept on a socket bound on request", "addr", l.bound, "err", err)
+			sock.Close(l)
+			nc.log.Error("node: rr cannot accept on a socket bound on request", "addr", l.Bound(), "err", err)
 			return nil, syscall.EINVAL
 		}
 		nl.index, nl.rr = idx, true
@@ -189,7 +178,7 @@ func (nc *nodeCluster) listenerFor(w *nodeWorker, m *nodeMsg) (*nodeListener, sy
 			nc.ls = append(nc.ls, nil) // cannot happen: the dispatcher numbers listeners as nc does
 		}
 	}
-	nc.log.Info("listening (bound for a node worker)", "addr", l.bound)
+	nc.log.Info("listening (bound for a node worker)", "addr", l.Bound())
 	nc.ls = append(nc.ls, nl)
 	return nl, 0
 }
@@ -198,16 +187,16 @@ func (nc *nodeCluster) listenerFor(w *nodeWorker, m *nodeMsg) (*nodeListener, sy
 // serves a worker's listen(), or nil. The operator chose prefork's addresses,
 // so they win over the app's (see matchNodeListener). Binding the app's
 // address beside them would fail (EADDRINUSE on a wildcard) or leave
-// prefork's socket unserved. nc.mu is held.
+// prefork's socket unserved.
 func (nc *nodeCluster) ownListener(network, addr string, port int, at string) *nodeListener {
 	var cands []*nodeListener
 	var offers []nodeOffer
 	for _, nl := range nc.ls {
-		if nl == nil || !nl.static || nl.l.spec.network != network {
+		if nl == nil || !nl.static || nl.l.Spec.Network != network {
 			continue
 		}
 		if network == "unix" {
-			if nl.l.spec.addr == addr {
+			if nl.l.Spec.Addr == addr {
 				return nl
 			}
 			continue
@@ -226,7 +215,7 @@ func (nc *nodeCluster) ownListener(network, addr string, port int, at string) *n
 		// wonders why server.address() is not what the app asked for.
 		nl.told = true
 		nc.log.Info("node: a worker's listen() is served by prefork's listener on that port",
-			"network", network, "asked", net.JoinHostPort(addr, strconv.Itoa(port)), "listener", nl.l.bound)
+			"network", network, "asked", net.JoinHostPort(addr, strconv.Itoa(port)), "listener", nl.l.Bound())
 	}
 	return nl
 }
@@ -237,15 +226,13 @@ func (nc *nodeCluster) ownListener(network, addr string, port int, at string) *n
 // Meant to be called when the first worker says listening: by then that
 // worker has asked for every server it starts at once.
 func (nc *nodeCluster) warnUnasked() {
-	nc.mu.Lock()
-	defer nc.mu.Unlock()
 	for _, nl := range nc.ls {
 		if nl == nil || !nl.static || nl.asked || nl.warned {
 			continue
 		}
 		nl.warned = true
 		nc.log.Warn("node: a worker is listening, but none has asked for this listener: nothing serves it (does the app listen on another port or address?)",
-			"network", nl.l.spec.network, "addr", nl.l.bound)
+			"network", nl.l.Spec.Network, "addr", nl.l.Bound())
 	}
 }
 
@@ -270,18 +257,18 @@ func (nc *nodeCluster) bindFailed(network, addr string, port int, at string, err
 
 // familyHint explains an EADDRINUSE on a UDP port that one of prefork's own
 // listeners holds with the other address family, which a worker's dgram
-// socket cannot use; "" otherwise. nc.mu is held.
+// socket cannot use; "" otherwise.
 func (nc *nodeCluster) familyHint(network string, port int, at string) string {
 	want := askFamily(at)
 	if network != "udp" || want == 0 {
 		return ""
 	}
 	for _, nl := range nc.ls {
-		if nl == nil || !nl.static || nl.l.spec.network != "udp" {
+		if nl == nil || !nl.static || nl.l.Spec.Network != "udp" {
 			continue
 		}
 		if o, ok := offerOf(nl.l); ok && o.port == port && o.family != want {
-			return "prefork's listener udp " + nl.l.bound + " holds the port with an IPv" + strconv.Itoa(o.family) +
+			return "prefork's listener udp " + nl.l.Bound() + " holds the port with an IPv" + strconv.Itoa(o.family) +
 				" socket, which a udp" + strconv.Itoa(want) + " socket cannot use: give -l udp:" +
 				net.JoinHostPort(wildcardOf(want), strconv.Itoa(port)) + " or createSocket('udp" + strconv.Itoa(o.family) + "')"
 		}

@@ -6,6 +6,7 @@ package main
 
 import (
 	"encoding/json"
+	"github.com/prefork/prefork/internal/sock"
 	"io"
 	"log/slog"
 	"net"
@@ -29,20 +30,64 @@ type fakeNodeWorker struct {
 	end  chan error
 }
 
-func newFakeNodeWorker(t *testing.T, nc *nodeCluster, slot int) (*fakeNodeWorker, *nodeWorker) {
+// testCluster is a nodeCluster with a goroutine that plays its owner (the
+// supervisor loop): it handles the workers' events, and runs do's functions.
+type testCluster struct {
+	*nodeCluster
+	calls chan func()
+	quit  chan struct{}
+}
+
+// do runs fn on the owner goroutine and waits for it.
+func (nc *testCluster) do(fn func()) {
+	done := make(chan struct{})
+	nc.calls <- func() { fn(); close(done) }
+	<-done
+}
+
+func (nc *testCluster) run() {
+	for {
+		select {
+		case fn := <-nc.calls:
+			fn()
+		case <-nc.quit:
+			return
+		}
+	}
+}
+
+func newFakeNodeWorker(t *testing.T, nc *testCluster, slot int) (*fakeNodeWorker, *nodeWorker) {
 	t.Helper()
 	master, child, err := newNodePair()
 	if err != nil {
 		t.Fatal(err)
 	}
 	f := &fakeNodeWorker{t: t, fd: child, msgs: make(chan map[string]string, 16), end: make(chan error, 1)}
-	nw, err := nc.newNodeWorker(4242+slot, slot, master, nil,
-		func(m map[string]string) { f.msgs <- m }, func(err error) { f.end <- err })
+	var nw *nodeWorker
+	post := func(e nodeEvent) {
+		handle := func() {
+			switch out, err := nw.handle(e); out {
+			case nodeReady:
+				f.msgs <- map[string]string{"READY": "1"}
+			case nodeStopping:
+				f.msgs <- map[string]string{"STOPPING": "1"}
+			case nodeUnheeded:
+				f.msgs <- map[string]string{"UNHEEDED": "1"}
+			case nodeEnded:
+				f.end <- err
+			}
+		}
+		select {
+		case nc.calls <- handle:
+		case <-nc.quit: // the test is over
+		}
+	}
+	nc.do(func() { nw, err = nc.newNodeWorker(4242+slot, slot, master, nil, post) })
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		nw.detach()
+		nc.do(nw.detach)
 		syscall.Close(child)
 		for _, fd := range f.fds {
 			syscall.Close(fd)
@@ -121,21 +166,36 @@ func (f *fakeNodeWorker) quiet(d time.Duration) {
 	}
 }
 
-func testNodeCluster(t *testing.T, m mode, specs ...string) (*nodeCluster, []*listener) {
+func testNodeCluster(t *testing.T, m mode, specs ...string) (*testCluster, []*sock.Listener) {
 	t.Helper()
-	var ls []*listener
+	var ls []*sock.Listener
 	if len(specs) > 0 {
+		var parsed []sock.Spec
+		for _, in := range specs {
+			spec, err := sock.ParseSpec(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			parsed = append(parsed, spec)
+		}
 		var err error
-		if ls, err = openListeners(lstSpecs(t, specs...), 0); err != nil {
+		if ls, err = sock.Bind(parsed, 0, false); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { closeListeners(ls) })
+		t.Cleanup(func() { sock.Close(ls...) })
 	}
 	c := defaultConfig()
 	c.mode = m
-	nc := newNodeCluster(slog.New(slog.NewTextHandler(io.Discard, nil)), c, ls, nil)
-	t.Cleanup(nc.close)
+	nc := &testCluster{newNodeCluster(slog.New(slog.NewTextHandler(io.Discard, nil)), c, ls, nil), make(chan func()), make(chan struct{})}
+	go nc.run()
+	t.Cleanup(func() { nc.do(nc.close); close(nc.quit) })
 	return nc, ls
+}
+
+// stop calls nw.stop on the owner goroutine.
+func (nc *testCluster) stop(nw *nodeWorker) (wait bool) {
+	nc.do(func() { wait = nw.stop() })
+	return wait
 }
 
 func portOf(t *testing.T, fd int) int {
@@ -156,7 +216,7 @@ func portOf(t *testing.T, fd int) int {
 
 func TestNodeQueryServerShared(t *testing.T) {
 	nc, ls := testNodeCluster(t, modeShared, "127.0.0.1:0")
-	port := portOf(t, ls[0].fd)
+	port := portOf(t, ls[0].FD)
 	f, _ := newFakeNodeWorker(t, nc, 0)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"online","seq":0}`)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"queryServer","index":0,"data":null,"address":null,"port":` + strconv.Itoa(port) + `,"addressType":4,"backlog":0,"seq":1}`)
@@ -271,13 +331,13 @@ func TestNodeMessages(t *testing.T) {
 	}
 
 	// A graceful stop sends disconnect once, never twice.
-	if !nw.stop() {
+	if !nc.stop(nw) {
 		t.Fatal("stop: want to wait for the channel to close")
 	}
 	if m, _ := f.read(); m["cmd"] != "NODE_CLUSTER" || m["act"] != "disconnect" || m["seq"] == nil {
 		t.Fatalf("stop sent %v, want act disconnect", m)
 	}
-	nw.stop()
+	nc.stop(nw)
 	f.quiet(50 * time.Millisecond)
 	syscall.Shutdown(f.fd, syscall.SHUT_WR)
 	select {
@@ -302,7 +362,7 @@ func TestNodeExitedAfterDisconnect(t *testing.T) {
 		t.Fatalf("exitedAfterDisconnect gave %v, want STOPPING=1", m)
 	}
 	// The worker began its own disconnect: prefork must not send another.
-	if !nw.stop() {
+	if !nc.stop(nw) {
 		t.Fatal("stop: want to wait for the channel to close")
 	}
 	f.quiet(50 * time.Millisecond)
@@ -311,7 +371,7 @@ func TestNodeExitedAfterDisconnect(t *testing.T) {
 func TestNodeNoDisconnectBeforeOnline(t *testing.T) {
 	nc, _ := testNodeCluster(t, modeShared)
 	_, nw := newFakeNodeWorker(t, nc, 0)
-	if nw.stop() {
+	if nc.stop(nw) {
 		t.Fatal("a worker that never said online is not a cluster worker: stop must not wait for disconnect")
 	}
 }
@@ -324,6 +384,7 @@ type fakeRR struct {
 
 func (r *fakeRR) addListener(fd int) (uint32, error) { return 0, nil }
 func (r *fakeRR) kick()                              {}
+func (r *fakeRR) shut(id int)                        {}
 func (r *fakeRR) ack(id int, seq uint32, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -335,7 +396,7 @@ func TestNodeNewconn(t *testing.T) {
 	rr := &fakeRR{}
 	nc.rr = rr
 	nc.ls[0].rr = true
-	port := portOf(t, ls[0].fd)
+	port := portOf(t, ls[0].FD)
 	f, nw := newFakeNodeWorker(t, nc, 0)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"online","seq":0}`)
 
@@ -476,5 +537,36 @@ func TestNodeClusterOn(t *testing.T) {
 		if got := nodeClusterOn(c, tc.cmd); got != tc.want {
 			t.Errorf("--node-cluster %s, command %s: %v, want %v", tc.flag, tc.cmd, got, tc.want)
 		}
+	}
+}
+
+// A stop in rr mode sends disconnect only once the worker has answered every
+// connection it was handed, nodeSettle after the last answer: told when that
+// happens, not polling.
+func TestNodeStopSettles(t *testing.T) {
+	nc, ls := testNodeCluster(t, modeRR, "127.0.0.1:0")
+	nc.rr = &fakeRR{}
+	nc.ls[0].rr = true
+	f, nw := newFakeNodeWorker(t, nc, 0)
+	f.write(`{"cmd":"NODE_CLUSTER","act":"online","seq":0}`)
+	f.write(`{"cmd":"NODE_CLUSTER","act":"queryServer","index":0,"data":null,"address":null,"port":` + strconv.Itoa(portOf(t, ls[0].FD)) + `,"addressType":4,"backlog":0,"seq":1}`)
+	f.read()
+	c1, _ := socketPair(t)
+	if err := nw.sendConn(7, 0, c1); err != nil {
+		t.Fatal(err)
+	}
+	f.read()
+	f.write(`{"cmd":"NODE_HANDLE_ACK"}`)
+	if !nc.stop(nw) {
+		t.Fatal("stop: want to wait for the channel to close")
+	}
+	f.quiet(3 * nodeSettle / 2) // connection 7 is not answered yet
+	answered := time.Now()
+	f.write(`{"cmd":"NODE_CLUSTER","ack":7,"accepted":true,"seq":2}`)
+	if m, _ := f.read(); m["act"] != "disconnect" {
+		t.Fatalf("stop sent %v, want act disconnect", m)
+	}
+	if d := time.Since(answered); d < nodeSettle {
+		t.Fatalf("disconnect %v after the last connection was answered, want at least %v", d, nodeSettle)
 	}
 }

@@ -2,7 +2,7 @@
 
 // This file adopts the sockets systemd (or systemd-socket-activate) passed to
 // prefork: LISTEN_FDS and LISTEN_PID, with their LISTEN_FDNAMES.
-package main
+package sock
 
 import (
 	"errors"
@@ -13,14 +13,14 @@ import (
 	"syscall"
 )
 
-// adoptSystemd adopts sockets passed by systemd socket activation: when LISTEN_PID
+// Adopt adopts sockets passed by systemd socket activation: when LISTEN_PID
 // is this process and LISTEN_FDS=n>0 it returns listeners for fds 3..3+n-1, named
 // from LISTEN_FDNAMES (generated where missing or empty), with network and address
 // read from the sockets, made close-on-exec and blocking. It always removes
 // LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES from the environment, so workers never
 // inherit prefork's values. It returns (nil, nil) when the variables are absent or
 // meant for another process. Only tcp, udp and unix stream sockets are accepted.
-func adoptSystemd() ([]*listener, error) {
+func Adopt() ([]*Listener, error) {
 	pidText, hasPID := os.LookupEnv("LISTEN_PID")
 	fdsText, hasFDs := os.LookupEnv("LISTEN_FDS")
 	namesText, hasNames := os.LookupEnv("LISTEN_FDNAMES")
@@ -52,7 +52,7 @@ func adoptSystemd() ([]*listener, error) {
 		}
 	}
 	const first = 3 // SD_LISTEN_FDS_START
-	ls := make([]*listener, 0, n)
+	ls := make([]*Listener, 0, n)
 	for i := 0; i < n; i++ {
 		name := ""
 		if names != nil {
@@ -68,7 +68,7 @@ func adoptSystemd() ([]*listener, error) {
 }
 
 // adoptFD makes an inherited socket a listener.
-func adoptFD(fd int, name string) (*listener, error) {
+func adoptFD(fd int, name string) (*Listener, error) {
 	typ, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_TYPE)
 	if errors.Is(err, syscall.ENOTSOCK) || errors.Is(err, syscall.EBADF) {
 		return nil, fmt.Errorf("%s, not a listening socket", describeFd(fd))
@@ -85,36 +85,36 @@ func adoptFD(fd int, name string) (*listener, error) {
 		// listen on) gives them EINVAL at once, and a crash loop.
 		if on, err := syscall.GetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN); err == nil && on == 0 {
 			if peer, err := syscall.Getpeername(fd); err == nil {
-				return nil, fmt.Errorf("is a connected stream socket (%s to %s), not a listening one", sockaddrString(sa), sockaddrString(peer))
+				return nil, fmt.Errorf("is a connected stream socket (%s to %s), not a listening one", FormatSockaddr(sa), FormatSockaddr(peer))
 			}
-			return nil, fmt.Errorf("is a stream socket bound to %q that is not listening (listen(2) was not called)", sockaddrString(sa))
+			return nil, fmt.Errorf("is a stream socket bound to %q that is not listening (listen(2) was not called)", FormatSockaddr(sa))
 		}
 	}
-	var spec listenSpec
+	var spec Spec
 	switch sa.(type) {
 	case *syscall.SockaddrInet4, *syscall.SockaddrInet6:
 		switch typ {
 		case syscall.SOCK_STREAM:
-			spec.network = "tcp"
+			spec.Network = "tcp"
 		case syscall.SOCK_DGRAM:
-			spec.network = "udp"
+			spec.Network = "udp"
 		}
 	case *syscall.SockaddrUnix:
 		if typ == syscall.SOCK_STREAM {
-			spec.network = "unix"
+			spec.Network = "unix"
 		}
 	}
-	if spec.network == "" {
+	if spec.Network == "" {
 		return nil, fmt.Errorf("unsupported socket (type %d, address %T); prefork adopts tcp, udp and unix stream sockets", typ, sa)
 	}
-	spec.addr = sockaddrString(sa)
-	spec.text = spec.addr
-	if spec.network == "unix" {
-		spec.text = "unix:" + spec.addr
+	spec.Addr = FormatSockaddr(sa)
+	spec.Text = spec.Addr
+	if spec.Network == "unix" {
+		spec.Text = "unix:" + spec.Addr
 	}
-	spec.name = name
-	if spec.name == "" {
-		spec.name = defaultName(spec)
+	spec.Name = name
+	if spec.Name == "" {
+		spec.Name = spec.DefaultName()
 	}
 	syscall.ForkLock.Lock() // no fork may see fd before it is close-on-exec
 	syscall.CloseOnExec(fd)
@@ -122,7 +122,7 @@ func adoptFD(fd int, name string) (*listener, error) {
 	if err := syscall.SetNonblock(fd, false); err != nil {
 		return nil, os.NewSyscallError("fcntl", err)
 	}
-	return &listener{spec: spec, fd: fd, bound: spec.addr}, nil
+	return &Listener{Spec: spec, FD: fd, bound: spec.Addr}, nil
 }
 
 // describeFd says what a descriptor that is not a socket is, for messages.

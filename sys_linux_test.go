@@ -1,4 +1,4 @@
-// This file tests the Linux CPU count for -n auto: the cgroup parsers on text and
+// This file tests the CPU count for -n auto in sys_linux.go: the cgroup parsers on text and
 // on a fake cgroup tree, and the affinity count against the real process.
 package main
 
@@ -123,4 +123,12 @@ func TestAffinityCPUs(t *testing.T) {
 	if got := affinityCPUs(); got != runtime.NumCPU() {
 		t.Errorf("affinityCPUs() = %d, runtime.NumCPU() = %d", got, runtime.NumCPU())
 	}
+}
+
+func TestAutoWorkers(t *testing.T) {
+	n := autoWorkers()
+	if n < 1 || n > runtime.NumCPU() {
+		t.Fatalf("autoWorkers() = %d, NumCPU = %d", n, runtime.NumCPU())
+	}
+	t.Logf("autoWorkers() = %d, runtime.NumCPU() = %d", n, runtime.NumCPU())
 }

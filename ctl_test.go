@@ -1,9 +1,8 @@
 //go:build linux || darwin
 
 // This file tests the `prefork --ctl` client's errors and exit statuses: bad
-// arguments and sockets, a client that says nothing, a reload or stop that
-// outlasts --timeout, a prefork that goes away mid-request, and stale and live
-// socket files.
+// arguments and sockets, a reload or stop that outlasts --timeout, a prefork
+// that goes away mid-request.
 package main
 
 import (
@@ -16,42 +15,6 @@ import (
 	"testing"
 	"time"
 )
-
-// A client that connects and says nothing delays neither a HUP reload nor a
-// restart, nor other clients; it is dropped after the request timeout.
-func TestControlStuckClient(t *testing.T) {
-	sock := ctlSock(t)
-	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1", "--control", sock, "--min-uptime", "0")
-	old := in.readyWorkers(1, 10*time.Second)
-	stuck, err := net.Dial("unix", sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stuck.Close()
-	connected := time.Now()
-
-	in.signal(syscall.SIGHUP)
-	st := in.waitFor("the reload", 3*time.Second, func(st statusFile) bool {
-		return len(st.Workers) == 1 && st.Workers[0].Generation == 2 && st.Workers[0].State == stateReady
-	})
-	syscall.Kill(st.Workers[0].PID, syscall.SIGKILL)
-	in.waitFor("the restart", 3*time.Second, func(s statusFile) bool {
-		return len(s.Workers) == 1 && s.Workers[0].PID != st.Workers[0].PID && s.Workers[0].State == stateReady
-	})
-	mustCtl(t, sock, "status")
-	if time.Since(connected) >= ctlRequestTimeout {
-		t.Fatalf("the test took %v; it must finish before the stuck client is dropped", time.Since(connected))
-	}
-	_ = old
-
-	// The stuck client is told why and dropped.
-	stuck.SetReadDeadline(time.Now().Add(ctlRequestTimeout + 5*time.Second))
-	b := make([]byte, 512)
-	n, _ := stuck.Read(b)
-	if !strings.Contains(string(b[:n]), "no request within") {
-		t.Errorf("the stuck client got %q", b[:n])
-	}
-}
 
 func TestControlClientErrors(t *testing.T) {
 	dir := t.TempDir()
@@ -179,29 +142,6 @@ func TestControlPreforkKilledMidReload(t *testing.T) {
 	in.wait(10 * time.Second)
 }
 
-// A stale control socket file is replaced; a live one makes a second prefork exit 1.
-func TestControlSocketStaleAndLive(t *testing.T) {
-	sock := ctlSock(t)
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.SetUnlinkOnClose(false)
-	l.Close()
-	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1", "--control", sock)
-	in.readyWorkers(1, 10*time.Second)
-	mustCtl(t, sock, "status")
-
-	second := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1", "--control", sock)
-	if code := second.wait(10 * time.Second); code != 1 {
-		t.Errorf("a second prefork on a live control socket exited %d, want 1", code)
-	}
-	if !strings.Contains(second.stderr.String(), "--control "+sock) {
-		t.Errorf("the error does not name the control socket: %s", second.stderr.String())
-	}
-	mustCtl(t, sock, "status") // the first one's socket is untouched
-}
-
 // stop --timeout: a worker that ignores the stop signal outlasts the wait; the
 // client exits 3 and prefork still stops after --grace.
 func TestControlStopTimeout(t *testing.T) {
@@ -218,23 +158,22 @@ func TestControlStopTimeout(t *testing.T) {
 	}
 }
 
-// A request longer than the control socket takes is answered "too long", not
-// with what a JSON parser makes of its first 64 KB.
-func TestControlRequestTooLong(t *testing.T) {
-	sock := ctlSock(t)
-	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1", "--control", sock)
-	in.readyWorkers(1, 10*time.Second)
-	c, err := net.Dial("unix", sock)
-	if err != nil {
-		t.Fatal(err)
+// Each command's usage line in --help names exactly the arguments the client
+// takes for it.
+func TestCtlUsageLines(t *testing.T) {
+	for _, c := range ctlCommands {
+		want := c.name
+		if c.workers {
+			want += " N"
+		}
+		if c.json {
+			want += " [--json]"
+		}
+		if c.timeout {
+			want += " [--timeout DUR]"
+		}
+		if c.usage != want {
+			t.Errorf("%s: usage %q, but it takes %q", c.name, c.usage, want)
+		}
 	}
-	defer c.Close()
-	go c.Write([]byte(`{"cmd":"status","pad":"` + strings.Repeat("x", ctlMaxRequest) + "\"}\n"))
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	b := make([]byte, 512)
-	n, _ := c.Read(b)
-	if !strings.Contains(string(b[:n]), "request too long") {
-		t.Errorf("a 64 KB request got %q", b[:n])
-	}
-	mustCtl(t, sock, "status") // and prefork still answers
 }

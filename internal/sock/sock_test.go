@@ -1,13 +1,12 @@
 //go:build linux || darwin
 
-// This file tests listeners.go on real sockets: parsing, binding, flags of the
-// descriptors, unix socket files, SO_REUSEPORT, and systemd adoption in a child.
-package main
+// This file tests sock.go: parsing -p and -l and the default names, and holds
+// the helpers of the package's tests on real sockets.
+package sock
 
 import (
 	"net"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -15,34 +14,34 @@ import (
 	"time"
 )
 
-func TestParseListen(t *testing.T) {
+func TestParseSpec(t *testing.T) {
 	for _, tc := range []struct {
 		in   string
-		want listenSpec
+		want Spec
 	}{
-		{":8080", listenSpec{"tcp-8080", "tcp", ":8080", ":8080"}},
-		{":0", listenSpec{"tcp-0", "tcp", ":0", ":0"}},
-		{"127.0.0.1:80", listenSpec{"tcp-127.0.0.1-80", "tcp", "127.0.0.1:80", "127.0.0.1:80"}},
-		{"0.0.0.0:080", listenSpec{"tcp-80", "tcp", "0.0.0.0:80", "0.0.0.0:080"}},
-		{"[::1]:8080", listenSpec{"tcp-[__1]-8080", "tcp", "[::1]:8080", "[::1]:8080"}},
-		{"[fe80::1%eth0]:80", listenSpec{"tcp-[fe80__1%eth0]-80", "tcp", "[fe80::1%eth0]:80", "[fe80::1%eth0]:80"}},
-		{"localhost:65535", listenSpec{"tcp-localhost-65535", "tcp", "localhost:65535", "localhost:65535"}},
-		{"web=:8080", listenSpec{"web", "tcp", ":8080", ":8080"}},
-		{"my web=[::]:443", listenSpec{"my web", "tcp", "[::]:443", "[::]:443"}},
-		{"unix:/run/app.sock", listenSpec{"unix-app.sock", "unix", "/run/app.sock", "unix:/run/app.sock"}},
-		{"unix:rel/a=b.sock", listenSpec{"unix-a_b.sock", "unix", "rel/a=b.sock", "unix:rel/a=b.sock"}},
-		{"admin=unix:/run/admin.sock", listenSpec{"admin", "unix", "/run/admin.sock", "unix:/run/admin.sock"}},
-		{"udp::5353", listenSpec{"udp-5353", "udp", ":5353", "udp::5353"}},
-		{"dns=udp:127.0.0.1:53", listenSpec{"dns", "udp", "127.0.0.1:53", "udp:127.0.0.1:53"}},
-		{"udp:[::1]:53", listenSpec{"udp-[__1]-53", "udp", "[::1]:53", "udp:[::1]:53"}},
+		{":8080", Spec{"tcp-8080", "tcp", ":8080", ":8080"}},
+		{":0", Spec{"tcp-0", "tcp", ":0", ":0"}},
+		{"127.0.0.1:80", Spec{"tcp-127.0.0.1-80", "tcp", "127.0.0.1:80", "127.0.0.1:80"}},
+		{"0.0.0.0:080", Spec{"tcp-80", "tcp", "0.0.0.0:80", "0.0.0.0:080"}},
+		{"[::1]:8080", Spec{"tcp-[__1]-8080", "tcp", "[::1]:8080", "[::1]:8080"}},
+		{"[fe80::1%eth0]:80", Spec{"tcp-[fe80__1%eth0]-80", "tcp", "[fe80::1%eth0]:80", "[fe80::1%eth0]:80"}},
+		{"localhost:65535", Spec{"tcp-localhost-65535", "tcp", "localhost:65535", "localhost:65535"}},
+		{"web=:8080", Spec{"web", "tcp", ":8080", ":8080"}},
+		{"my web=[::]:443", Spec{"my web", "tcp", "[::]:443", "[::]:443"}},
+		{"unix:/run/app.sock", Spec{"unix-app.sock", "unix", "/run/app.sock", "unix:/run/app.sock"}},
+		{"unix:rel/a=b.sock", Spec{"unix-a_b.sock", "unix", "rel/a=b.sock", "unix:rel/a=b.sock"}},
+		{"admin=unix:/run/admin.sock", Spec{"admin", "unix", "/run/admin.sock", "unix:/run/admin.sock"}},
+		{"udp::5353", Spec{"udp-5353", "udp", ":5353", "udp::5353"}},
+		{"dns=udp:127.0.0.1:53", Spec{"dns", "udp", "127.0.0.1:53", "udp:127.0.0.1:53"}},
+		{"udp:[::1]:53", Spec{"udp-[__1]-53", "udp", "[::1]:53", "udp:[::1]:53"}},
 	} {
-		got, err := parseListen(tc.in)
+		got, err := ParseSpec(tc.in)
 		if err != nil {
-			t.Errorf("parseListen(%q): %v", tc.in, err)
+			t.Errorf("ParseSpec(%q): %v", tc.in, err)
 			continue
 		}
 		if got != tc.want {
-			t.Errorf("parseListen(%q) = %+v, want %+v", tc.in, got, tc.want)
+			t.Errorf("ParseSpec(%q) = %+v, want %+v", tc.in, got, tc.want)
 		}
 	}
 	for _, tc := range []struct{ in, errText string }{
@@ -69,63 +68,63 @@ func TestParseListen(t *testing.T) {
 		{"udp::99999", "out of range"},
 		{"tcp::80", "want HOST:PORT"},
 	} {
-		_, err := parseListen(tc.in)
+		_, err := ParseSpec(tc.in)
 		if err == nil {
-			t.Errorf("parseListen(%q) succeeded, want error with %q", tc.in, tc.errText)
+			t.Errorf("ParseSpec(%q) succeeded, want error with %q", tc.in, tc.errText)
 			continue
 		}
 		if !strings.Contains(err.Error(), tc.errText) {
-			t.Errorf("parseListen(%q) error %q, want it to contain %q", tc.in, err, tc.errText)
+			t.Errorf("ParseSpec(%q) error %q, want it to contain %q", tc.in, err, tc.errText)
 		}
 		if !strings.HasPrefix(err.Error(), "invalid listener ") {
-			t.Errorf("parseListen(%q) error %q does not name the listener", tc.in, err)
+			t.Errorf("ParseSpec(%q) error %q does not name the listener", tc.in, err)
 		}
 	}
 }
 
 func TestParsePort(t *testing.T) {
-	for in, want := range map[string]listenSpec{
+	for in, want := range map[string]Spec{
 		"8080":  {"tcp-8080", "tcp", ":8080", "8080"},
 		"0":     {"tcp-0", "tcp", ":0", "0"},
 		"65535": {"tcp-65535", "tcp", ":65535", "65535"},
 		"01":    {"tcp-1", "tcp", ":1", "01"},
 	} {
-		got, err := parsePort(in)
+		got, err := ParsePort(in)
 		if err != nil || got != want {
-			t.Errorf("parsePort(%q) = %+v, %v; want %+v", in, got, err, want)
+			t.Errorf("ParsePort(%q) = %+v, %v; want %+v", in, got, err, want)
 		}
 	}
 	for _, in := range []string{"", "http", "-1", "65536", ":80", "80 ", "1e3"} {
-		if _, err := parsePort(in); err == nil || !strings.Contains(err.Error(), "invalid port") {
-			t.Errorf("parsePort(%q) error %v, want invalid port", in, err)
+		if _, err := ParsePort(in); err == nil || !strings.Contains(err.Error(), "invalid port") {
+			t.Errorf("ParsePort(%q) error %v, want invalid port", in, err)
 		}
 	}
 }
 
 func TestDefaultName(t *testing.T) {
 	for _, tc := range []struct {
-		spec listenSpec
+		spec Spec
 		want string
 	}{
-		{listenSpec{network: "tcp", addr: ":8080"}, "tcp-8080"},
-		{listenSpec{network: "tcp", addr: "[::]:80"}, "tcp-80"},
-		{listenSpec{network: "tcp", addr: "[::1]:80"}, "tcp-[__1]-80"},
-		{listenSpec{network: "udp", addr: "10.0.0.1:53"}, "udp-10.0.0.1-53"},
-		{listenSpec{network: "unix", addr: "/run/x:y=z.sock"}, "unix-x_y_z.sock"},
-		{listenSpec{network: "unix", addr: "/tmp/\xffé.sock"}, "unix-___.sock"},
+		{Spec{Network: "tcp", Addr: ":8080"}, "tcp-8080"},
+		{Spec{Network: "tcp", Addr: "[::]:80"}, "tcp-80"},
+		{Spec{Network: "tcp", Addr: "[::1]:80"}, "tcp-[__1]-80"},
+		{Spec{Network: "udp", Addr: "10.0.0.1:53"}, "udp-10.0.0.1-53"},
+		{Spec{Network: "unix", Addr: "/run/x:y=z.sock"}, "unix-x_y_z.sock"},
+		{Spec{Network: "unix", Addr: "/tmp/\xffé.sock"}, "unix-___.sock"},
 	} {
-		if got := defaultName(tc.spec); got != tc.want {
-			t.Errorf("defaultName(%+v) = %q, want %q", tc.spec, got, tc.want)
+		if got := tc.spec.DefaultName(); got != tc.want {
+			t.Errorf("DefaultName(%+v) = %q, want %q", tc.spec, got, tc.want)
 		}
 	}
 }
 
 // lstSpecs parses -l values or fails the test.
-func lstSpecs(t *testing.T, in ...string) []listenSpec {
+func lstSpecs(t *testing.T, in ...string) []Spec {
 	t.Helper()
-	var specs []listenSpec
+	var specs []Spec
 	for _, s := range in {
-		spec, err := parseListen(s)
+		spec, err := ParseSpec(s)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -135,13 +134,13 @@ func lstSpecs(t *testing.T, in ...string) []listenSpec {
 }
 
 // lstOpen opens listeners and closes them when the test ends.
-func lstOpen(t *testing.T, in ...string) []*listener {
+func lstOpen(t *testing.T, in ...string) []*Listener {
 	t.Helper()
-	ls, err := openListeners(lstSpecs(t, in...), 0)
+	ls, err := Bind(lstSpecs(t, in...), 0, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { closeListeners(ls) })
+	t.Cleanup(func() { Close(ls...) })
 	return ls
 }
 
@@ -235,36 +234,36 @@ func lstOpenFDs(t *testing.T) []string {
 	return fds
 }
 
-func TestAutoWorkers(t *testing.T) {
-	n := autoWorkers()
-	if n < 1 || n > runtime.NumCPU() {
-		t.Fatalf("autoWorkers() = %d, NumCPU = %d", n, runtime.NumCPU())
+func fcntl(fd, cmd, arg int) (int, error) {
+	r, _, e := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), uintptr(cmd), uintptr(arg))
+	if e != 0 {
+		return 0, e
 	}
-	t.Logf("autoWorkers() = %d, runtime.NumCPU() = %d", n, runtime.NumCPU())
+	return int(r), nil
 }
 
-func FuzzParseListen(f *testing.F) {
+func FuzzParseSpec(f *testing.F) {
 	for _, s := range []string{":8080", "web=127.0.0.1:80", "[::1]:0", "unix:/run/a.sock", "n=unix:x=y",
 		"udp::53", "dns=udp:[fe80::1%eth0]:53", "a:b=:1", "=:1", "udp:", "unix:", "[::1]", "host:99999"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		spec, err := parseListen(s)
+		spec, err := ParseSpec(s)
 		if err != nil {
 			return
 		}
-		if spec.network != "tcp" && spec.network != "udp" && spec.network != "unix" {
-			t.Fatalf("parseListen(%q): network %q", s, spec.network)
+		if spec.Network != "tcp" && spec.Network != "udp" && spec.Network != "unix" {
+			t.Fatalf("ParseSpec(%q): network %q", s, spec.Network)
 		}
-		if spec.addr == "" || spec.text == "" {
-			t.Fatalf("parseListen(%q): empty address in %+v", s, spec)
+		if spec.Addr == "" || spec.Text == "" {
+			t.Fatalf("ParseSpec(%q): empty address in %+v", s, spec)
 		}
-		if err := checkName(spec.name); err != nil {
-			t.Fatalf("parseListen(%q): name: %v", s, err)
+		if err := checkName(spec.Name); err != nil {
+			t.Fatalf("ParseSpec(%q): name: %v", s, err)
 		}
-		again, err := parseListen(spec.name + "=" + spec.text)
+		again, err := ParseSpec(spec.Name + "=" + spec.Text)
 		if err != nil || again != spec {
-			t.Fatalf("parseListen(%q) = %+v, but its NAME=TEXT gives %+v, %v", s, spec, again, err)
+			t.Fatalf("ParseSpec(%q) = %+v, but its NAME=TEXT gives %+v, %v", s, spec, again, err)
 		}
 	})
 }

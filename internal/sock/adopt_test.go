@@ -2,7 +2,7 @@
 
 // This file tests adopting sockets from systemd, in a re-executed child that
 // inherits them the way systemd passes them.
-package main
+package sock
 
 import (
 	"context"
@@ -23,7 +23,7 @@ import (
 type adoptReport struct {
 	Err       string
 	Listeners []adoptedInfo
-	Env       []string // LISTEN_* variables still set after adoptSystemd
+	Env       []string // LISTEN_* variables still set after Adopt
 	Accepted  bool     // a queued connection was accepted on the first listener
 }
 
@@ -42,17 +42,17 @@ func TestAdoptSystemdChild(t *testing.T) {
 	if os.Getenv("PREFORK_TEST_LISTEN_PID_SELF") != "" {
 		os.Setenv("LISTEN_PID", strconv.Itoa(os.Getpid()))
 	}
-	syscall.SetNonblock(3, true) // adoptSystemd must make it blocking again
+	syscall.SetNonblock(3, true) // Adopt must make it blocking again
 	var rep adoptReport
-	ls, err := adoptSystemd()
+	ls, err := Adopt()
 	if err != nil {
 		rep.Err = err.Error()
 	}
 	for _, l := range ls {
-		fl, _ := fcntl(l.fd, syscall.F_GETFL, 0)
-		fdfl, _ := fcntl(l.fd, syscall.F_GETFD, 0)
+		fl, _ := fcntl(l.FD, syscall.F_GETFL, 0)
+		fdfl, _ := fcntl(l.FD, syscall.F_GETFD, 0)
 		rep.Listeners = append(rep.Listeners, adoptedInfo{
-			l.spec.name, l.spec.network, l.addrString(), l.spec.text, l.fd, fl&syscall.O_NONBLOCK != 0, fdfl&syscall.FD_CLOEXEC != 0})
+			l.Spec.Name, l.Spec.Network, l.Bound(), l.Spec.Text, l.FD, fl&syscall.O_NONBLOCK != 0, fdfl&syscall.FD_CLOEXEC != 0})
 	}
 	for _, v := range []string{"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"} {
 		if _, ok := os.LookupEnv(v); ok {
@@ -60,7 +60,7 @@ func TestAdoptSystemdChild(t *testing.T) {
 		}
 	}
 	if len(ls) > 0 && os.Getenv("PREFORK_TEST_ACCEPT") != "" {
-		if nfd, _, err := syscall.Accept(ls[0].fd); err == nil {
+		if nfd, _, err := syscall.Accept(ls[0].FD); err == nil {
 			rep.Accepted = true
 			syscall.Close(nfd)
 		}
@@ -75,11 +75,11 @@ func TestAdoptSystemd(t *testing.T) {
 	var files []*os.File
 	for _, l := range ls {
 		// A duplicate for ExtraFiles: an *os.File owns and closes its descriptor.
-		dup, err := fcntl(l.fd, syscall.F_DUPFD_CLOEXEC, 10)
+		dup, err := fcntl(l.FD, syscall.F_DUPFD_CLOEXEC, 10)
 		if err != nil {
 			t.Fatal(err)
 		}
-		files = append(files, os.NewFile(uintptr(dup), l.addrString()))
+		files = append(files, os.NewFile(uintptr(dup), l.Bound()))
 	}
 	notSocket, err := os.Open(os.Args[0])
 	if err != nil {
@@ -116,13 +116,13 @@ func TestAdoptSystemd(t *testing.T) {
 			t.Fatalf("helper output %q: %v", out, err)
 		}
 		if len(rep.Env) != 0 {
-			t.Errorf("variables still set after adoptSystemd: %v", rep.Env)
+			t.Errorf("variables still set after Adopt: %v", rep.Env)
 		}
 		return rep
 	}
 
 	t.Run("named", func(t *testing.T) {
-		c, err := net.Dial("tcp", ls[0].addrString()) // queued for the child to accept
+		c, err := net.Dial("tcp", ls[0].Bound()) // queued for the child to accept
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -135,13 +135,13 @@ func TestAdoptSystemd(t *testing.T) {
 			t.Fatalf("adopted %d listeners, want 3: %+v", len(rep.Listeners), rep.Listeners)
 		}
 		for i, want := range []struct{ name, network, text string }{
-			{"web", "tcp", ls[0].addrString()},
+			{"web", "tcp", ls[0].Bound()},
 			{"admin", "unix", "unix:" + sock},
-			{"dns", "udp", ls[2].addrString()},
+			{"dns", "udp", ls[2].Bound()},
 		} {
 			got := rep.Listeners[i]
-			if got.FD != 3+i || got.Name != want.name || got.Network != want.network || got.Addr != ls[i].addrString() || got.Text != want.text {
-				t.Errorf("listener %d = %+v, want fd %d %s %s %s", i, got, 3+i, want.name, want.network, ls[i].addrString())
+			if got.FD != 3+i || got.Name != want.name || got.Network != want.network || got.Addr != ls[i].Bound() || got.Text != want.text {
+				t.Errorf("listener %d = %+v, want fd %d %s %s %s", i, got, 3+i, want.name, want.network, ls[i].Bound())
 			}
 			if got.NonBlock || !got.CloExec {
 				t.Errorf("listener %d: non-blocking %v, close-on-exec %v", i, got.NonBlock, got.CloExec)
@@ -161,7 +161,7 @@ func TestAdoptSystemd(t *testing.T) {
 		for _, l := range rep.Listeners {
 			names = append(names, l.Name)
 		}
-		want := []string{"tcp-127.0.0.1-" + strconv.Itoa(lstPort(t, ls[0].addrString())), "unix-adopt.sock"}
+		want := []string{"tcp-127.0.0.1-" + strconv.Itoa(lstPort(t, ls[0].Bound())), "unix-adopt.sock"}
 		if !slices.Equal(names, want) {
 			t.Errorf("names %q, want %q", names, want)
 		}

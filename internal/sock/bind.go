@@ -3,7 +3,7 @@
 // This file binds the listeners as raw, blocking, close-on-exec descriptors
 // (never through Go's poller): TCP (dual-stack), unix stream and UDP sockets,
 // and the SO_REUSEPORT sockets of reuseport mode.
-package main
+package sock
 
 import (
 	"errors"
@@ -15,37 +15,32 @@ import (
 	"syscall"
 )
 
-// openListeners binds every spec, in order, all or nothing: on an error it closes
-// what it already bound and removes the unix socket files it created. backlog <= 0
+// Bind binds every spec, in order, all or nothing: on an error it closes what
+// it already bound and removes the unix socket files it created. backlog <= 0
 // means the system maximum (somaxconn).
 //
 // TCP ":PORT" is dual-stack (IPv6 socket with IPV6_V6ONLY=0, IPv4 where the machine
 // has no IPv6); "0.0.0.0:PORT" is IPv4 only and "[::]:PORT" IPv6 only, as in nginx.
-func openListeners(specs []listenSpec, backlog int) ([]*listener, error) {
-	return openAll(specs, backlog, false)
-}
-
-// openListenersReuseport is openListeners for --mode reuseport: its TCP and UDP
-// sockets carry SO_REUSEPORT, so reuseportSocket can open more on the same address;
-// the socket it returns can serve as the first slot's. Unix sockets are opened as
-// openListeners does (the kernel does not spread unix connections). On macOS it
-// fails: the BSD kernel does not balance SO_REUSEPORT sockets.
-func openListenersReuseport(specs []listenSpec, backlog int) ([]*listener, error) {
-	if err := reuseportAvailable(); err != nil {
-		return nil, err
+//
+// With reuseport (--mode reuseport), TCP and UDP sockets carry SO_REUSEPORT, so
+// ReuseportSocket can open more on the same address; the socket returned can
+// serve as the first slot's. Unix sockets are bound as without it (the kernel
+// does not spread unix connections). On macOS reuseport fails: the BSD kernel
+// does not balance SO_REUSEPORT sockets.
+func Bind(specs []Spec, backlog int, reuseport bool) ([]*Listener, error) {
+	if reuseport {
+		if err := reuseportAvailable(); err != nil {
+			return nil, err
+		}
 	}
-	return openAll(specs, backlog, true)
-}
-
-func openAll(specs []listenSpec, backlog int, reuseport bool) ([]*listener, error) {
 	if backlog <= 0 {
 		backlog = somaxconn()
 	}
-	ls := make([]*listener, 0, len(specs))
+	ls := make([]*Listener, 0, len(specs))
 	for _, spec := range specs {
-		l, err := openOne(spec, backlog, reuseport)
+		l, err := bindOne(spec, backlog, reuseport)
 		if err != nil {
-			closeListeners(ls)
+			Close(ls...)
 			return nil, fmt.Errorf("listen on %s: %w", describe(spec), err)
 		}
 		ls = append(ls, l)
@@ -54,25 +49,25 @@ func openAll(specs []listenSpec, backlog int, reuseport bool) ([]*listener, erro
 }
 
 // describe names a spec in error messages the way the user wrote it.
-func describe(s listenSpec) string {
-	if s.text != "" {
-		return s.text
+func describe(s Spec) string {
+	if s.Text != "" {
+		return s.Text
 	}
-	return s.addr
+	return s.Addr
 }
 
-func openOne(spec listenSpec, backlog int, reuseport bool) (*listener, error) {
-	switch spec.network {
+func bindOne(spec Spec, backlog int, reuseport bool) (*Listener, error) {
+	switch spec.Network {
 	case "tcp", "udp":
-		return openInet(spec, backlog, reuseport)
+		return bindInet(spec, backlog, reuseport)
 	case "unix":
-		return openUnix(spec, backlog)
+		return BindUnix(spec, backlog)
 	}
-	return nil, fmt.Errorf("unknown network %q", spec.network)
+	return nil, fmt.Errorf("unknown network %q", spec.Network)
 }
 
-func openInet(spec listenSpec, backlog int, reuseport bool) (*listener, error) {
-	host, portText, err := net.SplitHostPort(spec.addr)
+func bindInet(spec Spec, backlog int, reuseport bool) (*Listener, error) {
+	host, portText, err := net.SplitHostPort(spec.Addr)
 	if err != nil {
 		return nil, err
 	}
@@ -83,28 +78,42 @@ func openInet(spec listenSpec, backlog int, reuseport bool) (*listener, error) {
 	var sa syscall.Sockaddr = &syscall.SockaddrInet6{Port: port}
 	v6only := 0
 	if host != "" {
-		if sa, err = resolveSockaddr(host, port); err != nil {
+		if sa, err = Resolve(host, port); err != nil {
 			return nil, err
 		}
 		v6only = 1
 	}
+	l, err := BindInet(spec, sa, v6only, host == "", reuseport, backlog)
+	if reuseport && port != 0 && errors.Is(err, syscall.EADDRINUSE) {
+		return nil, fmt.Errorf("address already in use: another socket holds it, and --mode reuseport does not join another process's SO_REUSEPORT group (%w)", err)
+	}
+	return l, err
+}
+
+// BindInet binds one TCP or UDP socket for spec at sa (IPv4 or IPv6), with
+// IPV6_V6ONLY v6only on an IPv6 socket (0 or 1; -1 leaves the system's
+// default), and listens for TCP (backlog <= 0: the system maximum). anyHost
+// says sa is the IPv6 wildcard, which becomes IPv4's on a machine without
+// IPv6. With reuseport the socket carries SO_REUSEPORT, and a port already
+// held by another socket is EADDRINUSE rather than a share of its group.
+func BindInet(spec Spec, sa syscall.Sockaddr, v6only int, anyHost, reuseport bool, backlog int) (*Listener, error) {
+	if backlog <= 0 {
+		backlog = somaxconn()
+	}
 	open := func(reuseport bool, backlog int) (int, error) {
-		fd, err := inetSocket(spec.network, sa, v6only, reuseport, backlog)
-		if host == "" && (errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EADDRNOTAVAIL)) {
-			sa, v6only = &syscall.SockaddrInet4{Port: port}, -1 // no IPv6 on this machine
-			fd, err = inetSocket(spec.network, sa, v6only, reuseport, backlog)
+		fd, err := inetSocket(spec.Network, sa, v6only, reuseport, backlog)
+		if anyHost && (errors.Is(err, syscall.EAFNOSUPPORT) || errors.Is(err, syscall.EADDRNOTAVAIL)) {
+			sa, v6only = &syscall.SockaddrInet4{Port: sockaddrPort(sa)}, -1 // no IPv6 on this machine
+			fd, err = inetSocket(spec.Network, sa, v6only, reuseport, backlog)
 		}
 		return fd, err
 	}
-	if reuseport && port != 0 {
+	if reuseport && sockaddrPort(sa) != 0 {
 		// A socket with SO_REUSEPORT joins the group of any socket already bound
 		// to the address by the same user: a second prefork would take half of
 		// the first one's connections. A bind without SO_REUSEPORT fails on any
 		// socket that holds the address, so it finds such a group first.
 		probe, err := open(false, bindOnly)
-		if errors.Is(err, syscall.EADDRINUSE) {
-			return nil, fmt.Errorf("address already in use: another socket holds it, and --mode reuseport does not join another process's SO_REUSEPORT group (%w)", err)
-		}
 		if err != nil {
 			return nil, err
 		}
@@ -117,12 +126,20 @@ func openInet(spec listenSpec, backlog int, reuseport bool) (*listener, error) {
 	return newListener(spec, fd)
 }
 
+// sockaddrPort is the port of an IPv4 or IPv6 socket address.
+func sockaddrPort(sa syscall.Sockaddr) int {
+	if sa4, ok := sa.(*syscall.SockaddrInet4); ok {
+		return sa4.Port
+	}
+	return sa.(*syscall.SockaddrInet6).Port
+}
+
 // bindOnly as inetSocket's backlog binds a stream socket without listening.
 const bindOnly = -1
 
-// resolveSockaddr turns an IP literal or a host name into a socket address;
+// Resolve turns an IP literal or a host name into a socket address;
 // a name resolving to several addresses gives the first (IPv4 preferred).
-func resolveSockaddr(host string, port int) (syscall.Sockaddr, error) {
+func Resolve(host string, port int) (syscall.Sockaddr, error) {
 	a, err := net.ResolveIPAddr("ip", host)
 	if err != nil {
 		return nil, err
@@ -187,8 +204,8 @@ func inetSocket(network string, sa syscall.Sockaddr, v6only int, reuseport bool,
 	return fd, nil
 }
 
-func openUnix(spec listenSpec, backlog int) (*listener, error) {
-	path := spec.addr
+func BindUnix(spec Spec, backlog int) (*Listener, error) {
+	path := spec.Addr
 	if len(path) >= maxUnixPath {
 		return nil, fmt.Errorf("unix socket path is %d bytes long; this system allows %d", len(path), maxUnixPath-1)
 	}
@@ -216,13 +233,13 @@ func openUnix(spec listenSpec, backlog int) (*listener, error) {
 	if !abstract {
 		l.unixPath = path
 		if l.unixFile, err = os.Lstat(path); err != nil {
-			closeListeners([]*listener{l})
+			Close(l)
 			os.Remove(path)
 			return nil, err
 		}
 	}
 	if err := syscall.Listen(fd, backlog); err != nil {
-		closeListeners([]*listener{l})
+		Close(l)
 		return nil, os.NewSyscallError("listen", err)
 	}
 	return l, nil
@@ -269,17 +286,17 @@ func clearStaleSocket(path string) error {
 }
 
 // newListener wraps a bound socket, reading its real address; it closes fd on error.
-func newListener(spec listenSpec, fd int) (*listener, error) {
+func newListener(spec Spec, fd int) (*Listener, error) {
 	sa, err := syscall.Getsockname(fd)
 	if err != nil {
 		syscall.Close(fd)
 		return nil, os.NewSyscallError("getsockname", err)
 	}
-	return &listener{spec: spec, fd: fd, bound: sockaddrString(sa)}, nil
+	return &Listener{Spec: spec, FD: fd, bound: FormatSockaddr(sa)}, nil
 }
 
-// sockaddrString formats a socket address: "[::]:80", "127.0.0.1:80", "/path".
-func sockaddrString(sa syscall.Sockaddr) string {
+// FormatSockaddr formats a socket address: "[::]:80", "127.0.0.1:80", "/path".
+func FormatSockaddr(sa syscall.Sockaddr) string {
 	switch sa := sa.(type) {
 	case *syscall.SockaddrInet4:
 		return net.JoinHostPort(net.IP(sa.Addr[:]).String(), strconv.Itoa(sa.Port))
@@ -295,47 +312,47 @@ func sockaddrString(sa syscall.Sockaddr) string {
 	return ""
 }
 
-// reuseportSocket opens one more socket on the listener's real address with
+// ReuseportSocket opens one more socket on the listener's real address with
 // SO_REUSEPORT, for one --mode reuseport worker slot: Linux only, TCP and UDP
-// only, and l must come from openListenersReuseport (the kernel refuses to share a
+// only, and l must come from Bind with reuseport (the kernel refuses to share a
 // port with a socket that lacks SO_REUSEPORT).
-func (l *listener) reuseportSocket(backlog int) (int, error) {
+func (l *Listener) ReuseportSocket(backlog int) (int, error) {
 	if err := reuseportAvailable(); err != nil {
 		return -1, err
 	}
-	if l.spec.network != "tcp" && l.spec.network != "udp" {
+	if l.Spec.Network != "tcp" && l.Spec.Network != "udp" {
 		return -1, fmt.Errorf("reuseport on %s: only tcp and udp listeners can have SO_REUSEPORT sockets", l.bound)
 	}
 	if backlog <= 0 {
 		backlog = somaxconn()
 	}
-	sa, err := syscall.Getsockname(l.fd)
+	sa, err := syscall.Getsockname(l.FD)
 	if err != nil {
 		return -1, fmt.Errorf("reuseport on %s: %w", l.bound, os.NewSyscallError("getsockname", err))
 	}
 	v6only := -1
 	if _, ok := sa.(*syscall.SockaddrInet6); ok {
-		if v6only, err = syscall.GetsockoptInt(l.fd, syscall.IPPROTO_IPV6, syscall.IPV6_V6ONLY); err != nil {
+		if v6only, err = syscall.GetsockoptInt(l.FD, syscall.IPPROTO_IPV6, syscall.IPV6_V6ONLY); err != nil {
 			return -1, fmt.Errorf("reuseport on %s: %w", l.bound, os.NewSyscallError("getsockopt", err))
 		}
 	}
-	fd, err := inetSocket(l.spec.network, sa, v6only, true, backlog)
+	fd, err := inetSocket(l.Spec.Network, sa, v6only, true, backlog)
 	if err != nil {
 		return -1, fmt.Errorf("reuseport on %s: %w", l.bound, err)
 	}
 	return fd, nil
 }
 
-// closeListeners closes the descriptors and removes the unix socket files prefork
+// Close closes the descriptors and removes the unix socket files prefork
 // created (never adopted ones, nor a file someone put in place of ours). Idempotent.
-func closeListeners(ls []*listener) {
+func Close(ls ...*Listener) {
 	for _, l := range ls {
 		if l == nil {
 			continue
 		}
-		if l.fd >= 0 {
-			syscall.Close(l.fd)
-			l.fd = -1
+		if l.FD >= 0 {
+			syscall.Close(l.FD)
+			l.FD = -1
 		}
 		if l.unixPath != "" {
 			if fi, err := os.Lstat(l.unixPath); err == nil && os.SameFile(fi, l.unixFile) {

@@ -1,9 +1,11 @@
 //go:build linux || darwin
 
-// This file holds prefork's listeners as the user names them: parsing -p and -l
-// and the names that go into LISTEN_FDNAMES. bind.go binds them; adopt.go takes
-// them from systemd.
-package main
+// Package sock holds prefork's listening sockets: it parses -p and -l into
+// specs, binds them as raw, blocking, close-on-exec descriptors (bind.go),
+// adopts the ones systemd passes (adopt.go), opens the SO_REUSEPORT sockets of
+// reuseport mode and, in Watch's goroutine, puts back a listener a worker shut
+// down. This file holds the specs and their LISTEN_FDNAMES names, Listener, Watch.
+package sock
 
 import (
 	"errors"
@@ -18,47 +20,51 @@ import (
 	"time"
 )
 
-// listenSpec is one listener as the user asked for it.
-type listenSpec struct {
-	name    string // for LISTEN_FDNAMES; generated when -l has no NAME=
-	network string // "tcp", "unix" or "udp"
-	addr    string // "host:port", ":port", or the unix socket path
-	text    string // the address as written, for SERVER_STARTER_PORT and logs
+// Spec is one listener as the user asked for it.
+type Spec struct {
+	Name    string // for LISTEN_FDNAMES; generated when -l has no NAME=
+	Network string // "tcp", "unix" or "udp"
+	Addr    string // "host:port", ":port", or the unix socket path
+	Text    string // the address as written, for SERVER_STARTER_PORT and logs
 }
 
-// listener is one bound socket held by prefork: fd is blocking and close-on-exec.
-type listener struct {
-	spec listenSpec
-	fd   int // -1 once closed
+// Listener is one bound socket held by prefork: FD is blocking and close-on-exec.
+type Listener struct {
+	Spec Spec
+	FD   int // -1 once closed
 
 	bound    string      // the address the socket really has (getsockname)
 	unixPath string      // socket file prefork created, removed on close; "" if none
 	unixFile fs.FileInfo // that file as bound, so close never removes a newer one
 }
 
-// addrString returns the address the socket is really bound to, such as
+// Bound returns the address the socket is really bound to, such as
 // "[::]:43123", "127.0.0.1:8080" or "/run/app.sock": with port 0 asked for, it
 // holds the port the kernel chose.
-func (l *listener) addrString() string { return l.bound }
+func (l *Listener) Bound() string { return l.bound }
 
-// parsePort parses a -p value: a port number (1..65535, or 0 meaning any free
+// Path is the unix socket file prefork created for l, which Close removes; ""
+// for other sockets, abstract and adopted ones.
+func (l *Listener) Path() string { return l.unixPath }
+
+// ParsePort parses a -p value: a port number (1..65535, or 0 meaning any free
 // port) for a dual-stack TCP listener ":PORT".
-func parsePort(s string) (listenSpec, error) {
+func ParsePort(s string) (Spec, error) {
 	port, err := parsePortNumber(s)
 	if err != nil {
-		return listenSpec{}, fmt.Errorf("invalid port %q: %w", s, err)
+		return Spec{}, fmt.Errorf("invalid port %q: %w", s, err)
 	}
-	spec := listenSpec{network: "tcp", addr: ":" + strconv.Itoa(port), text: s}
-	spec.name = defaultName(spec)
+	spec := Spec{Network: "tcp", Addr: ":" + strconv.Itoa(port), Text: s}
+	spec.Name = spec.DefaultName()
 	return spec, nil
 }
 
-// parseListen parses a -l value: [NAME=]ADDR where ADDR is HOST:PORT or :PORT
+// ParseSpec parses a -l value: [NAME=]ADDR where ADDR is HOST:PORT or :PORT
 // (tcp), unix:/path/sock (stream unix socket), udp:HOST:PORT or udp::PORT
 // (datagram). IPv6 literals go in brackets: [::1]:8080. Host names are kept as
 // written and resolved when the socket is opened. The spec's name is always set:
-// the given NAME, else defaultName.
-func parseListen(s string) (listenSpec, error) {
+// the given NAME, else DefaultName.
+func ParseSpec(s string) (Spec, error) {
 	name, addr, hasName := "", s, false
 	if !strings.HasPrefix(s, "unix:") { // a path may hold '='; a NAME never starts with "unix:"
 		name, addr, hasName = strings.Cut(s, "=")
@@ -68,36 +74,36 @@ func parseListen(s string) (listenSpec, error) {
 	}
 	if hasName {
 		if err := checkName(name); err != nil {
-			return listenSpec{}, fmt.Errorf("invalid listener %q: %w", s, err)
+			return Spec{}, fmt.Errorf("invalid listener %q: %w", s, err)
 		}
 	}
-	spec := listenSpec{name: name, text: addr}
+	spec := Spec{Name: name, Text: addr}
 	switch {
 	case strings.HasPrefix(addr, "unix:"):
-		spec.network, spec.addr = "unix", strings.TrimPrefix(addr, "unix:")
-		if spec.addr == "" {
-			return listenSpec{}, fmt.Errorf("invalid listener %q: empty unix socket path; want unix:/path/sock", s)
+		spec.Network, spec.Addr = "unix", strings.TrimPrefix(addr, "unix:")
+		if spec.Addr == "" {
+			return Spec{}, fmt.Errorf("invalid listener %q: empty unix socket path; want unix:/path/sock", s)
 		}
-		if strings.IndexByte(spec.addr, 0) >= 0 {
-			return listenSpec{}, fmt.Errorf("invalid listener %q: unix socket path holds a NUL byte", s)
+		if strings.IndexByte(spec.Addr, 0) >= 0 {
+			return Spec{}, fmt.Errorf("invalid listener %q: unix socket path holds a NUL byte", s)
 		}
 	case strings.HasPrefix(addr, "udp:"):
-		spec.network = "udp"
+		spec.Network = "udp"
 		a, err := parseHostPort(strings.TrimPrefix(addr, "udp:"))
 		if err != nil {
-			return listenSpec{}, fmt.Errorf("invalid listener %q: %w; want udp:HOST:PORT or udp::PORT", s, err)
+			return Spec{}, fmt.Errorf("invalid listener %q: %w; want udp:HOST:PORT or udp::PORT", s, err)
 		}
-		spec.addr = a
+		spec.Addr = a
 	default:
-		spec.network = "tcp"
+		spec.Network = "tcp"
 		a, err := parseHostPort(addr)
 		if err != nil {
-			return listenSpec{}, fmt.Errorf("invalid listener %q: %w; want HOST:PORT, :PORT, unix:/path or udp:HOST:PORT", s, err)
+			return Spec{}, fmt.Errorf("invalid listener %q: %w; want HOST:PORT, :PORT, unix:/path or udp:HOST:PORT", s, err)
 		}
-		spec.addr = a
+		spec.Addr = a
 	}
-	if spec.name == "" {
-		spec.name = defaultName(spec)
+	if spec.Name == "" {
+		spec.Name = spec.DefaultName()
 	}
 	return spec, nil
 }
@@ -181,24 +187,24 @@ func parsePortNumber(s string) (int, error) {
 	return int(n), nil
 }
 
-// defaultName generates a readable LISTEN_FDNAMES name for a spec that has none:
+// DefaultName generates a readable LISTEN_FDNAMES name for a spec that has none:
 // "tcp-8080", "tcp-127.0.0.1-8080", "tcp-[__1]-8080" (':' becomes '_'),
 // "unix-app.sock" (the basename), "udp-5353". Names need not be unique.
-func defaultName(s listenSpec) string {
+func (s Spec) DefaultName() string {
 	var name string
-	if s.network == "unix" {
-		name = "unix-" + filepath.Base(s.addr)
+	if s.Network == "unix" {
+		name = "unix-" + filepath.Base(s.Addr)
 	} else {
-		host, port, err := net.SplitHostPort(s.addr)
+		host, port, err := net.SplitHostPort(s.Addr)
 		switch {
 		case err != nil:
-			name = s.network + "-" + s.addr
+			name = s.Network + "-" + s.Addr
 		case host == "" || host == "0.0.0.0" || host == "::":
-			name = s.network + "-" + port
+			name = s.Network + "-" + port
 		case strings.Contains(host, ":"):
-			name = s.network + "-[" + host + "]-" + port
+			name = s.Network + "-[" + host + "]-" + port
 		default:
-			name = s.network + "-" + host + "-" + port
+			name = s.Network + "-" + host + "-" + port
 		}
 	}
 	b := []byte(name)
@@ -213,13 +219,13 @@ func defaultName(s listenSpec) string {
 	return string(b)
 }
 
-// watchListening puts back in the listening state, once a second, a stream
+// Watch puts back in the listening state, once a second, a stream
 // listener that stopped listening: shutdown(2) by any one worker on the socket
 // they all share stops it for every process, and nothing else would notice
 // (the others' accept fails with EINVAL; clients are refused). The socket
 // stays bound, so listen(2) again is all it takes. It returns the function
 // that stops the watch and waits for it.
-func watchListening(ls []*listener, backlog int, log *slog.Logger) (stop func()) {
+func Watch(ls []*Listener, backlog int, log *slog.Logger) (stop func()) {
 	if backlog <= 0 {
 		backlog = somaxconn()
 	}
@@ -227,7 +233,7 @@ func watchListening(ls []*listener, backlog int, log *slog.Logger) (stop func())
 	// kernel frees a port it chose itself): it is bound to the same again.
 	addrs := make([]syscall.Sockaddr, len(ls))
 	for i, l := range ls {
-		addrs[i], _ = syscall.Getsockname(l.fd)
+		addrs[i], _ = syscall.Getsockname(l.FD)
 	}
 	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
@@ -241,16 +247,16 @@ func watchListening(ls []*listener, backlog int, log *slog.Logger) (stop func())
 			case <-t.C:
 			}
 			for i, l := range ls {
-				if l.spec.network == "udp" {
+				if l.Spec.Network == "udp" {
 					continue
 				}
-				if v, err := syscall.GetsockoptInt(l.fd, syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN); err == nil && v == 0 {
-					if addrs[i] != nil && l.spec.network == "tcp" {
-						syscall.Bind(l.fd, addrs[i]) // EINVAL when it kept its port
+				if v, err := syscall.GetsockoptInt(l.FD, syscall.SOL_SOCKET, syscall.SO_ACCEPTCONN); err == nil && v == 0 {
+					if addrs[i] != nil && l.Spec.Network == "tcp" {
+						syscall.Bind(l.FD, addrs[i]) // EINVAL when it kept its port
 					}
-					err := syscall.Listen(l.fd, backlog)
+					err := syscall.Listen(l.FD, backlog)
 					log.Error("a listener stopped listening (did a worker shut it down?); listening again",
-						"addr", l.addrString(), "err", err)
+						"addr", l.Bound(), "err", err)
 				}
 			}
 		}

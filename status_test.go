@@ -1,9 +1,9 @@
 //go:build linux || darwin
 
-// This file holds a strict parser of the Prometheus text exposition format
-// (0.0.4) that every metrics test runs prefork's output through, tests of the
-// writer on its own, and the metrics a running prefork serves on the control
-// socket and writes to --metrics-file.
+// This file tests status.go's metrics: a strict parser of the Prometheus text
+// exposition format (0.0.4) that every metrics test runs prefork's output
+// through, tests of the writer on its own, and the metrics a running prefork
+// serves on the control socket and writes to --metrics-file.
 package main
 
 import (

@@ -1,6 +1,6 @@
-// This file holds the Linux side of listeners.go: socket creation with
+// This file holds the Linux side of bind.go: socket creation with
 // SOCK_CLOEXEC, the somaxconn limit, and SO_REUSEPORT balancing.
-package main
+package sock
 
 import (
 	"os"

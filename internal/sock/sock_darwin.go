@@ -1,7 +1,7 @@
-// This file holds the macOS side of listeners.go: socket creation with
+// This file holds the macOS side of bind.go: socket creation with
 // close-on-exec set under syscall.ForkLock, the somaxconn limit, and the refusal
 // of SO_REUSEPORT balancing.
-package main
+package sock
 
 import (
 	"errors"
