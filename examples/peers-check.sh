@@ -34,11 +34,18 @@ servers=(python3-systemd gunicorn uvicorn hypercorn twisted uwsgi starman puma u
 
 # Install what is missing, one server at a time (one unavailable package must
 # not keep the others out); apt-get update once, only if an install failed.
-apt() { timeout 300 env DEBIAN_FRONTEND=noninteractive apt-get "$@" >/dev/null 2>&1; }
+# Installing gets 150 s in all, so that the checks (about a minute) stay inside
+# examples/run.sh's 300 s per check on a machine that has none of them yet.
+install_until=$((SECONDS + 150))
+apt() {
+  local left=$((install_until - SECONDS))
+  [ "$left" -gt 0 ] && timeout "$left" env DEBIAN_FRONTEND=noninteractive apt-get "$@" >/dev/null 2>&1
+}
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   updated=
   for s in "${servers[@]}"; do
     have "$s" && continue
+    [ "$SECONDS" -lt "$install_until" ] || { say "no time left to install ${package[$s]}"; continue; }
     say "installing ${package[$s]} (Debian)"
     # shellcheck disable=SC2086 # a list of packages
     apt install -y --no-install-recommends ${package[$s]} && continue
