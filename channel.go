@@ -2,7 +2,7 @@
 
 // This file holds the worker channel: what connects prefork to a worker besides
 // signals and its notify socket, chosen once per run. shared and reuseport pass
-// listening sockets and nothing else; rr passes the SPEC §4 handoff socket; a
+// listening sockets and nothing else; rr passes the rr handoff socket (README); a
 // Node.js worker gets the cluster IPC channel (node.go). The supervisor asks a
 // worker's link "it is up", "send it no more work", "stop gracefully", "it is
 // gone", never which mode runs.
@@ -72,7 +72,7 @@ func (c socketChannel) prepare(sl *slot) ([]int, []string, link, error) {
 	return fds, listenEnv(c.s.listeners), &signalLink{killMode: c.s.c.killMode}, nil
 }
 
-// listenEnv is the environment of SPEC §2 that describes inherited listeners.
+// listenEnv is the environment (README: What a worker gets) that describes inherited listeners.
 func listenEnv(ls []*sock.Listener) []string {
 	ports := make([]string, len(ls))
 	for i, l := range ls {
@@ -95,7 +95,7 @@ func (l *signalLink) drain()                  {}
 func (l *signalLink) stop(sig syscall.Signal) { l.killMode.stop(l.pid, sig) }
 func (l *signalLink) detach()                 {}
 
-// handoffChannel is rr mode: fd 3 is the worker's end of a SPEC §4 socket pair;
+// handoffChannel is rr mode: fd 3 is the worker's end of an rr handoff socket pair;
 // the dispatcher owns prefork's end.
 type handoffChannel struct{ s *supervisor }
 

@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -90,26 +91,23 @@ type ctlState struct {
 	server         *ctlServer
 	metrics        *metricsWriter
 	reloads        []ctlWaiter
-	scales         []scaleWaiter
+	scales         []ctlWaiter
 	reloadFailures int
 }
 
+// ctlWaiter is a client waiting for a reload to generation gen, or for a
+// scale to n workers (base: each slot's restarts when the scale began).
 type ctlWaiter struct {
-	gen   int
-	reply chan ctlResponse
-}
-
-type scaleWaiter struct {
-	n     int
-	reply chan ctlResponse
-	base  map[*slot]int // each slot's restarts when the scale began
+	gen, n int
+	base   map[*slot]int
+	reply  chan ctlResponse
 }
 
 // ctlCommand is a control command, declared once in ctlCommands: the client
 // (ctl.go) parses its arguments and shows its outcome by it, the server admits
 // and answers by it, the owner goroutine runs its handler, and --help lists it.
 type ctlCommand struct {
-	name string
+	name, usage string // its name, and its usage line in --help
 
 	json, timeout, workers bool // the arguments it takes: --json, --timeout DUR, N
 	waits                  bool // answers once what it asked for is done, not at once
@@ -121,29 +119,27 @@ type ctlCommand struct {
 }
 
 var ctlCommands = []ctlCommand{
-	{name: "status", json: true, handle: (*supervisor).ctlSample, done: (*ctlRun).status},
-	{name: "reload", timeout: true, waits: true, handle: (*supervisor).ctlReload, done: (*ctlRun).message},
-	{name: "scale", workers: true, timeout: true, waits: true, handle: (*supervisor).ctlScale, done: (*ctlRun).message},
-	{name: "stop", timeout: true, stays: true, handle: (*supervisor).ctlStop, done: (*ctlRun).stopped},
-	{name: "metrics", metrics: true, handle: (*supervisor).ctlSample, done: (*ctlRun).metrics},
+	{name: "status", usage: "status [--json]", json: true, handle: (*supervisor).ctlSample, done: (*ctlRun).status},
+	{name: "reload", usage: "reload [--timeout DUR]", timeout: true, waits: true, handle: (*supervisor).ctlReload, done: (*ctlRun).message},
+	{name: "scale", usage: "scale N [--timeout DUR]", workers: true, timeout: true, waits: true, handle: (*supervisor).ctlScale, done: (*ctlRun).message},
+	{name: "stop", usage: "stop [--timeout DUR]", timeout: true, stays: true, handle: (*supervisor).ctlStop, done: (*ctlRun).stopped},
+	{name: "metrics", usage: "metrics", metrics: true, handle: (*supervisor).ctlSample, done: (*ctlRun).metrics},
 }
 
 func ctlLookup(name string) *ctlCommand {
-	for i := range ctlCommands {
-		if ctlCommands[i].name == name {
-			return &ctlCommands[i]
-		}
+	if i := slices.IndexFunc(ctlCommands, func(c ctlCommand) bool { return c.name == name }); i >= 0 {
+		return &ctlCommands[i]
 	}
 	return nil
 }
 
-// ctlList names the commands as "a, b or c", scale's with its N if withN.
-func ctlList(withN bool) string {
+// ctlList names the commands as "a, b or c", with their N if usage ("scale N").
+func ctlList(usage bool) string {
 	names := make([]string, len(ctlCommands))
 	for i, c := range ctlCommands {
 		names[i] = c.name
-		if withN && c.workers {
-			names[i] += " N"
+		if usage {
+			names[i], _, _ = strings.Cut(c.usage, " [")
 		}
 	}
 	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
@@ -153,16 +149,7 @@ func ctlList(withN bool) string {
 func ctlSynopsis() string {
 	u := make([]string, len(ctlCommands))
 	for i, c := range ctlCommands {
-		u[i] = c.name
-		if c.workers {
-			u[i] += " N"
-		}
-		if c.json {
-			u[i] += " [--json]"
-		}
-		if c.timeout {
-			u[i] += " [--timeout DUR]"
-		}
+		u[i] = c.usage
 	}
 	return strings.Join(u[:2], " | ") + " |\n" + strings.Repeat(" ", 26) + strings.Join(u[2:], " | ")
 }
@@ -187,9 +174,9 @@ func (s *supervisor) ctlReload(e ctlEvent) {
 	case s.stopping:
 		e.fail("prefork is stopping")
 	case s.reloadGen != 0: // join the reload under way
-		s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{s.reloadGen, e.reply})
+		s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{gen: s.reloadGen, reply: e.reply})
 	default: // wait first: the reload may end at once (a worker that cannot be forked)
-		s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{s.gen + 1, e.reply})
+		s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{gen: s.gen + 1, reply: e.reply})
 		s.log.Info("reload asked for on the control socket")
 		s.signal(syscall.SIGHUP)
 	}
@@ -211,7 +198,7 @@ func (s *supervisor) ctlScale(e ctlEvent) {
 		e.fail("cannot add a worker (at %d of %d): %v", len(s.slots), n, err)
 		return
 	}
-	w := scaleWaiter{n: n, reply: e.reply, base: map[*slot]int{}}
+	w := ctlWaiter{n: n, reply: e.reply, base: map[*slot]int{}}
 	for _, sl := range s.slots {
 		w.base[sl] = sl.restarts
 	}
@@ -235,19 +222,16 @@ func (s *supervisor) ctlCheck() {
 		s.ctl.reloads, s.ctl.scales = nil, nil
 		return
 	}
-	keep := s.ctl.scales[:0]
-	for _, w := range s.ctl.scales {
-		if r, done := s.scaleOutcome(w); done {
+	s.ctl.scales = slices.DeleteFunc(s.ctl.scales, func(w ctlWaiter) bool {
+		r, done := s.scaleOutcome(w)
+		if done {
 			w.reply <- r
-		} else {
-			keep = append(keep, w)
 		}
-	}
-	clear(s.ctl.scales[len(keep):])
-	s.ctl.scales = keep
+		return done
+	})
 }
 
-func (s *supervisor) scaleOutcome(w scaleWaiter) (ctlResponse, bool) {
+func (s *supervisor) scaleOutcome(w ctlWaiter) (ctlResponse, bool) {
 	if len(s.slots) != w.n {
 		return ctlResponse{Error: fmt.Sprintf("the worker count changed to %d before %d workers were up", len(s.slots), w.n)}, true
 	}
@@ -278,19 +262,17 @@ func (s *supervisor) ctlReloadFinished(gen int, err error) {
 	if err != nil {
 		s.ctl.reloadFailures++
 	}
-	keep := s.ctl.reloads[:0]
-	for _, w := range s.ctl.reloads {
+	s.ctl.reloads = slices.DeleteFunc(s.ctl.reloads, func(w ctlWaiter) bool {
 		switch {
 		case w.gen > gen:
-			keep = append(keep, w)
+			return false
 		case err != nil:
 			w.reply <- ctlResponse{Error: fmt.Sprintf("generation %d abandoned: %v; the old workers keep serving", gen, err)}
 		default:
 			w.reply <- ctlResponse{OK: true, Message: fmt.Sprintf("every slot runs generation %d", gen)}
 		}
-	}
-	clear(s.ctl.reloads[len(keep):])
-	s.ctl.reloads = keep
+		return true
+	})
 }
 
 // ctlSnapshot is the state the control socket reports, sampled in the owner
@@ -533,29 +515,19 @@ func (c *ctlServer) client(conn *net.UnixConn) {
 		return
 	}
 	c.log.Debug("control request", "cmd", req.Cmd)
-	// The client may hang up while it waits (a reload can take minutes):
-	// notice. A half-close (EOF: nc -N) ends the request, not the conversation;
-	// a client that closes outright is then seen when its answer is written.
-	gone := make(chan struct{})
-	go func() {
-		if _, err := io.Copy(io.Discard, conn); err != nil {
-			close(gone)
-		}
-	}()
+	// A half-close (EOF: nc -N) ends the request, not the conversation; it is
+	// also all that a client which hangs up while it waits (a reload can take
+	// minutes) shows until its answer is written, so every answer is written.
 	reply := make(chan ctlResponse, 1)
 	select {
 	case c.events <- ctlEvent{req, reply}:
 	case <-c.quit:
-		return
-	case <-gone:
 		return
 	}
 	var r ctlResponse
 	select {
 	case r = <-reply:
 	case <-c.quit:
-		return
-	case <-gone:
 		return
 	}
 	if r.Status != nil {
@@ -564,14 +536,8 @@ func (c *ctlServer) client(conn *net.UnixConn) {
 			r.Metrics, r.Status = string(renderMetrics(r.Status)), nil
 		}
 	}
-	if c.answer(conn, r) != nil || !cmd.stays || !r.OK {
-		return
-	}
-	// stop: the connection stays open until prefork exits, so the client can
-	// wait for that.
-	select {
-	case <-gone:
-	case <-c.quit:
+	if c.answer(conn, r) == nil && cmd.stays && r.OK {
+		<-c.quit // stop: the connection stays open until prefork exits, so the client can wait for that
 	}
 }
 

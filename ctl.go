@@ -226,18 +226,14 @@ func writeStatusTable(w io.Writer, st *ctlStatus) {
 }
 
 func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
+	f, i := float64(n), 0
+	for ; f >= 1024 && i < 4; i++ {
+		f /= 1024
+	}
+	if i == 0 {
 		return strconv.FormatInt(n, 10) + "B"
 	}
-	f, suffix := float64(n)/unit, "K"
-	for _, s := range []string{"M", "G", "T"} {
-		if f < unit {
-			break
-		}
-		f, suffix = f/unit, s
-	}
-	return strconv.FormatFloat(f, 'f', 1, 64) + suffix
+	return strconv.FormatFloat(f, 'f', 1, 64) + "BKMGT"[i:i+1]
 }
 
 // humanDuration is an uptime to the second, or to the minute past a day.

@@ -157,3 +157,23 @@ func TestControlStopTimeout(t *testing.T) {
 		t.Errorf("prefork exited %d, want 0", code)
 	}
 }
+
+// Each command's usage line in --help names exactly the arguments the client
+// takes for it.
+func TestCtlUsageLines(t *testing.T) {
+	for _, c := range ctlCommands {
+		want := c.name
+		if c.workers {
+			want += " N"
+		}
+		if c.json {
+			want += " [--json]"
+		}
+		if c.timeout {
+			want += " [--timeout DUR]"
+		}
+		if c.usage != want {
+			t.Errorf("%s: usage %q, but it takes %q", c.name, c.usage, want)
+		}
+	}
+}

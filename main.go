@@ -30,7 +30,9 @@ listening sockets as fd 3, 4, ... with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES
 
 Listeners:
   -p, --port PORT            TCP on all addresses (dual-stack); repeatable
-  -l, --listen [NAME=]ADDR   HOST:PORT, :PORT, unix:/path or udp:HOST:PORT; repeatable
+  -l, --listen [NAME=]ADDR   HOST:PORT, :PORT, [V6]:PORT, unix:/path, unix:@name
+                             (Linux abstract), udp:HOST:PORT or udp::PORT;
+                             repeatable; NAME goes into LISTEN_FDNAMES
       --backlog N            listen backlog (default: the system maximum)
 Workers:
   -n, --workers N|auto|MIN:MAX
@@ -388,16 +390,28 @@ func (c *config) validate() error {
 	return nil
 }
 
+// buildVersion is set by a release build: go build -ldflags "-X
+// main.buildVersion=1.2.0". Without it --version prints the module version the
+// go command recorded (go install of a tagged version, or a pseudo-version from
+// the git checkout it built in), else devVersion (built with -buildvcs=false,
+// or outside a checkout).
+var buildVersion string
+
+const devVersion = "0.x-dev"
+
 func version() string {
-	v := "(devel)"
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+	v := buildVersion
+	if bi, ok := debug.ReadBuildInfo(); ok && v == "" && bi.Main.Version != "(devel)" {
 		v = bi.Main.Version
+	}
+	if v == "" {
+		v = devVersion
 	}
 	return "prefork " + v
 }
 
 // usageHint follows a usage error, as flag's usage follows its errors; a line
-// of prefork's own like any other (§7: prefixed, lowercase, no period).
+// of prefork's own like any other (prefixed, lowercase, no period).
 const usageHint = "prefork: run 'prefork --help' for usage"
 
 // run is main without os.Exit, for tests: it returns the exit status.

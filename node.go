@@ -174,7 +174,7 @@ func (l *nodeLink) ready() {
 }
 
 // saysReady: a cluster worker reports listening when its server is open
-// (SPEC §9: that is when it is up), so --ready-delay alone must not count it
+// (README, Node.js: that is when it is up), so --ready-delay alone must not count it
 // up: an app that takes longer to start, or fails before it listens, would
 // take over from a serving worker with nothing listening. That holds from the
 // start, not only once the worker said "online": a wrapper that takes longer

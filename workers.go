@@ -48,7 +48,7 @@ func (s *supervisor) spawn(sl *slot) (*worker, error) {
 	return w, nil
 }
 
-// workerEnv is the environment of SPEC §2 for one worker; chEnv is what its
+// workerEnv is the environment of one worker (README: What a worker gets); chEnv is what its
 // channel adds (LISTEN_FDS where it inherits listeners).
 func (s *supervisor) workerEnv(sl *slot, notifyPath string, chEnv []string) []string {
 	env := append([]string(nil), s.baseEnv...)

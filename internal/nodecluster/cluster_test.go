@@ -1,7 +1,7 @@
 //go:build linux || darwin
 
 // Tests of the Node IPC codec and the cluster primary against a socket pair:
-// the test plays a Node worker, byte for byte as Node's child_process and cluster modules write it.
+// the test plays a Node worker, byte for byte as Node's cluster module writes it.
 package nodecluster
 
 import (
