@@ -122,7 +122,6 @@ type nodeLink struct {
 	socks         []int
 	pid           int
 	nw            *nodecluster.Worker
-	ended         bool           // the channel is closed
 	stopSig       syscall.Signal // to send once the worker closes the channel after disconnect
 }
 
@@ -153,7 +152,6 @@ func (l *nodeLink) event(w *worker, e nodecluster.Event) {
 	case nodecluster.Stopping:
 		l.s.notified(w, map[string]string{"STOPPING": "1"})
 	case nodecluster.Ended:
-		l.ended = true
 		if err != nil {
 			l.s.log.Debug("node channel error", "pid", w.pid, "err", err)
 		}
@@ -198,12 +196,12 @@ func (l *nodeLink) drain() {
 // the channel.
 func (l *nodeLink) stop(sig syscall.Signal) {
 	l.drain()
-	if l.nw == nil || l.ended {
+	if l.nw == nil {
 		l.s.c.killMode.stop(l.pid, sig)
 		return
 	}
 	l.stopSig = sig
-	if !l.nw.Stop() {
+	if !l.nw.Stop() { // it never spoke the protocol, or its channel is closed
 		l.s.c.killMode.stop(l.pid, sig)
 	}
 }

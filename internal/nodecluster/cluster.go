@@ -126,8 +126,7 @@ type Event struct {
 type eventKind uint8
 
 const (
-	evMessage     eventKind = iota // a cluster message for the owner
-	evSuicide                      // the seeds' {act: 'suicide'}
+	evMessage     eventKind = iota // a message for the owner
 	evEnded                        // the channel is closed
 	evIdle                         // rr: the last newconn in flight was answered, while settling
 	evSettled                      // rr: settleTime has passed since the worker was last seen busy
@@ -237,8 +236,8 @@ func (w *Worker) read(m *msg, fd int) {
 		syscall.Close(fd) // prefork has no use for a handle a worker sends
 	}
 	if !m.internal() {
-		if m.Act == "suicide" {
-			w.post(Event{kind: evSuicide})
+		if m.Act == "suicide" { // the seeds' {act: 'suicide'}
+			w.post(Event{kind: evMessage, m: *m})
 		}
 		return
 	}
@@ -272,9 +271,6 @@ func (w *Worker) Handle(e Event) (Outcome, error) {
 	switch e.kind {
 	case evMessage:
 		return w.message(&e.m), nil
-	case evSuicide:
-		w.nc.log.Info("node worker sent {act: 'suicide'}", "pid", w.pid)
-		return Stopping, nil
 	case evEnded:
 		w.ended = true
 		w.closeSocks() // nothing is sent on the channel any more
@@ -413,8 +409,12 @@ func (w *Worker) publishKeys() {
 	w.keys.Store(&k)
 }
 
-// message handles one cluster message from the worker.
+// message handles one message from the worker.
 func (w *Worker) message(m *msg) Outcome {
+	if !m.internal() { // {act: 'suicide'}
+		w.nc.log.Info("node worker sent {act: 'suicide'}", "pid", w.pid)
+		return Stopping
+	}
 	switch m.Act {
 	case "online":
 		w.online = true
