@@ -140,7 +140,7 @@ type config struct {
 	maxRSS           int64 // bytes; 0 = off
 	maxLifetime      time.Duration
 	maxLifetimeSet   bool
-	nodeCluster      nodeRule // nodeipc_primary.go
+	nodeCluster      nodeRule // node.go
 	nodeSendServer   string   // --node-send-server MSG
 }
 

@@ -8,6 +8,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/prefork/prefork/internal/nodecluster"
 	"github.com/prefork/prefork/internal/sock"
 	"io"
 	"log/slog"
@@ -93,9 +94,9 @@ type supervisor struct {
 	up        *upstream
 	rr        *dispatcher
 	ch        workerChannel
-	pool      *pool        // the pool goroutine's view and readings (pool.go); nil when not needed
-	ctl       ctlState     // the control socket's waiting clients (control.go)
-	nc        *nodeCluster // --node-cluster: the listeners Node workers share (nodeipc_primary.go)
+	pool      *pool                // the pool goroutine's view and readings (pool.go); nil when not needed
+	ctl       ctlState             // the control socket's waiting clients (control.go)
+	nc        *nodecluster.Cluster // --node-cluster: the listeners Node workers share (node.go)
 
 	workers       map[int]*worker
 	slots         []*slot
@@ -211,8 +212,8 @@ func supervise(c *config, stderr io.Writer) int {
 		defer s.rr.close()
 	}
 	if nodeClusterOn(c, s.path) {
-		s.nc = newNodeCluster(log, c, s.listeners, s.rr)
-		defer s.nc.close()
+		s.nc = newNodeCluster(c, log, s.listeners, s.rr)
+		defer s.nc.Close()
 	}
 	s.ch = s.newChannel()
 	if c.pidfile != "" {

@@ -2,11 +2,11 @@
 
 // Tests of the Node IPC codec and the cluster primary against a socket pair:
 // the test plays a Node worker, byte for byte as Node's cluster module writes it.
-package main
+package nodecluster
 
 import (
+	"bytes"
 	"encoding/json"
-	"github.com/prefork/prefork/internal/sock"
 	"io"
 	"log/slog"
 	"net"
@@ -17,11 +17,13 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prefork/prefork/internal/sock"
 )
 
-// fakeNodeWorker is the worker's end of a channel, read line by line with the
+// fakeWorker is the worker's end of a channel, read line by line with the
 // descriptors that arrive.
-type fakeNodeWorker struct {
+type fakeWorker struct {
 	t    *testing.T
 	fd   int
 	buf  []byte
@@ -30,10 +32,10 @@ type fakeNodeWorker struct {
 	end  chan error
 }
 
-// testCluster is a nodeCluster with a goroutine that plays its owner (the
+// testCluster is a Cluster with a goroutine that plays its owner (the
 // supervisor loop): it handles the workers' events, and runs do's functions.
 type testCluster struct {
-	*nodeCluster
+	*Cluster
 	calls chan func()
 	quit  chan struct{}
 }
@@ -56,24 +58,24 @@ func (nc *testCluster) run() {
 	}
 }
 
-func newFakeNodeWorker(t *testing.T, nc *testCluster, slot int) (*fakeNodeWorker, *nodeWorker) {
+func newFakeWorker(t *testing.T, nc *testCluster, slot int) (*fakeWorker, *Worker) {
 	t.Helper()
-	master, child, err := newNodePair()
+	master, child, err := NewPair()
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakeNodeWorker{t: t, fd: child, msgs: make(chan map[string]string, 16), end: make(chan error, 1)}
-	var nw *nodeWorker
-	post := func(e nodeEvent) {
+	f := &fakeWorker{t: t, fd: child, msgs: make(chan map[string]string, 16), end: make(chan error, 1)}
+	var nw *Worker
+	post := func(e Event) {
 		handle := func() {
-			switch out, err := nw.handle(e); out {
-			case nodeReady:
+			switch out, err := nw.Handle(e); out {
+			case Ready:
 				f.msgs <- map[string]string{"READY": "1"}
-			case nodeStopping:
+			case Stopping:
 				f.msgs <- map[string]string{"STOPPING": "1"}
-			case nodeUnheeded:
+			case Unheeded:
 				f.msgs <- map[string]string{"UNHEEDED": "1"}
-			case nodeEnded:
+			case Ended:
 				f.end <- err
 			}
 		}
@@ -82,12 +84,12 @@ func newFakeNodeWorker(t *testing.T, nc *testCluster, slot int) (*fakeNodeWorker
 		case <-nc.quit: // the test is over
 		}
 	}
-	nc.do(func() { nw, err = nc.newNodeWorker(4242+slot, slot, master, nil, post) })
+	nc.do(func() { nw, err = nc.Attach(4242+slot, slot, master, nil, post) })
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		nc.do(nw.detach)
+		nc.do(nw.Detach)
 		syscall.Close(child)
 		for _, fd := range f.fds {
 			syscall.Close(fd)
@@ -96,7 +98,7 @@ func newFakeNodeWorker(t *testing.T, nc *testCluster, slot int) (*fakeNodeWorker
 	return f, nw
 }
 
-func (f *fakeNodeWorker) write(line string) {
+func (f *fakeWorker) write(line string) {
 	f.t.Helper()
 	if _, err := syscall.Write(f.fd, []byte(line+"\n")); err != nil {
 		f.t.Fatal(err)
@@ -104,7 +106,7 @@ func (f *fakeNodeWorker) write(line string) {
 }
 
 // writeFd sends a line with a descriptor, as a worker's process.send(m, handle) does.
-func (f *fakeNodeWorker) writeFd(line string, fd int) {
+func (f *fakeWorker) writeFd(line string, fd int) {
 	f.t.Helper()
 	if err := syscall.Sendmsg(f.fd, []byte(line+"\n"), syscall.UnixRights(fd), nil, 0); err != nil {
 		f.t.Fatal(err)
@@ -113,7 +115,7 @@ func (f *fakeNodeWorker) writeFd(line string, fd int) {
 
 // read returns the next line from the primary (decoded) and the descriptor
 // that came with it, or -1; it fails the test after a timeout.
-func (f *fakeNodeWorker) read() (map[string]any, int) {
+func (f *fakeWorker) read() (map[string]any, int) {
 	f.t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	syscall.SetNonblock(f.fd, true)
@@ -156,7 +158,7 @@ func (f *fakeNodeWorker) read() (map[string]any, int) {
 }
 
 // quiet checks that the primary sends nothing for a while.
-func (f *fakeNodeWorker) quiet(d time.Duration) {
+func (f *fakeWorker) quiet(d time.Duration) {
 	f.t.Helper()
 	syscall.SetNonblock(f.fd, true)
 	time.Sleep(d)
@@ -166,7 +168,9 @@ func (f *fakeNodeWorker) quiet(d time.Duration) {
 	}
 }
 
-func testNodeCluster(t *testing.T, m mode, specs ...string) (*testCluster, []*sock.Listener) {
+// newTestCluster is a cluster over listeners bound for specs (-l's syntax),
+// with its owner goroutine. Tests that play rr mode set its rr themselves.
+func newTestCluster(t *testing.T, specs ...string) (*testCluster, []*sock.Listener) {
 	t.Helper()
 	var ls []*sock.Listener
 	if len(specs) > 0 {
@@ -184,17 +188,16 @@ func testNodeCluster(t *testing.T, m mode, specs ...string) (*testCluster, []*so
 		}
 		t.Cleanup(func() { sock.Close(ls...) })
 	}
-	c := defaultConfig()
-	c.mode = m
-	nc := &testCluster{newNodeCluster(slog.New(slog.NewTextHandler(io.Discard, nil)), c, ls, nil), make(chan func()), make(chan struct{})}
+	c := Config{Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Listeners: ls, ClosingWait: time.Second}
+	nc := &testCluster{New(c), make(chan func()), make(chan struct{})}
 	go nc.run()
-	t.Cleanup(func() { nc.do(nc.close); close(nc.quit) })
+	t.Cleanup(func() { nc.do(nc.Close); close(nc.quit) })
 	return nc, ls
 }
 
-// stop calls nw.stop on the owner goroutine.
-func (nc *testCluster) stop(nw *nodeWorker) (wait bool) {
-	nc.do(func() { wait = nw.stop() })
+// stop calls nw.Stop on the owner goroutine.
+func (nc *testCluster) stop(nw *Worker) (wait bool) {
+	nc.do(func() { wait = nw.Stop() })
 	return wait
 }
 
@@ -215,9 +218,9 @@ func portOf(t *testing.T, fd int) int {
 }
 
 func TestNodeQueryServerShared(t *testing.T) {
-	nc, ls := testNodeCluster(t, modeShared, "127.0.0.1:0")
+	nc, ls := newTestCluster(t, "127.0.0.1:0")
 	port := portOf(t, ls[0].FD)
-	f, _ := newFakeNodeWorker(t, nc, 0)
+	f, _ := newFakeWorker(t, nc, 0)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"online","seq":0}`)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"queryServer","index":0,"data":null,"address":null,"port":` + strconv.Itoa(port) + `,"addressType":4,"backlog":0,"seq":1}`)
 	m, fd := f.read()
@@ -254,9 +257,9 @@ func TestNodeQueryServerShared(t *testing.T) {
 }
 
 func TestNodeQueryServerBindsOnRequest(t *testing.T) {
-	nc, _ := testNodeCluster(t, modeShared)
-	a, _ := newFakeNodeWorker(t, nc, 0)
-	b, _ := newFakeNodeWorker(t, nc, 1)
+	nc, _ := newTestCluster(t)
+	a, _ := newFakeWorker(t, nc, 0)
+	b, _ := newFakeWorker(t, nc, 1)
 	// TLS servers send their ticket keys; every worker gets the first one's.
 	q := `{"cmd":"NODE_CLUSTER","act":"queryServer","index":0,"data":{"ticketKeys":"%s"},"address":"127.0.0.1","port":0,"addressType":4,"backlog":0,"seq":1}`
 	a.write(strings.Replace(q, "%s", "aaaa", 1))
@@ -291,8 +294,8 @@ func TestNodeQueryServerBindsOnRequest(t *testing.T) {
 }
 
 func TestNodeMessages(t *testing.T) {
-	nc, _ := testNodeCluster(t, modeShared)
-	f, nw := newFakeNodeWorker(t, nc, 0)
+	nc, _ := newTestCluster(t)
+	f, nw := newFakeWorker(t, nc, 0)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"online","seq":0}`)
 
 	// Unknown and non-object messages are ignored; the channel keeps working.
@@ -351,8 +354,8 @@ func TestNodeMessages(t *testing.T) {
 }
 
 func TestNodeExitedAfterDisconnect(t *testing.T) {
-	nc, _ := testNodeCluster(t, modeShared)
-	f, nw := newFakeNodeWorker(t, nc, 0)
+	nc, _ := newTestCluster(t)
+	f, nw := newFakeWorker(t, nc, 0)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"online","seq":0}`)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"exitedAfterDisconnect","seq":7}`)
 	if m, _ := f.read(); m["cmd"] != "NODE_CLUSTER" || m["ack"] != 7.0 {
@@ -369,8 +372,8 @@ func TestNodeExitedAfterDisconnect(t *testing.T) {
 }
 
 func TestNodeNoDisconnectBeforeOnline(t *testing.T) {
-	nc, _ := testNodeCluster(t, modeShared)
-	_, nw := newFakeNodeWorker(t, nc, 0)
+	nc, _ := newTestCluster(t)
+	_, nw := newFakeWorker(t, nc, 0)
 	if nc.stop(nw) {
 		t.Fatal("a worker that never said online is not a cluster worker: stop must not wait for disconnect")
 	}
@@ -382,26 +385,26 @@ type fakeRR struct {
 	acks []string
 }
 
-func (r *fakeRR) addListener(fd int) (uint32, error) { return 0, nil }
-func (r *fakeRR) kick()                              {}
-func (r *fakeRR) shut(id int)                        {}
-func (r *fakeRR) ack(id int, seq uint32, ok bool) {
+func (r *fakeRR) AddListener(fd int) (uint32, error) { return 0, nil }
+func (r *fakeRR) Kick()                              {}
+func (r *fakeRR) Shut(id int)                        {}
+func (r *fakeRR) Ack(id int, seq uint32, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.acks = append(r.acks, strconv.Itoa(int(seq))+":"+strconv.FormatBool(ok))
 }
 
 func TestNodeNewconn(t *testing.T) {
-	nc, ls := testNodeCluster(t, modeRR, "127.0.0.1:0")
+	nc, ls := newTestCluster(t, "127.0.0.1:0")
 	rr := &fakeRR{}
 	nc.rr = rr
 	nc.ls[0].rr = true
 	port := portOf(t, ls[0].FD)
-	f, nw := newFakeNodeWorker(t, nc, 0)
+	f, nw := newFakeWorker(t, nc, 0)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"online","seq":0}`)
 
 	c1, c2 := socketPair(t)
-	if err := nw.sendConn(0, 0, c1); err != syscall.EAGAIN {
+	if err := nw.SendConn(0, 0, c1); err != syscall.EAGAIN {
 		t.Fatalf("newconn before the worker listens: %v, want EAGAIN (another worker's turn)", err)
 	}
 	f.write(`{"cmd":"NODE_CLUSTER","act":"queryServer","index":0,"data":null,"address":null,"port":` + strconv.Itoa(port) + `,"addressType":4,"backlog":0,"seq":1}`)
@@ -413,7 +416,7 @@ func TestNodeNewconn(t *testing.T) {
 		t.Fatalf("rr reply %v: want sockname.port %d", m, port)
 	}
 	key := m["key"].(string)
-	if err := nw.sendConn(41, 0, c1); err != nil {
+	if err := nw.SendConn(41, 0, c1); err != nil {
 		t.Fatal(err)
 	}
 	m, fd = f.read()
@@ -432,7 +435,7 @@ func TestNodeNewconn(t *testing.T) {
 	f.write(`{"cmd":"NODE_HANDLE_ACK"}`)
 	f.write(`{"cmd":"NODE_CLUSTER","ack":41,"accepted":true,"seq":2}`)
 	// A NACKed newconn is refused: the connection goes elsewhere.
-	if err := nw.sendConn(42, 0, c1); err != nil {
+	if err := nw.SendConn(42, 0, c1); err != nil {
 		t.Fatal(err)
 	}
 	f.read()
@@ -454,7 +457,7 @@ func TestNodeNewconn(t *testing.T) {
 	// After close, the worker gets no more connections on that key.
 	f.write(`{"cmd":"NODE_CLUSTER","act":"close","key":"` + key + `","seq":4}`)
 	deadline = time.Now().Add(5 * time.Second)
-	for nw.canTake(0) {
+	for nw.CanTake(0) {
 		if time.Now().After(deadline) {
 			t.Fatal("after close the worker still takes connections for that listener")
 		}
@@ -473,7 +476,7 @@ func socketPair(t *testing.T) (int, int) {
 }
 
 func TestNodeLineParsing(t *testing.T) {
-	var m nodeMsg
+	var m msg
 	for _, tc := range []struct {
 		line     string
 		ok       bool
@@ -489,7 +492,7 @@ func TestNodeLineParsing(t *testing.T) {
 		{`{"seq":"not a number","act":"suicide"}`, true, "", "suicide"},
 		{`{broken`, false, "", ""},
 	} {
-		ok := parseNodeLine([]byte(tc.line), &m)
+		ok := parseLine([]byte(tc.line), &m)
 		if ok != tc.ok || ok && (m.Cmd != tc.cmd || m.Act != tc.act) {
 			t.Errorf("%s: ok=%v cmd=%q act=%q, want ok=%v cmd=%q act=%q", tc.line, ok, m.Cmd, m.Act, tc.ok, tc.cmd, tc.act)
 		}
@@ -506,7 +509,7 @@ func TestNodeAcceptedLine(t *testing.T) {
 		`{"cmd":"NODE_CLUSTER","ack":2,"accepted":truex,"seq":3}`,
 		`{"cmd":"NODE_CLUSTER","ack":2.5,"accepted":true,"seq":3}`,
 	} {
-		var fast, slow nodeMsg
+		var fast, slow msg
 		ok := parseAcceptedLine([]byte(line), &fast)
 		json.Unmarshal([]byte(line), &slow)
 		if ok && (fast.Cmd != slow.Cmd || fast.Accepted != slow.Accepted || fast.Ack.n != slow.Ack.n || fast.Seq.n != slow.Seq.n) {
@@ -518,41 +521,19 @@ func TestNodeAcceptedLine(t *testing.T) {
 	}
 }
 
-func TestNodeClusterOn(t *testing.T) {
-	for _, tc := range []struct {
-		flag string
-		cmd  string
-		want bool
-	}{
-		{"auto", "node", true},
-		{"auto", "/usr/bin/nodejs", true},
-		{"auto", "python3", false},
-		{"on", "python3", true},
-		{"off", "node", false},
-	} {
-		c, err := parseArgs([]string{"--node-cluster", tc.flag, "--", tc.cmd, "app.js"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got := nodeClusterOn(c, tc.cmd); got != tc.want {
-			t.Errorf("--node-cluster %s, command %s: %v, want %v", tc.flag, tc.cmd, got, tc.want)
-		}
-	}
-}
-
 // A stop in rr mode sends disconnect only once the worker has answered every
-// connection it was handed, nodeSettle after the last answer: told when that
+// connection it was handed, settleTime after the last answer: told when that
 // happens, not polling.
 func TestNodeStopSettles(t *testing.T) {
-	nc, ls := testNodeCluster(t, modeRR, "127.0.0.1:0")
+	nc, ls := newTestCluster(t, "127.0.0.1:0")
 	nc.rr = &fakeRR{}
 	nc.ls[0].rr = true
-	f, nw := newFakeNodeWorker(t, nc, 0)
+	f, nw := newFakeWorker(t, nc, 0)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"online","seq":0}`)
 	f.write(`{"cmd":"NODE_CLUSTER","act":"queryServer","index":0,"data":null,"address":null,"port":` + strconv.Itoa(portOf(t, ls[0].FD)) + `,"addressType":4,"backlog":0,"seq":1}`)
 	f.read()
 	c1, _ := socketPair(t)
-	if err := nw.sendConn(7, 0, c1); err != nil {
+	if err := nw.SendConn(7, 0, c1); err != nil {
 		t.Fatal(err)
 	}
 	f.read()
@@ -560,13 +541,50 @@ func TestNodeStopSettles(t *testing.T) {
 	if !nc.stop(nw) {
 		t.Fatal("stop: want to wait for the channel to close")
 	}
-	f.quiet(3 * nodeSettle / 2) // connection 7 is not answered yet
+	f.quiet(3 * settleTime / 2) // connection 7 is not answered yet
 	answered := time.Now()
 	f.write(`{"cmd":"NODE_CLUSTER","ack":7,"accepted":true,"seq":2}`)
 	if m, _ := f.read(); m["act"] != "disconnect" {
 		t.Fatalf("stop sent %v, want act disconnect", m)
 	}
-	if d := time.Since(answered); d < nodeSettle {
-		t.Fatalf("disconnect %v after the last connection was answered, want at least %v", d, nodeSettle)
+	if d := time.Since(answered); d < settleTime {
+		t.Fatalf("disconnect %v after the last connection was answered, want at least %v", d, settleTime)
 	}
+}
+
+func fcntl(fd, cmd, arg int) (int, error) {
+	r, _, e := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), uintptr(cmd), uintptr(arg))
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+// freePort is a TCP port free on 127.0.0.1 now.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// syncBuffer collects log lines for assertions.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

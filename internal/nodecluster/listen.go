@@ -4,28 +4,30 @@
 // listeners (exact address, a wildcard one that accepts on it, then any on
 // the port; the socket family for UDP), and how a socket is bound for it when
 // none matches, as Node's own primary binds it. queryServer, which uses
-// them, is in nodeipc_query.go.
-package main
+// them, is in query.go.
+
+package nodecluster
 
 import (
-	"github.com/prefork/prefork/internal/sock"
 	"net"
 	"os"
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/prefork/prefork/internal/sock"
 )
 
-// nodeAsk is a worker's listen() or bind() on a TCP or UDP port, as matching sees it.
-type nodeAsk struct {
+// ask is a worker's listen() or bind() on a TCP or UDP port, as matching sees it.
+type ask struct {
 	network string // "tcp" or "udp"
 	host    string // the IP the worker sent; "" for TCP listen(port) with no host
 	port    int    // 0: any port, which none of prefork's listeners answers
 	family  int    // udp: the dgram socket's family (4 or 6), which the socket given must have; tcp: 0
 }
 
-// nodeOffer is one of prefork's own TCP or UDP listeners, as matching sees it.
-type nodeOffer struct {
+// offer is one of prefork's own TCP or UDP listeners, as matching sees it.
+type offer struct {
 	network string
 	ip      net.IP // the address it is bound to
 	port    int
@@ -42,14 +44,14 @@ const (
 	rankNone
 )
 
-// matchNodeListener picks the offer that serves ask: an exact address first,
+// matchListener picks the offer that serves ask: an exact address first,
 // then a wildcard one that takes it; an app's wildcard (0.0.0.0, ::) or no
 // host takes any address prefork listens on for that port. A worker's UDP
 // socket gets only a socket of its own family: a udp4 socket given an IPv6
 // one fails every send() (EINVAL). A TCP server takes either family. It
 // returns the offer's index (-1 for none) and whether the address is the one
 // asked for.
-func matchNodeListener(ask nodeAsk, offers []nodeOffer) (int, bool) {
+func matchListener(ask ask, offers []offer) (int, bool) {
 	best, bestRank := -1, rankNone
 	for i, o := range offers {
 		if r := rankOffer(ask, o); r < bestRank {
@@ -59,7 +61,7 @@ func matchNodeListener(ask nodeAsk, offers []nodeOffer) (int, bool) {
 	return best, bestRank == rankExact
 }
 
-func rankOffer(ask nodeAsk, o nodeOffer) int {
+func rankOffer(ask ask, o offer) int {
 	if ask.port == 0 || o.network != ask.network || o.port != ask.port {
 		return rankNone
 	}
@@ -85,7 +87,7 @@ func rankOffer(ask nodeAsk, o nodeOffer) int {
 }
 
 // takes reports whether wildcard listener o accepts on ip (nil: no host).
-func takes(o nodeOffer, ip net.IP) bool {
+func takes(o offer, ip net.IP) bool {
 	if ip == nil || ip.Equal(net.IPv6unspecified) {
 		return true // no host or '::' (dual-stack in Node): any wildcard serves it best
 	}
@@ -96,12 +98,12 @@ func takes(o nodeOffer, ip net.IP) bool {
 }
 
 // offerOf is what matching needs of a TCP or UDP listener, from its socket.
-func offerOf(l *sock.Listener) (nodeOffer, bool) {
+func offerOf(l *sock.Listener) (offer, bool) {
 	sa, err := syscall.Getsockname(l.FD)
 	if err != nil {
-		return nodeOffer{}, false
+		return offer{}, false
 	}
-	o := nodeOffer{network: l.Spec.Network}
+	o := offer{network: l.Spec.Network}
 	switch sa := sa.(type) {
 	case *syscall.SockaddrInet4:
 		o.ip, o.port, o.family = net.IP(sa.Addr[:]), sa.Port, 4
@@ -112,7 +114,7 @@ func offerOf(l *sock.Listener) (nodeOffer, bool) {
 			o.dual = err == nil && v == 0
 		}
 	default:
-		return nodeOffer{}, false
+		return offer{}, false
 	}
 	return o, true
 }
@@ -138,7 +140,7 @@ func wildcardOf(family int) string {
 
 // bindFor binds a socket for a worker's listen() that none of prefork's own
 // serves.
-func (nc *nodeCluster) bindFor(network, addr string, port int, at string, m *nodeMsg) (*sock.Listener, error) {
+func (nc *Cluster) bindFor(network, addr string, port int, at string, m *msg) (*sock.Listener, error) {
 	backlog := nc.backlog
 	if m.Backlog.n > 0 && backlog <= 0 {
 		backlog = m.Backlog.n
@@ -166,7 +168,7 @@ func (nc *nodeCluster) bindFor(network, addr string, port int, at string, m *nod
 	if err != nil {
 		return nil, err
 	}
-	return b.open(backlog, nc.mode == modeReuseport)
+	return b.open(backlog, nc.reuseport)
 }
 
 // nodeBind is a TCP or UDP socket to bind for a worker, as Node's own primary

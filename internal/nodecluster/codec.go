@@ -1,16 +1,16 @@
 //go:build linux || darwin
 
-// nodeipc.go and nodeipc_conn.go implement prefork's end of a Node.js IPC
-// channel, the codec of the Node cluster protocol (docs/node.md):
-// newline-delimited JSON on a unix stream socket pair, a descriptor travelling
-// in SCM_RIGHTS with the first bytes of its NODE_HANDLE line,
-// NODE_HANDLE_ACK/NACK for every handle either side sends. One reader goroutine
-// per worker parses lines and hands them to the protocol (nodeipc_primary.go);
-// writers share one ordered output.
+// codec.go and conn.go implement prefork's end of a Node.js IPC channel, the
+// codec of the Node cluster protocol (docs/node.md): newline-delimited JSON
+// on a unix stream socket pair, a descriptor travelling in SCM_RIGHTS with the
+// first bytes of its NODE_HANDLE line, NODE_HANDLE_ACK/NACK for every handle
+// either side sends. One reader goroutine per worker parses lines and hands
+// them to the protocol (cluster.go); writers share one ordered output.
 //
 // This file holds the codec: the messages, their JSON lines and handle
-// matching; the per-worker connection and its writer queue are in nodeipc_conn.go.
-package main
+// matching; the per-worker channel and its writer queue are in conn.go.
+
+package nodecluster
 
 import (
 	"bytes"
@@ -19,9 +19,9 @@ import (
 	"strconv"
 )
 
-// nodeMsg is one message a worker sent: the fields of the cluster protocol that
+// msg is one message a worker sent: the fields of the cluster protocol that
 // prefork reads; everything else in the line is ignored.
-type nodeMsg struct {
+type msg struct {
 	Cmd      string `json:"cmd"`
 	Act      string `json:"act"`
 	Seq      jsInt  `json:"seq"`
@@ -83,17 +83,17 @@ func (j jsInt) js() string {
 
 // internal reports whether Node treats m as one of its own messages rather than
 // a user message (child_process.js: a cmd longer than 5 that starts with NODE_).
-func (m *nodeMsg) internal() bool { return len(m.Cmd) > 5 && m.Cmd[:5] == "NODE_" }
+func (m *msg) internal() bool { return len(m.Cmd) > 5 && m.Cmd[:5] == "NODE_" }
 
 // The two lines a worker sends per rr connection; the first is compared as bytes.
-var nodeHandleAckLine = []byte(`{"cmd":"NODE_HANDLE_ACK"}`)
+var handleAckLine = []byte(`{"cmd":"NODE_HANDLE_ACK"}`)
 
-// parseNodeLine decodes one line. A line that is not a JSON object is a user
+// parseLine decodes one line. A line that is not a JSON object is a user
 // message prefork has no use for (ok false); an object whose fields have other
 // types than the protocol's is a user message too, of which only act is kept.
-func parseNodeLine(line []byte, m *nodeMsg) (ok bool) {
-	*m = nodeMsg{}
-	if bytes.Equal(line, nodeHandleAckLine) {
+func parseLine(line []byte, m *msg) (ok bool) {
+	*m = msg{}
+	if bytes.Equal(line, handleAckLine) {
 		m.Cmd = "NODE_HANDLE_ACK"
 		return true
 	}
@@ -107,7 +107,7 @@ func parseNodeLine(line []byte, m *nodeMsg) (ok bool) {
 		var u struct {
 			Act json.RawMessage `json:"act"`
 		}
-		*m = nodeMsg{}
+		*m = msg{}
 		if json.Unmarshal(line, &u) != nil {
 			return false
 		}
@@ -124,7 +124,7 @@ func parseNodeLine(line []byte, m *nodeMsg) (ok bool) {
 // parseAcceptedLine reads, without encoding/json, the line a worker sends for
 // every rr connection, exactly as Node writes it:
 // {"cmd":"NODE_CLUSTER","ack":N,"accepted":true|false,"seq":M}.
-func parseAcceptedLine(line []byte, m *nodeMsg) bool {
+func parseAcceptedLine(line []byte, m *msg) bool {
 	const p1, p2, p3 = `{"cmd":"NODE_CLUSTER","ack":`, `,"accepted":`, `,"seq":`
 	b, ok := bytes.CutPrefix(line, []byte(p1))
 	if !ok {
@@ -166,8 +166,8 @@ func cutDigits(b []byte) (int, []byte, bool) {
 	return n, b[i:], i > 0 && (i == len(b) || b[i] < '0' || b[i] > '9')
 }
 
-// nodeLine encodes v as one line of the protocol.
-func nodeLine(v any) []byte {
+// encodeLine encodes v as one line of the protocol.
+func encodeLine(v any) []byte {
 	b, err := json.Marshal(v)
 	if err != nil {
 		panic(fmt.Sprintf("prefork: node message: %v", err)) // only prefork's own types get here

@@ -3,21 +3,23 @@
 // This file holds the primary's answer to queryServer and the listener
 // registry behind it: a worker's listen() matched to prefork's listeners by
 // fd, port, address and family, or bound on the first request (the rules of
-// both are in nodeipc_listen.go) and shared, and the socket each worker gets
+// both are in listen.go) and shared, and the socket each worker gets
 // in shared, reuseport and rr mode.
-package main
+
+package nodecluster
 
 import (
 	"encoding/json"
 	"errors"
-	"github.com/prefork/prefork/internal/sock"
 	"net"
 	"strconv"
 	"syscall"
+
+	"github.com/prefork/prefork/internal/sock"
 )
 
-// nodeListener is a listener a Node worker may get.
-type nodeListener struct {
+// listener is a listener a Node worker may get.
+type listener struct {
 	index  uint32
 	l      *sock.Listener
 	static bool            // one of prefork's own (-p, -l, adopted): fd 3+index in workers
@@ -32,12 +34,12 @@ type nodeListener struct {
 
 // socketFor is the socket of nl that this worker gets in shared or reuseport
 // mode, with the handle type that carries it; -1 if none.
-func (w *nodeWorker) socketFor(nl *nodeListener) (int, string) {
+func (w *Worker) socketFor(nl *listener) (int, string) {
 	typ := "net.Native"
 	if nl.l.Spec.Network == "udp" {
 		typ = "dgram.Native"
 	}
-	if w.nc.mode == modeReuseport && nl.l.Spec.Network != "unix" {
+	if w.nc.reuseport && nl.l.Spec.Network != "unix" {
 		if nl.static {
 			if int(nl.index) < len(w.socks) {
 				return w.socks[nl.index], typ
@@ -59,8 +61,8 @@ func (w *nodeWorker) socketFor(nl *nodeListener) (int, string) {
 }
 
 // queryServer answers a worker's listen(): the listener it gets, in the mode's way.
-func (w *nodeWorker) queryServer(m *nodeMsg) {
-	key := nodeKey(m)
+func (w *Worker) queryServer(m *msg) {
+	key := serverKey(m)
 	nl, errno := w.nc.listenerFor(w, m)
 	reply := map[string]any{"cmd": "NODE_CLUSTER", "key": key, "data": rawOrNull(m.Data)}
 	if m.Seq.raw != "" {
@@ -69,7 +71,7 @@ func (w *nodeWorker) queryServer(m *nodeMsg) {
 	if errno != 0 {
 		reply["errno"] = -int(errno)
 		reply["seq"] = w.nextSeq()
-		w.conn.send(nodeLine(reply), -1)
+		w.conn.send(encodeLine(reply), -1)
 		return
 	}
 	if nl.data == nil && len(m.Data) > 0 && string(m.Data) != "null" {
@@ -91,25 +93,25 @@ func (w *nodeWorker) queryServer(m *nodeMsg) {
 			}
 		}
 		reply["seq"] = w.nextSeq()
-		w.conn.send(nodeLine(reply), -1)
+		w.conn.send(encodeLine(reply), -1)
 		return
 	}
 	fd, typ := w.socketFor(nl)
 	if err := setNonblockFd(fd); err != nil {
 		reply["errno"] = -int(syscall.EINVAL)
 		reply["seq"] = w.nextSeq()
-		w.conn.send(nodeLine(reply), -1)
+		w.conn.send(encodeLine(reply), -1)
 		return
 	}
 	reply["errno"] = 0
 	reply["seq"] = w.nextSeq()
-	inner := nodeLine(reply)
-	line := nodeLine(map[string]any{"cmd": "NODE_HANDLE", "type": typ, "msg": json.RawMessage(inner[:len(inner)-1])})
+	inner := encodeLine(reply)
+	line := encodeLine(map[string]any{"cmd": "NODE_HANDLE", "type": typ, "msg": json.RawMessage(inner[:len(inner)-1])})
 	w.conn.send(line, fd)
 }
 
 // listenerFor finds or binds the listener for a queryServer, or an errno.
-func (nc *nodeCluster) listenerFor(w *nodeWorker, m *nodeMsg) (*nodeListener, syscall.Errno) {
+func (nc *Cluster) listenerFor(w *Worker, m *msg) (*listener, syscall.Errno) {
 	at := string(m.AddressType)
 	// listen({fd: N}): prefork's listener at fd N.
 	if m.Fd.num && m.Fd.n >= 0 {
@@ -165,9 +167,9 @@ func (nc *nodeCluster) listenerFor(w *nodeWorker, m *nodeMsg) (*nodeListener, sy
 	if err != nil {
 		return nil, nc.bindFailed(network, addr, port, at, err)
 	}
-	nl := &nodeListener{index: uint32(len(nc.ls)), l: l, query: q, socks: map[int]int{0: l.FD}}
+	nl := &listener{index: uint32(len(nc.ls)), l: l, query: q, socks: map[int]int{0: l.FD}}
 	if nc.rr != nil && network != "udp" {
-		idx, err := nc.rr.addListener(l.FD)
+		idx, err := nc.rr.AddListener(l.FD)
 		if err != nil {
 			sock.Close(l)
 			nc.log.Error("node: rr cannot accept on a socket bound on request", "addr", l.Bound(), "err", err)
@@ -185,12 +187,12 @@ func (nc *nodeCluster) listenerFor(w *nodeWorker, m *nodeMsg) (*nodeListener, sy
 
 // ownListener is the one of prefork's own listeners (-p, -l, adopted) that
 // serves a worker's listen(), or nil. The operator chose prefork's addresses,
-// so they win over the app's (see matchNodeListener). Binding the app's
+// so they win over the app's (see matchListener). Binding the app's
 // address beside them would fail (EADDRINUSE on a wildcard) or leave
 // prefork's socket unserved.
-func (nc *nodeCluster) ownListener(network, addr string, port int, at string) *nodeListener {
-	var cands []*nodeListener
-	var offers []nodeOffer
+func (nc *Cluster) ownListener(network, addr string, port int, at string) *listener {
+	var cands []*listener
+	var offers []offer
 	for _, nl := range nc.ls {
 		if nl == nil || !nl.static || nl.l.Spec.Network != network {
 			continue
@@ -205,7 +207,7 @@ func (nc *nodeCluster) ownListener(network, addr string, port int, at string) *n
 			cands, offers = append(cands, nl), append(offers, o)
 		}
 	}
-	i, exact := matchNodeListener(nodeAsk{network: network, host: addr, port: port, family: askFamily(at)}, offers)
+	i, exact := matchListener(ask{network: network, host: addr, port: port, family: askFamily(at)}, offers)
 	if i < 0 {
 		return nil
 	}
@@ -225,7 +227,7 @@ func (nc *nodeCluster) ownListener(network, addr string, port int, at string) *n
 // that may never come (the app listens on another port, or another address).
 // Meant to be called when the first worker says listening: by then that
 // worker has asked for every server it starts at once.
-func (nc *nodeCluster) warnUnasked() {
+func (nc *Cluster) warnUnasked() {
 	for _, nl := range nc.ls {
 		if nl == nil || !nl.static || nl.asked || nl.warned {
 			continue
@@ -238,7 +240,7 @@ func (nc *nodeCluster) warnUnasked() {
 
 // bindFailed logs why a worker's request could not be bound and returns the
 // errno the worker gets (its listen() fails with it, as under Node's primary).
-func (nc *nodeCluster) bindFailed(network, addr string, port int, at string, err error) syscall.Errno {
+func (nc *Cluster) bindFailed(network, addr string, port int, at string, err error) syscall.Errno {
 	var errno syscall.Errno
 	if !errors.As(err, &errno) {
 		errno = syscall.EINVAL
@@ -258,7 +260,7 @@ func (nc *nodeCluster) bindFailed(network, addr string, port int, at string, err
 // familyHint explains an EADDRINUSE on a UDP port that one of prefork's own
 // listeners holds with the other address family, which a worker's dgram
 // socket cannot use; "" otherwise.
-func (nc *nodeCluster) familyHint(network string, port int, at string) string {
+func (nc *Cluster) familyHint(network string, port int, at string) string {
 	want := askFamily(at)
 	if network != "udp" || want == 0 {
 		return ""
@@ -276,10 +278,10 @@ func (nc *nodeCluster) familyHint(network string, port int, at string) string {
 	return ""
 }
 
-// nodeKey is the key of a worker's server, as Node 20 renders it:
+// serverKey is the key of a worker's server, as Node 20 renders it:
 // address:port:addressType:fd:index, with absent values as "undefined". It is
 // unique among one worker's live servers (index counts its listens on a tuple).
-func nodeKey(m *nodeMsg) string {
+func serverKey(m *msg) string {
 	addr := "null"
 	if m.Address != nil {
 		addr = *m.Address

@@ -1,15 +1,17 @@
 //go:build linux || darwin
 
-// This file holds prefork's end of one worker's Node channel (nodeConn): the
+// This file holds prefork's end of one worker's Node channel: the
 // socket pair, the reader goroutine that splits lines and matches descriptors
 // to NODE_HANDLE lines, NODE_HANDLE_ACK/NACK bookkeeping, and the ordered writer
-// queue every sender shares. The codec is in nodeipc.go.
-package main
+// queue every sender shares. The codec is in codec.go.
+
+package nodecluster
 
 import (
 	"bytes"
 	"errors"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"syscall"
@@ -19,16 +21,16 @@ import (
 	"github.com/prefork/prefork/internal/rrwire"
 )
 
-// nodeOut is a line waiting for the channel to take it, with the descriptor
+// outLine is a line waiting for the channel to take it, with the descriptor
 // that goes with its first byte (owned by the queue: a duplicate), or -1.
-type nodeOut struct {
+type outLine struct {
 	b  []byte
 	fd int
 }
 
-// nodeSent is a handle-bearing line the worker has not acked yet: a newconn
+// sentHandle is a handle-bearing line the worker has not acked yet: a newconn
 // (seq, for the dispatcher) or a reply that is sent again on a NACK.
-type nodeSent struct {
+type sentHandle struct {
 	newconn bool
 	seq     uint32
 	line    []byte
@@ -36,15 +38,15 @@ type nodeSent struct {
 	tries   int
 }
 
-// errNodeBusy says that a line was not sent because the channel cannot take it
+// errBusy says that a line was not sent because the channel cannot take it
 // now without queueing; nothing was written.
-var errNodeBusy = errors.New("node channel busy")
+var errBusy = errors.New("node channel busy")
 
-// errNodeClosed says that the channel is closed.
-var errNodeClosed = errors.New("node channel closed")
+// errClosed says that the channel is closed.
+var errClosed = errors.New("node channel closed")
 
-// nodeConn is prefork's end of one worker's channel.
-type nodeConn struct {
+// channel is prefork's end of one worker's channel.
+type channel struct {
 	fd   int
 	file *os.File
 	rc   syscall.RawConn
@@ -52,7 +54,7 @@ type nodeConn struct {
 	// handle is called on the reader goroutine for every message, with the
 	// descriptor that came with a NODE_HANDLE line (the handler owns it) or -1;
 	// m is reused for the next line, so the handler must not keep it.
-	handle func(m *nodeMsg, fd int)
+	handle func(m *msg, fd int)
 	// refused is called (reader goroutine, outside the write lock) when the
 	// worker NACKs a newconn: it did not take the connection. idle: that was
 	// the last newconn in flight and the owner asked to hear of it (watchIdle).
@@ -67,9 +69,9 @@ type nodeConn struct {
 	// handle-bearing lines awaiting an ack and the count of newconns in flight.
 	mu        sync.Mutex
 	shut      bool
-	out       []nodeOut // lines waiting to be written, in order
+	out       []outLine // lines waiting to be written, in order
 	flushing  bool      // a goroutine is writing out
-	sent      []nodeSent
+	sent      []sentHandle
 	scratch   []byte
 	oob       [64]byte
 	inflight  int    // newconns the worker has not answered (accepted or not)
@@ -80,22 +82,22 @@ type nodeConn struct {
 	rbuf    []byte
 	partial []byte
 	roob    []byte
-	fds     []int   // descriptors received and not yet matched with their line
-	msg     nodeMsg // the line being handled: the handler does not keep it
+	fds     []int // descriptors received and not yet matched with their line
+	msg     msg   // the line being handled: the handler does not keep it
 }
 
-// newNodePair returns a connected unix stream socket pair, both ends
+// NewPair returns a connected unix stream socket pair, both ends
 // close-on-exec: prefork keeps master, child becomes NODE_CHANNEL_FD in the worker.
-func newNodePair() (master, child int, err error) { return rrwire.SocketPair(syscall.SOCK_STREAM) }
+func NewPair() (master, child int, err error) { return rrwire.SocketPair(syscall.SOCK_STREAM) }
 
-// newNodeConn takes ownership of fd (prefork's end of the pair) and starts
+// newChannel takes ownership of fd (prefork's end of the pair) and starts
 // reading it. The callbacks must be set on c by the caller before start.
-func newNodeConn(fd int, name string) (*nodeConn, error) {
+func newChannel(fd int, name string) (*channel, error) {
 	if err := syscall.SetNonblock(fd, true); err != nil {
 		syscall.Close(fd)
 		return nil, os.NewSyscallError("fcntl", err)
 	}
-	c := &nodeConn{fd: fd, file: os.NewFile(uintptr(fd), name),
+	c := &channel{fd: fd, file: os.NewFile(uintptr(fd), name),
 		rbuf: make([]byte, 64<<10), roob: make([]byte, syscall.CmsgSpace(8*4))}
 	var err error
 	if c.rc, err = c.file.SyscallConn(); err != nil {
@@ -106,10 +108,10 @@ func newNodeConn(fd int, name string) (*nodeConn, error) {
 }
 
 // start runs the reader goroutine.
-func (c *nodeConn) start() { go c.readLoop() }
+func (c *channel) start() { go c.readLoop() }
 
 // close shuts the channel: the worker sees end of file. Idempotent.
-func (c *nodeConn) close() {
+func (c *channel) close() {
 	c.mu.Lock()
 	if !c.shut {
 		c.shut = true
@@ -120,7 +122,7 @@ func (c *nodeConn) close() {
 	c.mu.Unlock()
 }
 
-func (c *nodeConn) readLoop() {
+func (c *channel) readLoop() {
 	var err error
 	rerr := c.rc.Read(func(fd uintptr) bool {
 		for {
@@ -160,10 +162,10 @@ func (c *nodeConn) readLoop() {
 
 // takeRights queues the descriptors of a control message; each belongs to the
 // next NODE_HANDLE line, in order (a descriptor arrives with its line's first byte).
-func (c *nodeConn) takeRights(oob []byte) { c.fds = rrwire.Rights(oob, c.fds) }
+func (c *channel) takeRights(oob []byte) { c.fds = rrwire.Rights(oob, c.fds) }
 
 // lines splits what was read into lines and handles the complete ones.
-func (c *nodeConn) lines(b []byte) {
+func (c *channel) lines(b []byte) {
 	for len(b) > 0 {
 		i := bytes.IndexByte(b, '\n')
 		if i < 0 {
@@ -182,9 +184,9 @@ func (c *nodeConn) lines(b []byte) {
 }
 
 // line handles one complete line.
-func (c *nodeConn) line(line []byte) {
-	m := &c.msg // one per channel, not a heap nodeMsg per line (two per rr connection)
-	if !parseNodeLine(line, m) {
+func (c *channel) line(line []byte) {
+	m := &c.msg // one per channel, not a heap msg per line (two per rr connection)
+	if !parseLine(line, m) {
 		return // a user message that is not an object
 	}
 	switch m.Cmd {
@@ -206,9 +208,9 @@ func (c *nodeConn) line(line []byte) {
 			c.send([]byte(`{"cmd":"NODE_HANDLE_NACK"}`+"\n"), -1)
 			return
 		}
-		var inner nodeMsg
-		if len(m.Msg) == 0 || !parseNodeLine(m.Msg, &inner) {
-			inner = nodeMsg{}
+		var inner msg
+		if len(m.Msg) == 0 || !parseLine(m.Msg, &inner) {
+			inner = msg{}
 		}
 		if c.handle != nil {
 			c.handle(&inner, fd)
@@ -225,7 +227,7 @@ func (c *nodeConn) line(line []byte) {
 // handleAcked takes the oldest handle-bearing line off the unacked list; on a
 // NACK a reply is sent again (at most 3 times, as Node does) and a newconn is
 // reported refused.
-func (c *nodeConn) handleAcked(nack bool) {
+func (c *channel) handleAcked(nack bool) {
 	c.mu.Lock()
 	if len(c.sent) == 0 {
 		c.mu.Unlock()
@@ -247,36 +249,36 @@ func (c *nodeConn) handleAcked(nack bool) {
 	if s.tries < 3 {
 		c.mu.Lock()
 		c.writeLocked(s.line, s.fd, true)
-		c.sent = append(c.sent, nodeSent{line: s.line, fd: s.fd, tries: s.tries + 1})
+		c.sent = append(c.sent, sentHandle{line: s.line, fd: s.fd, tries: s.tries + 1})
 		c.mu.Unlock()
 	}
 }
 
 // send writes one line (ending in '\n') with an optional descriptor, queueing
 // what the channel cannot take now. fd is not consumed: the caller keeps it.
-func (c *nodeConn) send(line []byte, fd int) error {
+func (c *channel) send(line []byte, fd int) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.shut {
-		return errNodeClosed
+		return errClosed
 	}
 	if fd >= 0 {
-		c.sent = append(c.sent, nodeSent{line: line, fd: fd})
+		c.sent = append(c.sent, sentHandle{line: line, fd: fd})
 	}
 	return c.writeLocked(line, fd, true)
 }
 
 // sendNewconn hands connection conn to the worker under seq with its server's
-// key, without blocking and without queueing: errNodeBusy when the channel
+// key, without blocking and without queueing: errBusy when the channel
 // cannot take it at once (nothing was sent). keyJSON is the key as a JSON string.
-func (c *nodeConn) sendNewconn(keyJSON []byte, seq uint32, conn int, setNonblock bool) error {
+func (c *channel) sendNewconn(keyJSON []byte, seq uint32, conn int, setNonblock bool) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.shut {
-		return errNodeClosed
+		return errClosed
 	}
 	if len(c.out) > 0 {
-		return errNodeBusy
+		return errBusy
 	}
 	b := append(c.scratch[:0], `{"cmd":"NODE_HANDLE","type":"net.Native","msg":{"cmd":"NODE_CLUSTER","act":"newconn","key":`...)
 	b = append(b, keyJSON...)
@@ -292,7 +294,7 @@ func (c *nodeConn) sendNewconn(keyJSON []byte, seq uint32, conn int, setNonblock
 	if err := c.writeLocked(b, conn, false); err != nil {
 		return err
 	}
-	c.sent = append(c.sent, nodeSent{newconn: true, seq: seq})
+	c.sent = append(c.sent, sentHandle{newconn: true, seq: seq})
 	c.inflight++
 	c.handed++
 	return nil
@@ -300,13 +302,13 @@ func (c *nodeConn) sendNewconn(keyJSON []byte, seq uint32, conn int, setNonblock
 
 // answered counts the worker's answer to a newconn; it reports whether that
 // was the last one in flight and the owner asked to hear of it (newconns).
-func (c *nodeConn) answered() (idle bool) {
+func (c *channel) answered() (idle bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.answeredLocked()
 }
 
-func (c *nodeConn) answeredLocked() bool {
+func (c *channel) answeredLocked() bool {
 	if c.inflight > 0 {
 		c.inflight--
 	}
@@ -320,7 +322,7 @@ func (c *nodeConn) answeredLocked() bool {
 // newconns reports how many newconns are in flight and how many were ever
 // sent; with watch, when some are in flight, the reader reports the moment
 // the last is answered (answered, refused), once.
-func (c *nodeConn) newconns(watch bool) (inflight int, handed uint64) {
+func (c *channel) newconns(watch bool) (inflight int, handed uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.watchIdle = watch && c.inflight > 0
@@ -330,8 +332,8 @@ func (c *nodeConn) newconns(watch bool) (inflight int, handed uint64) {
 // writeLocked writes b with fd in SCM_RIGHTS on its first byte. What is not
 // written at once is queued (with a duplicate of fd) and written by a flusher
 // goroutine; with mayQueue false, a line of which nothing could be written is
-// errNodeBusy instead. b is copied when queued.
-func (c *nodeConn) writeLocked(b []byte, fd int, mayQueue bool) error {
+// errBusy instead. b is copied when queued.
+func (c *channel) writeLocked(b []byte, fd int, mayQueue bool) error {
 	if len(c.out) == 0 {
 		n, err := c.sendmsg(b, fd)
 		switch {
@@ -343,10 +345,10 @@ func (c *nodeConn) writeLocked(b []byte, fd int, mayQueue bool) error {
 		case err != syscall.EAGAIN:
 			return os.NewSyscallError("sendmsg", err)
 		case !mayQueue:
-			return errNodeBusy
+			return errBusy
 		}
 	} else if !mayQueue {
-		return errNodeBusy
+		return errBusy
 	}
 	dfd := -1
 	if fd >= 0 {
@@ -359,8 +361,8 @@ func (c *nodeConn) writeLocked(b []byte, fd int, mayQueue bool) error {
 	return nil
 }
 
-func (c *nodeConn) queueLocked(b []byte, fd int) {
-	c.out = append(c.out, nodeOut{b: append([]byte(nil), b...), fd: fd})
+func (c *channel) queueLocked(b []byte, fd int) {
+	c.out = append(c.out, outLine{b: append([]byte(nil), b...), fd: fd})
 	if !c.flushing {
 		c.flushing = true
 		go c.flush()
@@ -368,7 +370,7 @@ func (c *nodeConn) queueLocked(b []byte, fd int) {
 }
 
 // flush writes the queue out as the channel takes it.
-func (c *nodeConn) flush() {
+func (c *channel) flush() {
 	c.rc.Write(func(fd uintptr) bool {
 		c.mu.Lock()
 		defer c.mu.Unlock()
@@ -399,7 +401,7 @@ func (c *nodeConn) flush() {
 }
 
 // dropOutLocked discards the queue of a shut channel, closing its descriptors.
-func (c *nodeConn) dropOutLocked() {
+func (c *channel) dropOutLocked() {
 	for _, o := range c.out {
 		if o.fd >= 0 {
 			syscall.Close(o.fd)
@@ -409,7 +411,7 @@ func (c *nodeConn) dropOutLocked() {
 }
 
 // sendmsg is one non-blocking write of b, with fd on its first byte when fd >= 0.
-func (c *nodeConn) sendmsg(b []byte, fd int) (int, error) {
+func (c *channel) sendmsg(b []byte, fd int) (int, error) {
 	var oob []byte
 	if fd >= 0 {
 		oob = rrwire.PutRight(c.oob[:], fd)
@@ -425,9 +427,35 @@ func (c *nodeConn) sendmsg(b []byte, fd int) (int, error) {
 // setNonblockFd makes fd non-blocking with one ioctl: Node's libuv does not set
 // O_NONBLOCK on descriptors it receives, and blocks in accept or read otherwise.
 func setNonblockFd(fd int) error {
+	// FIONBIO, which package syscall does not export: <asm-generic/ioctls.h>
+	// on Linux (amd64 and arm64 alike), _IOW('f', 126, int) in <sys/filio.h>
+	// on macOS.
+	fionbio := uintptr(0x5421)
+	if runtime.GOOS == "darwin" {
+		fionbio = 0x8004667e
+	}
 	one := 1
-	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, uintptr(fd), uintptr(fionbio), uintptr(unsafe.Pointer(&one))); e != 0 {
+	if _, _, e := syscall.Syscall(syscall.SYS_IOCTL, uintptr(fd), fionbio, uintptr(unsafe.Pointer(&one))); e != 0 {
 		return os.NewSyscallError("ioctl", e)
 	}
 	return nil
+}
+
+// dupCloexec duplicates fd close-on-exec; ForkLock keeps a concurrent fork
+// from inheriting it in between.
+func dupCloexec(fd int) (int, error) {
+	syscall.ForkLock.RLock()
+	defer syscall.ForkLock.RUnlock()
+	nfd, err := syscall.Dup(fd)
+	if err != nil {
+		return -1, os.NewSyscallError("dup", err)
+	}
+	syscall.CloseOnExec(nfd)
+	return nfd, nil
+}
+
+func closeFds(fds []int) {
+	for _, fd := range fds {
+		syscall.Close(fd)
+	}
 }
