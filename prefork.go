@@ -13,8 +13,9 @@
 //	timers (env.after)     nothing: each sends one event when due    the stop function env.after returns
 //	notify readers         one worker's notify socket each           they send notifyEvent
 //	rr dispatcher (rr*.go) accepts, handoffs in flight, windows      its own calls, on its thread (rr.go)
-//	Node readers           one worker's cluster channel each         they send events (nodeipc*.go)
-//	pool (poolrun.go)      its samples of queues and memory          poolEvent to the loop; the loop's
+//	Node readers           parsing one worker's cluster channel      nodeLinkEvent; the loop owns every Node
+//	                                                                 worker's state (internal/nodecluster)
+//	pool (pool.go)         its samples of queues and memory          poolEvent to the loop; the loop's
 //	                                                                 published view (s.pool)
 //	control server         its clients' connections                  ctlEvent with a reply channel
 //	metrics file writer    the file                                  ctlEvent{metrics}, like a client
@@ -28,6 +29,8 @@ package main
 
 import (
 	"fmt"
+	"github.com/prefork/prefork/internal/nodecluster"
+	"github.com/prefork/prefork/internal/sock"
 	"io"
 	"log/slog"
 	"os"
@@ -98,7 +101,7 @@ func (drainDoneEvent) isEvent()    {}
 func (sweepDoneEvent) isEvent()    {}
 func (poolEvent) isEvent()         {}
 func (ctlEvent) isEvent()          {}
-func (linkEvent) isEvent()         {}
+func (nodeLinkEvent) isEvent()     {}
 
 // The supervisor's own events: its timers, notify sockets and channels.
 type (
@@ -127,7 +130,7 @@ type supervisor struct {
 	wd        workdir  // where workers start (command.go)
 	shim      string   // prefork's own binary
 	cred      string   // --user, for the shim
-	listeners []*listener
+	listeners []*sock.Listener
 	baseEnv   []string
 	events    chan event
 	env       env // the world outside: processes, signals, clock, timers (spawn.go)
@@ -137,9 +140,9 @@ type supervisor struct {
 	up        *upstream
 	rr        *dispatcher
 	ch        workerChannel
-	pool      *pool        // the pool goroutine's view and readings (poolrun.go); nil when not needed
-	ctl       ctlState     // the control socket's waiting clients (control.go)
-	nc        *nodeCluster // --node-cluster: the listeners Node workers share (nodeipc_primary.go)
+	pool      *pool                // the pool goroutine's view and readings (pool.go); nil when not needed
+	ctl       ctlState             // the control socket's waiting clients (control.go)
+	nc        *nodecluster.Cluster // --node-cluster: the listeners Node workers share (node.go)
 
 	workers       map[int]*worker
 	slots         []*slot
@@ -206,7 +209,7 @@ func supervise(c *config, stderr io.Writer) int {
 		}
 	}
 	if len(c.specs) == 0 {
-		if s.listeners, err = adoptSystemd(); err != nil {
+		if s.listeners, err = sock.Adopt(); err != nil {
 			return fail(exitFailure, "socket activation: %v", err)
 		}
 		if len(s.listeners) == 0 && !nodeClusterOn(c, s.path) {
@@ -216,21 +219,21 @@ func supervise(c *config, stderr io.Writer) int {
 			return fail(exitUsage, "--node-send-server sends prefork's listeners: give -p PORT or -l ADDR")
 		}
 		for _, l := range s.listeners {
-			if c.mode == modeRR && l.spec.network == "udp" {
-				return fail(exitUsage, "--mode rr hands over stream connections: adopted socket %s is UDP", l.spec.name)
+			if c.mode == modeRR && l.Spec.Network == "udp" {
+				return fail(exitUsage, "--mode rr hands over stream connections: adopted socket %s is UDP", l.Spec.Name)
 			}
 		}
-	} else if s.listeners, err = bindAll(c.specs, c.backlog, c.mode == modeReuseport); err != nil {
+	} else if s.listeners, err = sock.Bind(c.specs, c.backlog, c.mode == modeReuseport); err != nil {
 		return fail(exitFailure, "%v", err)
 	}
-	defer closeListeners(s.listeners)
+	defer sock.Close(s.listeners...)
 	for _, l := range s.listeners {
-		if uid >= 0 && l.spec.network == "unix" {
-			os.Chown(l.spec.addr, uid, gid)
+		if uid >= 0 && l.Spec.Network == "unix" {
+			os.Chown(l.Spec.Addr, uid, gid)
 		}
-		log.Info("listening", "name", l.spec.name, "addr", l.addrString())
+		log.Info("listening", "name", l.Spec.Name, "addr", l.Bound())
 	}
-	defer watchListening(s.listeners, c.backlog, log)() // stopped before the listeners close
+	defer sock.Watch(s.listeners, c.backlog, log)() // stopped before the listeners close
 	if warn, err := checkDescriptors(c, len(s.listeners)); err != nil {
 		fail(exitFailure, "%v", err)
 		log.Info(err.(*fdLimitError).hint())
@@ -246,7 +249,7 @@ func supervise(c *config, stderr io.Writer) int {
 	if c.mode == modeRR {
 		fds := make([]int, len(s.listeners))
 		for i, l := range s.listeners {
-			fds[i] = l.fd
+			fds[i] = l.FD
 		}
 		s.rr, err = newDispatcher(fds, c.rrWindow, log, func(pid int, err error) { s.events <- brokenEvent{pid, err} })
 		if err != nil {
@@ -255,8 +258,8 @@ func supervise(c *config, stderr io.Writer) int {
 		defer s.rr.close()
 	}
 	if nodeClusterOn(c, s.path) {
-		s.nc = newNodeCluster(log, c, s.listeners, s.rr)
-		defer s.nc.close()
+		s.nc = newNodeCluster(c, log, s.listeners, s.rr)
+		defer s.nc.Close()
 	}
 	s.ch = s.newChannel()
 	if c.pidfile != "" {
@@ -284,14 +287,6 @@ func supervise(c *config, stderr io.Writer) int {
 		return exitOK
 	}
 	return s.loop(sigs)
-}
-
-// bindAll opens the listeners, in reuseport mode with SO_REUSEPORT set.
-func bindAll(specs []listenSpec, backlog int, reuseport bool) ([]*listener, error) {
-	if reuseport {
-		return openListenersReuseport(specs, backlog)
-	}
-	return openListeners(specs, backlog)
 }
 
 // cleanEnv drops what prefork sets itself, and what was meant for prefork only.
@@ -426,9 +421,9 @@ func (s *supervisor) handle(ev event) {
 		s.handlePool(e)
 	case ctlEvent:
 		s.controlRequest(e)
-	case linkEvent:
+	case nodeLinkEvent:
 		if s.alive(e.w) {
-			e.fn()
+			e.l.event(e.w, e.e)
 		}
 	}
 }

@@ -2,7 +2,7 @@
 
 // This file implements --mode rr: the dispatcher that accepts on prefork's
 // listeners and hands each connection to the next ready worker over its handoff
-// channel, keeping its own copy until the worker acks it (SPEC §4).
+// channel, keeping its own copy until the worker acks it (README: The rr handoff protocol).
 package main
 
 import (
@@ -39,13 +39,13 @@ type handoff struct {
 	fd    int    // prefork's copy of the connection
 }
 
-// rrSender sends one connection to a worker: the SPEC §4 message on the handoff
+// rrSender sends one connection to a worker: the rr handoff message on the handoff
 // socket, or a Node cluster newconn. Errors are raw; EAGAIN means "full for now".
 type rrSender interface {
 	sendConn(seq, index uint32, conn int) error
 }
 
-// handoffSender is the SPEC §4 codec on prefork's end of a handoff socket.
+// handoffSender is the rr handoff codec on prefork's end of a handoff socket.
 type handoffSender int
 
 func (fd handoffSender) sendConn(seq, index uint32, conn int) error {
@@ -56,7 +56,7 @@ func (fd handoffSender) sendConn(seq, index uint32, conn int) error {
 type rrWorker struct {
 	id       int // the worker's pid
 	send     rrSender
-	fd       int // §4: master end, non-blocking, in the poller; -1 for a channel read elsewhere
+	fd       int // master end, non-blocking, in the poller; -1 for a channel read elsewhere
 	ready    bool
 	draining bool
 	gone     bool // channel closed: detached, broken, closed by the worker, or dispatcher closed

@@ -1,6 +1,6 @@
 //go:build linux || darwin
 
-// This file reads the acks of rr workers (SPEC §4): 4-byte big-endian sequence
+// This file reads the acks of rr workers (README: The rr handoff protocol): 4-byte big-endian sequence
 // numbers, several per message, and closes the channel of a worker that sends
 // anything else.
 package main
@@ -125,7 +125,7 @@ func (d *dispatcher) shutLocked(w *rrWorker) {
 		// The worker's copy shares the open file description with prefork's:
 		// a worker that made it non-blocking (Go, libuv, Python's settimeout)
 		// before dying would pass that on to the next one, whose blocking
-		// read then fails with EAGAIN. §4 hands connections in blocking mode.
+		// read then fails with EAGAIN. The protocol hands connections in blocking mode.
 		syscall.SetNonblock(h.fd, d.nonblockConns)
 	}
 	d.pending = append(d.pending, w.inflight...)
