@@ -2,7 +2,7 @@
 
 // This file holds the worker channel: what connects prefork to a worker besides
 // signals and its notify socket, chosen once per run. shared and reuseport pass
-// listening sockets and nothing else; rr passes the SPEC §4 handoff socket; a
+// listening sockets and nothing else; rr passes the handoff socket (rr.go); a
 // Node.js worker gets the cluster IPC channel (nodeipc.go). The supervisor asks a
 // worker's link "it is up", "send it no more work", "stop gracefully", "it is
 // gone", never which mode runs.
@@ -14,8 +14,6 @@ import (
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/prefork/prefork/internal/rrwire"
 )
 
 // workerChannel prepares, for each new worker, what it inherits and the link
@@ -95,44 +93,6 @@ func (l *signalLink) drain()                  {}
 func (l *signalLink) stop(sig syscall.Signal) { l.killMode.stop(l.pid, sig) }
 func (l *signalLink) detach()                 {}
 
-// handoffChannel is rr mode: fd 3 is the worker's end of a SPEC §4 socket pair;
-// the dispatcher owns prefork's end.
-type handoffChannel struct{ s *supervisor }
-
-func (c handoffChannel) prepare(sl *slot) ([]int, []string, link, error) {
-	master, worker, err := rrwire.NewPair()
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	return []int{worker}, nil, &handoffLink{d: c.s.rr, master: master, worker: worker, killMode: c.s.c.killMode}, nil
-}
-
-// handoffLink is one rr worker as the dispatcher knows it.
-type handoffLink struct {
-	d              *dispatcher
-	master, worker int // socket pair ends; worker is closed once the process has it
-	pid            int
-	killMode       killMode // where the stop signal goes
-}
-
-func (l *handoffLink) attach(w *worker) {
-	l.pid = w.pid
-	syscall.Close(l.worker)
-	l.d.attach(w.pid, l.master)
-}
-
-func (l *handoffLink) abort()          { closeFds([]int{l.master, l.worker}) }
-func (l *handoffLink) ready()          { l.d.ready(l.pid) }
-func (l *handoffLink) saysReady() bool { return false }
-func (l *handoffLink) drain()          { l.d.drain(l.pid) }
-
-func (l *handoffLink) stop(sig syscall.Signal) {
-	l.d.drain(l.pid)
-	l.killMode.stop(l.pid, sig)
-}
-
-func (l *handoffLink) detach() { l.d.detach(l.pid) }
-
 // nodeChannel is --node-cluster: prefork is the Node.js cluster primary of each
 // worker (nodeipc*.go). The worker inherits what shared or reuseport mode gives
 // (nothing in rr mode), and after it the IPC channel at NODE_CHANNEL_FD.
@@ -201,7 +161,7 @@ func (l *nodeLink) attach(w *worker) {
 	}
 	ended := func(err error) {
 		if s.rr != nil {
-			s.rr.shut(w.pid)
+			s.rr.Shut(w.pid)
 		}
 		if err != nil {
 			s.log.Debug("node channel error", "pid", w.pid, "err", err)
@@ -215,7 +175,7 @@ func (l *nodeLink) attach(w *worker) {
 	}
 	l.nw = nw
 	if s.rr != nil {
-		s.rr.attachSender(w.pid, nw)
+		s.rr.Attach(w.pid, nodeSender{nw}, -1)
 	}
 }
 
@@ -223,7 +183,7 @@ func (l *nodeLink) abort() { closeFds([]int{l.master, l.child}) }
 
 func (l *nodeLink) ready() {
 	if l.s.rr != nil {
-		l.s.rr.ready(l.pid)
+		l.s.rr.Ready(l.pid)
 	}
 }
 
@@ -242,7 +202,7 @@ func (l *nodeLink) saysReady() bool {
 
 func (l *nodeLink) drain() {
 	if l.s.rr != nil {
-		l.s.rr.drain(l.pid)
+		l.s.rr.Drain(l.pid)
 	}
 }
 
@@ -275,8 +235,8 @@ func (l *nodeLink) settle(lastBusy time.Time) {
 	if l.ended {
 		return
 	}
-	for _, st := range l.s.rr.stats() {
-		if st.id == l.pid && st.inflight > 0 {
+	for _, st := range l.s.rr.Stats() {
+		if st.ID == l.pid && st.Inflight > 0 {
 			lastBusy = time.Now()
 		}
 	}
@@ -310,6 +270,6 @@ func (l *nodeLink) detach() {
 		l.nw.detach()
 	}
 	if l.s.rr != nil {
-		l.s.rr.detach(l.pid)
+		l.s.rr.Detach(l.pid)
 	}
 }

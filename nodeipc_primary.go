@@ -19,6 +19,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/internal/rr"
 )
 
 // nodeRR is what the Node channel needs of the rr dispatcher.
@@ -34,18 +36,11 @@ type nodeRR interface {
 }
 
 // dispatcherNodeRR is the rr dispatcher as the Node channel uses it.
-type dispatcherNodeRR struct{ d *dispatcher }
+type dispatcherNodeRR struct{ d *rr.Dispatcher }
 
-func (r dispatcherNodeRR) addListener(fd int) (uint32, error) { return r.d.addListener(fd) }
-func (r dispatcherNodeRR) kick()                              { r.d.kick() }
-
-func (r dispatcherNodeRR) ack(id int, seq uint32, accepted bool) {
-	if !accepted {
-		r.d.refused(id, seq)
-	} else if err := r.d.acked(id, seq); err != nil {
-		r.d.log.Debug("node: ack from a worker", "pid", id, "err", err)
-	}
-}
+func (r dispatcherNodeRR) addListener(fd int) (uint32, error)    { return r.d.AddListener(fd) }
+func (r dispatcherNodeRR) kick()                                 { r.d.Kick() }
+func (r dispatcherNodeRR) ack(id int, seq uint32, accepted bool) { r.d.Ack(id, seq, accepted) }
 
 // nodeCluster is the state every Node worker's channel shares: prefork's
 // listeners and the sockets bound on request, in one place, guarded by mu.
@@ -67,14 +62,14 @@ type nodeCluster struct {
 
 // newNodeCluster wraps prefork's listeners (static: the order of listeners);
 // d is the rr dispatcher, nil in other modes.
-func newNodeCluster(log *slog.Logger, c *config, listeners []*listener, d *dispatcher) *nodeCluster {
+func newNodeCluster(log *slog.Logger, c *config, listeners []*listener, d *rr.Dispatcher) *nodeCluster {
 	nc := &nodeCluster{log: log, mode: c.mode, backlog: c.backlog, closingWait: c.grace / 2}
 	if c.nodeSendServer != "" {
 		nc.sendServer, _ = json.Marshal(c.nodeSendServer)
 	}
 	if d != nil {
 		nc.rr = dispatcherNodeRR{d}
-		d.setNonblockConns()
+		d.SetNonblockConns()
 		nc.connsNonblock = true
 	}
 	for i, l := range listeners {

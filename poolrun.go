@@ -10,6 +10,7 @@ package main
 import (
 	"fmt"
 	"github.com/prefork/prefork/internal/procstat"
+	"github.com/prefork/prefork/internal/rr"
 	"maps"
 	"math/rand/v2"
 	"slices"
@@ -227,7 +228,7 @@ type poolRunner struct {
 	events    chan<- any
 	elastic   *elastic // nil: a fixed pool
 	limits    *limits  // nil: no --max-rss or --max-lifetime
-	rr        *dispatcher
+	rr        *rr.Dispatcher
 	listeners int
 	usage     bool   // /proc can be read here
 	sent      uint64 // pool events sent
@@ -264,7 +265,7 @@ func (r *poolRunner) run() {
 			}
 		}
 		if r.rr != nil {
-			n, next := r.rr.waiting(mark)
+			n, next := r.rr.Waiting(mark)
 			mark = next
 			waiting = max(waiting, 0) + n
 		}

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/internal/rr"
 )
 
 // Worker states, as the status file shows them.
@@ -90,7 +92,7 @@ type supervisor struct {
 	reaper    *reaper
 	notify    *notifyDir
 	up        *upstream
-	rr        *dispatcher
+	rr        *rr.Dispatcher
 	ch        workerChannel
 	pool      *pool        // the pool goroutine's view and readings (poolrun.go); nil when not needed
 	ctl       ctlState     // the control socket's waiting clients (control.go)
@@ -207,7 +209,7 @@ func supervise(c *config, stderr io.Writer) int {
 		if err != nil {
 			return fail(exitFailure, "rr dispatcher: %v", err)
 		}
-		defer s.rr.close()
+		defer s.rr.Close()
 	}
 	if nodeClusterOn(c, s.path) {
 		s.nc = newNodeCluster(log, c, s.listeners, s.rr)
