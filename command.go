@@ -47,7 +47,7 @@ func newWorkdir() (workdir, error) {
 
 // resolve enters the working directory again by its path and finds the
 // command there: at start and at each reload. It changes nothing on an error,
-// which carries the exit status of SPEC §7 (126, 127).
+// which carries the exit status of the README's "Exit status" (126, 127).
 func (s *supervisor) resolve() (int, error) {
 	dir, err := filepath.EvalSymlinks(s.wd.path)
 	if err != nil {

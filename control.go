@@ -1,16 +1,28 @@
 //go:build linux || darwin
 
-// This file holds the control socket's protocol (--control PATH: one JSON
-// request line, one JSON answer line) and its owner-goroutine side: a request
-// arrives as a ctlEvent, and the answer goes back on its reply channel, at once
-// or when the reload or scale it waits for ends. control_server.go serves the
-// socket; ctl.go is the client; metrics.go renders the metrics.
+// This file holds the control socket (--control PATH: one JSON request line,
+// one JSON answer line): its commands, declared once in ctlCommands; its
+// owner-goroutine side, where a request arrives as a ctlEvent and the answer
+// goes back on its reply channel, at once or when the reload or scale it waits
+// for ends; and its server, a unix stream socket, mode 0600, that serves peers
+// of prefork's own uid or root only (their credentials are checked, not just
+// the file mode), one goroutine per client. ctl.go is the client; status.go
+// renders the metrics.
 package main
 
 import (
+	"bufio"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"github.com/prefork/prefork/internal/procstat"
 	"github.com/prefork/prefork/internal/rr"
+	"github.com/prefork/prefork/internal/sock"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -18,7 +30,7 @@ import (
 
 // ctlRequest is what a client sends: one JSON line.
 type ctlRequest struct {
-	Cmd     string `json:"cmd"`               // status, metrics, reload, scale, stop
+	Cmd     string `json:"cmd"`               // a name in ctlCommands
 	Workers int    `json:"workers,omitempty"` // scale
 }
 
@@ -80,66 +92,118 @@ type ctlState struct {
 	server         *ctlServer
 	metrics        *metricsWriter
 	reloads        []ctlWaiter
-	scales         []scaleWaiter
+	scales         []ctlWaiter
 	reloadFailures int
 }
 
+// ctlWaiter is a client waiting for a reload to generation gen, or for a
+// scale to n workers (base: each slot's restarts when the scale began).
 type ctlWaiter struct {
-	gen   int
-	reply chan ctlResponse
+	gen, n int
+	base   map[*slot]int
+	reply  chan ctlResponse
 }
 
-type scaleWaiter struct {
-	n     int
-	reply chan ctlResponse
-	base  map[*slot]int // each slot's restarts when the scale began
+// ctlCommand is a control command, declared once in ctlCommands: the client
+// (ctl.go) parses its arguments and shows its outcome by it, the server admits
+// and answers by it, the owner goroutine runs its handler, and --help lists it.
+type ctlCommand struct {
+	name, usage string // its name, and its usage line in --help
+
+	json, timeout, workers bool // the arguments it takes: --json, --timeout DUR, N
+	waits                  bool // answers once what it asked for is done, not at once
+	stays                  bool // the connection stays open until prefork exits
+	metrics                bool // the server renders the status as Prometheus text
+
+	handle func(s *supervisor, e ctlEvent)    // in the owner goroutine
+	done   func(c *ctlRun, r ctlResponse) int // the client's output and exit status
+}
+
+var ctlCommands = []ctlCommand{
+	{name: "status", usage: "status [--json]", json: true, handle: (*supervisor).ctlSample, done: (*ctlRun).status},
+	{name: "reload", usage: "reload [--timeout DUR]", timeout: true, waits: true, handle: (*supervisor).ctlReload, done: (*ctlRun).message},
+	{name: "scale", usage: "scale N [--timeout DUR]", workers: true, timeout: true, waits: true, handle: (*supervisor).ctlScale, done: (*ctlRun).message},
+	{name: "stop", usage: "stop [--timeout DUR]", timeout: true, stays: true, handle: (*supervisor).ctlStop, done: (*ctlRun).stopped},
+	{name: "metrics", usage: "metrics", metrics: true, handle: (*supervisor).ctlSample, done: (*ctlRun).metrics},
+}
+
+func ctlLookup(name string) *ctlCommand {
+	if i := slices.IndexFunc(ctlCommands, func(c ctlCommand) bool { return c.name == name }); i >= 0 {
+		return &ctlCommands[i]
+	}
+	return nil
+}
+
+// ctlList names the commands as "a, b or c", with their N if usage ("scale N").
+func ctlList(usage bool) string {
+	names := make([]string, len(ctlCommands))
+	for i, c := range ctlCommands {
+		names[i] = c.name
+		if usage {
+			names[i], _, _ = strings.Cut(c.usage, " [")
+		}
+	}
+	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
+}
+
+// ctlSynopsis is the commands' usage lines for --help, two on the first line.
+func ctlSynopsis() string {
+	u := make([]string, len(ctlCommands))
+	for i, c := range ctlCommands {
+		u[i] = c.usage
+	}
+	return strings.Join(u[:2], " | ") + " |\n" + strings.Repeat(" ", 26) + strings.Join(u[2:], " | ")
 }
 
 // controlRequest answers a client, in the owner goroutine.
-func (s *supervisor) controlRequest(e ctlEvent) {
-	fail := func(format string, a ...any) { e.reply <- ctlResponse{Error: fmt.Sprintf(format, a...)} }
-	switch e.req.Cmd {
-	case "status", "metrics":
-		e.reply <- ctlResponse{OK: true, Status: s.ctlSnapshot()}
-	case "stop":
-		s.log.Info("stop asked for on the control socket")
-		s.beginStop(s.c.drainDelay)
-		e.reply <- ctlResponse{OK: true, Message: "stopping"}
-	case "reload":
-		if s.stopping {
-			fail("prefork is stopping")
-			return
-		}
-		if s.reloadGen != 0 { // join the reload under way
-			s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{s.reloadGen, e.reply})
-			return
-		}
-		// Wait first: the reload may end at once (a worker that cannot be forked).
-		s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{s.gen + 1, e.reply})
+func (s *supervisor) controlRequest(e ctlEvent) { ctlLookup(e.req.Cmd).handle(s, e) }
+
+func (e ctlEvent) fail(format string, a ...any) {
+	e.reply <- ctlResponse{Error: fmt.Sprintf(format, a...)}
+}
+
+func (s *supervisor) ctlSample(e ctlEvent) { e.reply <- ctlResponse{OK: true, Status: s.ctlSnapshot()} }
+
+func (s *supervisor) ctlStop(e ctlEvent) {
+	s.log.Info("stop asked for on the control socket")
+	s.beginStop(s.c.drainDelay)
+	e.reply <- ctlResponse{OK: true, Message: "stopping"}
+}
+
+func (s *supervisor) ctlReload(e ctlEvent) {
+	switch {
+	case s.stopping:
+		e.fail("prefork is stopping")
+	case s.reloadGen != 0: // join the reload under way
+		s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{gen: s.reloadGen, reply: e.reply})
+	default: // wait first: the reload may end at once (a worker that cannot be forked)
+		s.ctl.reloads = append(s.ctl.reloads, ctlWaiter{gen: s.gen + 1, reply: e.reply})
 		s.log.Info("reload asked for on the control socket")
 		s.signal(syscall.SIGHUP)
-	case "scale":
-		n := e.req.Workers
-		lo, hi := s.slotBounds() // -n MIN:MAX bounds it as TTIN and TTOU
-		switch {
-		case s.stopping:
-			fail("prefork is stopping")
-			return
-		case n < lo || n > hi:
-			fail("cannot scale to %d workers: give %d to %d", n, lo, hi)
-			return
-		}
-		s.log.Info("scale asked for on the control socket", "workers", n)
-		if err := s.scaleTo(n); err != nil {
-			fail("cannot add a worker (at %d of %d): %v", len(s.slots), n, err)
-			return
-		}
-		w := scaleWaiter{n: n, reply: e.reply, base: map[*slot]int{}}
-		for _, sl := range s.slots {
-			w.base[sl] = sl.restarts
-		}
-		s.ctl.scales = append(s.ctl.scales, w)
 	}
+}
+
+func (s *supervisor) ctlScale(e ctlEvent) {
+	n := e.req.Workers
+	lo, hi := s.slotBounds() // -n MIN:MAX bounds it as TTIN and TTOU
+	switch {
+	case s.stopping:
+		e.fail("prefork is stopping")
+		return
+	case n < lo || n > hi:
+		e.fail("cannot scale to %d workers: give %d to %d", n, lo, hi)
+		return
+	}
+	s.log.Info("scale asked for on the control socket", "workers", n)
+	if err := s.scaleTo(n); err != nil {
+		e.fail("cannot add a worker (at %d of %d): %v", len(s.slots), n, err)
+		return
+	}
+	w := ctlWaiter{n: n, reply: e.reply, base: map[*slot]int{}}
+	for _, sl := range s.slots {
+		w.base[sl] = sl.restarts
+	}
+	s.ctl.scales = append(s.ctl.scales, w)
 }
 
 // ctlCheck answers the clients waiting for a scale whose outcome is known, and
@@ -159,19 +223,16 @@ func (s *supervisor) ctlCheck() {
 		s.ctl.reloads, s.ctl.scales = nil, nil
 		return
 	}
-	keep := s.ctl.scales[:0]
-	for _, w := range s.ctl.scales {
-		if r, done := s.scaleOutcome(w); done {
+	s.ctl.scales = slices.DeleteFunc(s.ctl.scales, func(w ctlWaiter) bool {
+		r, done := s.scaleOutcome(w)
+		if done {
 			w.reply <- r
-		} else {
-			keep = append(keep, w)
 		}
-	}
-	clear(s.ctl.scales[len(keep):])
-	s.ctl.scales = keep
+		return done
+	})
 }
 
-func (s *supervisor) scaleOutcome(w scaleWaiter) (ctlResponse, bool) {
+func (s *supervisor) scaleOutcome(w ctlWaiter) (ctlResponse, bool) {
 	if len(s.slots) != w.n {
 		return ctlResponse{Error: fmt.Sprintf("the worker count changed to %d before %d workers were up", len(s.slots), w.n)}, true
 	}
@@ -202,19 +263,17 @@ func (s *supervisor) ctlReloadFinished(gen int, err error) {
 	if err != nil {
 		s.ctl.reloadFailures++
 	}
-	keep := s.ctl.reloads[:0]
-	for _, w := range s.ctl.reloads {
+	s.ctl.reloads = slices.DeleteFunc(s.ctl.reloads, func(w ctlWaiter) bool {
 		switch {
 		case w.gen > gen:
-			keep = append(keep, w)
+			return false
 		case err != nil:
 			w.reply <- ctlResponse{Error: fmt.Sprintf("generation %d abandoned: %v; the old workers keep serving", gen, err)}
 		default:
 			w.reply <- ctlResponse{OK: true, Message: fmt.Sprintf("every slot runs generation %d", gen)}
 		}
-	}
-	clear(s.ctl.reloads[len(keep):])
-	s.ctl.reloads = keep
+		return true
+	})
 }
 
 // ctlSnapshot is the state the control socket reports, sampled in the owner
@@ -253,7 +312,7 @@ func (s *supervisor) ctlSnapshot() *ctlStatus {
 	}
 	for i, l := range s.listeners {
 		if n, ok := lengths[i]; ok {
-			st.Queues = append(st.Queues, ctlQueue{Listener: l.spec.name, Addr: l.addrString(), Length: n})
+			st.Queues = append(st.Queues, ctlQueue{Listener: l.Spec.Name, Addr: l.Bound(), Length: n})
 		}
 	}
 	return st
@@ -313,4 +372,185 @@ func (s *supervisor) openControl() error {
 func (s *supervisor) closeControl() {
 	s.ctl.metrics.close()
 	s.ctl.server.close()
+}
+
+const (
+	ctlRequestTimeout = 5 * time.Second // a client must send its request this soon
+	ctlWriteTimeout   = 5 * time.Second // and read the answer this soon
+	ctlMaxClients     = 64              // served at once; more are told to retry
+	ctlMaxRequest     = 64 << 10
+	ctlServerName     = "prefork" // every answer carries it: a client knows it reached prefork
+)
+
+// ctlServer accepts and serves control clients.
+type ctlServer struct {
+	sock   *sock.Listener // the socket file, removed on close
+	ln     net.Listener
+	uid    int
+	events chan<- any
+	log    *slog.Logger
+	quit   chan struct{}
+	sem    chan struct{}
+
+	lastRefusal time.Time // the accept loop's: when a refusal was last logged
+}
+
+// openControl serves the control socket at path: a stale socket file there is
+// replaced, a live one is an error, as for the unix listeners.
+func openControl(path string, events chan<- any, log *slog.Logger) (*ctlServer, error) {
+	l, err := sock.BindUnix(sock.Spec{Name: "control", Network: "unix", Addr: path, Text: path}, ctlMaxClients)
+	if err != nil {
+		return nil, fmt.Errorf("--control %s: %w", path, err)
+	}
+	if l.Path() != "" {
+		// The peer check is what keeps others out; the mode says so to a reader.
+		if err := os.Chmod(path, 0o600); err != nil {
+			sock.Close(l)
+			return nil, fmt.Errorf("--control %s: %w", path, err)
+		}
+	}
+	f := os.NewFile(uintptr(l.FD), path)
+	ln, err := net.FileListener(f) // a close-on-exec duplicate in Go's poller
+	f.Close()
+	l.FD = -1
+	if err != nil {
+		sock.Close(l)
+		return nil, fmt.Errorf("--control %s: %w", path, err)
+	}
+	c := &ctlServer{sock: l, ln: ln, uid: os.Getuid(), events: events, log: log,
+		quit: make(chan struct{}), sem: make(chan struct{}, ctlMaxClients)}
+	go c.serve()
+	return c, nil
+}
+
+// close stops accepting and removes the socket file; clients still connected
+// see their connection close when prefork exits.
+func (c *ctlServer) close() {
+	if c == nil {
+		return
+	}
+	c.ln.Close()
+	sock.Close(c.sock)
+	close(c.quit) // then waiting clients (stop) see their connection close
+}
+
+func (c *ctlServer) serve() {
+	for {
+		conn, err := c.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			c.log.Warn("control socket: accept failed", "err", err) // EMFILE and the like
+			select {
+			case <-c.quit:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
+		}
+		select {
+		case c.sem <- struct{}{}:
+			go func() {
+				defer func() { <-c.sem }()
+				c.client(conn.(*net.UnixConn))
+			}()
+		default:
+			if now := time.Now(); now.Sub(c.lastRefusal) > time.Minute { // once a minute at most
+				c.log.Warn("control socket: too many clients at once; refusing them", "max", ctlMaxClients)
+				c.lastRefusal = now
+			}
+			go func() {
+				defer conn.Close()
+				c.answer(conn, ctlResponse{Error: "too many control clients at once; try again"})
+			}()
+		}
+	}
+}
+
+// answer writes one response line, bounded in time.
+func (c *ctlServer) answer(conn net.Conn, r ctlResponse) error {
+	r.Server = ctlServerName
+	b, _ := json.Marshal(r)
+	conn.SetWriteDeadline(time.Now().Add(ctlWriteTimeout))
+	_, err := conn.Write(append(b, '\n'))
+	return err
+}
+
+// client serves one connection: check the peer, read one request, hand it to
+// the owner goroutine and write its answer.
+func (c *ctlServer) client(conn *net.UnixConn) {
+	defer conn.Close()
+	uid, err := connPeerUID(conn)
+	if err != nil {
+		c.log.Warn("control socket: cannot read the peer's credentials; closing", "err", err)
+		return
+	}
+	if uid != c.uid && uid != 0 {
+		c.log.Warn("control socket: refused a client of another user", "uid", uid)
+		c.answer(conn, ctlResponse{Error: fmt.Sprintf("permission denied: uid %d is neither prefork's (%d) nor root", uid, c.uid)})
+		return
+	}
+	conn.SetReadDeadline(time.Now().Add(ctlRequestTimeout))
+	line, err := bufio.NewReader(io.LimitReader(conn, ctlMaxRequest)).ReadBytes('\n')
+	if err != nil && !(errors.Is(err, io.EOF) && len(line) > 0) {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			c.log.Debug("control socket: a client sent no request in time; closing", "timeout", ctlRequestTimeout)
+			c.answer(conn, ctlResponse{Error: fmt.Sprintf("no request within %v", ctlRequestTimeout)})
+		}
+		return
+	}
+	conn.SetReadDeadline(time.Time{})
+	if len(line) >= ctlMaxRequest && line[len(line)-1] != '\n' {
+		c.answer(conn, ctlResponse{Error: fmt.Sprintf("request too long (more than %d bytes)", ctlMaxRequest)})
+		return
+	}
+	var req ctlRequest
+	if err := json.Unmarshal(line, &req); err != nil {
+		c.answer(conn, ctlResponse{Error: "malformed request: " + err.Error()})
+		return
+	}
+	cmd := ctlLookup(req.Cmd)
+	if cmd == nil {
+		c.answer(conn, ctlResponse{Error: fmt.Sprintf("unknown command %q", req.Cmd)})
+		return
+	}
+	c.log.Debug("control request", "cmd", req.Cmd)
+	// A half-close (EOF: nc -N) ends the request, not the conversation; it is
+	// also all that a client which hangs up while it waits (a reload can take
+	// minutes) shows until its answer is written, so every answer is written.
+	reply := make(chan ctlResponse, 1)
+	select {
+	case c.events <- ctlEvent{req, reply}:
+	case <-c.quit:
+		return
+	}
+	var r ctlResponse
+	select {
+	case r = <-reply:
+	case <-c.quit:
+		return
+	}
+	if r.Status != nil {
+		sampleUsage(r.Status)
+		if cmd.metrics {
+			r.Metrics, r.Status = string(renderMetrics(r.Status)), nil
+		}
+	}
+	if c.answer(conn, r) == nil && cmd.stays && r.OK {
+		<-c.quit // stop: the connection stays open until prefork exits, so the client can wait for that
+	}
+}
+
+// connPeerUID reads the uid of a connection's peer.
+func connPeerUID(conn *net.UnixConn) (int, error) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	uid, perr := -1, error(nil)
+	if err := rc.Control(func(fd uintptr) { uid, perr = peerUID(int(fd)) }); err != nil {
+		return -1, err
+	}
+	return uid, perr
 }

@@ -2,20 +2,24 @@
 
 // This file tests the control socket and the `prefork --ctl` client end to end:
 // a real prefork (startPrefork) with --control, the client run in-process
-// through run(), every command, the reload and scale outcomes. The client's
-// errors and exit statuses are in control_client_test.go, the metrics (and
-// --metrics-file) in metrics_test.go.
+// through run(), every command, the reload and scale outcomes; and the server
+// against clients that say nothing, too much or half-close, and stale and live
+// socket files. The client's errors and exit statuses are in ctl_test.go, the
+// metrics (and --metrics-file) in status_test.go.
 package main
 
 import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -271,5 +275,119 @@ func TestControlScaleWithinPoolBounds(t *testing.T) {
 	}
 	if out := mustCtl(t, sock, "scale", "3"); !strings.Contains(out, "3 workers up") {
 		t.Errorf("scale 3 with -n 1:3: %q", out)
+	}
+}
+
+// A client that connects and says nothing delays neither a HUP reload nor a
+// restart, nor other clients; it is dropped after the request timeout.
+func TestControlStuckClient(t *testing.T) {
+	sock := ctlSock(t)
+	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1", "--control", sock, "--min-uptime", "0")
+	old := in.readyWorkers(1, 10*time.Second)
+	stuck, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close()
+	connected := time.Now()
+
+	in.signal(syscall.SIGHUP)
+	st := in.waitFor("the reload", 3*time.Second, func(st statusFile) bool {
+		return len(st.Workers) == 1 && st.Workers[0].Generation == 2 && st.Workers[0].State == stateReady
+	})
+	syscall.Kill(st.Workers[0].PID, syscall.SIGKILL)
+	in.waitFor("the restart", 3*time.Second, func(s statusFile) bool {
+		return len(s.Workers) == 1 && s.Workers[0].PID != st.Workers[0].PID && s.Workers[0].State == stateReady
+	})
+	mustCtl(t, sock, "status")
+	if time.Since(connected) >= ctlRequestTimeout {
+		t.Fatalf("the test took %v; it must finish before the stuck client is dropped", time.Since(connected))
+	}
+	_ = old
+
+	// The stuck client is told why and dropped.
+	stuck.SetReadDeadline(time.Now().Add(ctlRequestTimeout + 5*time.Second))
+	b := make([]byte, 512)
+	n, _ := stuck.Read(b)
+	if !strings.Contains(string(b[:n]), "no request within") {
+		t.Errorf("the stuck client got %q", b[:n])
+	}
+}
+
+// A stale control socket file is replaced; a live one makes a second prefork exit 1.
+func TestControlSocketStaleAndLive(t *testing.T) {
+	sock := ctlSock(t)
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1", "--control", sock)
+	in.readyWorkers(1, 10*time.Second)
+	mustCtl(t, sock, "status")
+
+	second := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1", "--control", sock)
+	if code := second.wait(10 * time.Second); code != 1 {
+		t.Errorf("a second prefork on a live control socket exited %d, want 1", code)
+	}
+	if !strings.Contains(second.stderr.String(), "--control "+sock) {
+		t.Errorf("the error does not name the control socket: %s", second.stderr.String())
+	}
+	mustCtl(t, sock, "status") // the first one's socket is untouched
+}
+
+// A request longer than the control socket takes is answered "too long", not
+// with what a JSON parser makes of its first 64 KB.
+func TestControlRequestTooLong(t *testing.T) {
+	sock := ctlSock(t)
+	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1", "--control", sock)
+	in.readyWorkers(1, 10*time.Second)
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go c.Write([]byte(`{"cmd":"status","pad":"` + strings.Repeat("x", ctlMaxRequest) + "\"}\n"))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 512)
+	n, _ := c.Read(b)
+	if !strings.Contains(string(b[:n]), "request too long") {
+		t.Errorf("a 64 KB request got %q", b[:n])
+	}
+	mustCtl(t, sock, "status") // and prefork still answers
+}
+
+// A half-close ends the request, not the conversation (nc -N): a client that
+// shuts down its side after the request, with or without the newline, gets
+// its answer; a half-closed stop gets its answer and prefork then stops.
+func TestControlHalfClose(t *testing.T) {
+	sock := ctlSock(t)
+	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1", "--control", sock)
+	in.readyWorkers(1, 10*time.Second)
+	ask := func(req string) string {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.Write([]byte(req))
+		c.(*net.UnixConn).CloseWrite()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, _ := io.ReadAll(c)
+		return string(b)
+	}
+	for i := 0; i < 20; i++ {
+		for _, req := range []string{`{"cmd":"status"}` + "\n", `{"cmd":"metrics"}`} {
+			if got := ask(req); !strings.HasPrefix(got, `{"server":"prefork","ok":true,`) {
+				t.Fatalf("try %d: a half-closed %q got %q", i, req, got)
+			}
+		}
+	}
+	if got := ask(`{"cmd":"stop"}`); got != `{"server":"prefork","ok":true,"message":"stopping"}`+"\n" {
+		t.Errorf("a half-closed stop got %q", got)
+	}
+	if code := in.wait(10 * time.Second); code != 0 {
+		t.Errorf("prefork exited %d after a half-closed stop, want 0", code)
 	}
 }

@@ -28,7 +28,14 @@ const exitTimeout = 3
 // ctlQuickTimeout bounds commands that answer at once (status, metrics).
 const ctlQuickTimeout = 10 * time.Second
 
-const ctlCommands = "status, reload, scale, stop or metrics"
+// ctlRun is one run of the client, for its command's done function.
+type ctlRun struct {
+	cmd            *ctlCommand
+	stdout, stderr io.Writer
+	json           bool          // --json
+	wait           time.Duration // how long it waits for the outcome
+	conn           *bufio.Reader // the rest of the connection
+}
 
 // ctlMain runs one control command against the prefork at path and returns the
 // exit status: 0 done, 1 failed (abandoned reload, refused, not prefork, prefork
@@ -42,49 +49,50 @@ func ctlMain(path string, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "prefork: "+format+"\n", a...)
 		return exitFailure
 	}
-	req := ctlRequest{Cmd: args[0]}
-	var timeout time.Duration
-	jsonOut, haveN := false, false
+	cmd := ctlLookup(args[0])
+	known := cmd != nil
+	if !known { // said after its --timeout is checked, as it always was
+		cmd = &ctlCommand{name: args[0], timeout: true}
+	}
+	c := &ctlRun{cmd: cmd, stdout: stdout, stderr: stderr}
+	if !cmd.timeout {
+		c.wait = ctlQuickTimeout
+	}
+	req := ctlRequest{Cmd: cmd.name}
 	for i := 1; i < len(args); i++ {
 		a := args[i]
 		name, value, hasValue := strings.Cut(a, "=")
 		switch {
-		case a == "--json" && req.Cmd == "status":
-			jsonOut = true
-		case name == "--timeout" && req.Cmd != "status" && req.Cmd != "metrics":
+		case a == "--json" && cmd.json:
+			c.json = true
+		case name == "--timeout" && cmd.timeout:
 			if !hasValue {
 				if i+1 >= len(args) {
-					return usageErr("%s: --timeout needs a value", req.Cmd)
+					return usageErr("%s: --timeout needs a value", cmd.name)
 				}
 				i++
 				value = args[i]
 			}
 			d, err := parseDuration(value)
 			if err != nil {
-				return usageErr("%s: invalid value for --timeout: %v", req.Cmd, err)
+				return usageErr("%s: invalid value for --timeout: %v", cmd.name, err)
 			}
-			timeout = d
-		case req.Cmd == "scale" && !haveN && !strings.HasPrefix(a, "-"):
+			c.wait = d
+		case cmd.workers && req.Workers == 0 && !strings.HasPrefix(a, "-"):
 			n, err := strconv.Atoi(a)
 			if err != nil || n < 1 || n > maxWorkers {
-				return usageErr("scale: %q is not a number of workers from 1 to %d", a, maxWorkers)
+				return usageErr("%s: %q is not a number of workers from 1 to %d", cmd.name, a, maxWorkers)
 			}
-			req.Workers, haveN = n, true
-		default:
-			switch req.Cmd {
-			case "status", "reload", "scale", "stop", "metrics":
-				return usageErr("%s: unexpected argument %q", req.Cmd, a)
-			}
+			req.Workers = n
+		case known:
+			return usageErr("%s: unexpected argument %q", cmd.name, a)
 		}
 	}
-	switch req.Cmd {
-	case "status", "reload", "stop", "metrics":
-	case "scale":
-		if !haveN {
-			return usageErr("scale needs the number of workers: prefork --ctl %s scale N", path)
-		}
-	default:
-		return usageErr("unknown control command %q (try %s)", req.Cmd, ctlCommands)
+	switch {
+	case !known:
+		return usageErr("unknown control command %q (try %s)", cmd.name, ctlList(false))
+	case cmd.workers && req.Workers == 0:
+		return usageErr("%s needs the number of workers: prefork --ctl %s %s N", cmd.name, path, cmd.name)
 	}
 
 	conn, err := net.DialTimeout("unix", path, ctlQuickTimeout)
@@ -102,70 +110,73 @@ func ctlMain(path string, args []string, stdout, stderr io.Writer) int {
 		return failf("cannot reach prefork on %s: %v", path, err)
 	}
 	defer conn.Close()
-	wait := timeout
-	if req.Cmd == "status" || req.Cmd == "metrics" {
-		wait = ctlQuickTimeout
+	if c.wait > 0 {
+		conn.SetDeadline(time.Now().Add(c.wait))
 	}
-	deadline := time.Time{}
-	if wait > 0 {
-		deadline = time.Now().Add(wait)
-	}
-	conn.SetDeadline(deadline)
 	b, _ := json.Marshal(req)
 	// A refusal may come before the request is read, and the write then
 	// fails: the answer is still there to read.
 	_, writeErr := conn.Write(append(b, '\n'))
-	timedOut := func() int {
-		fmt.Fprintf(stderr, "prefork: %s: no outcome within %v; it goes on in prefork (see prefork --ctl %s status)\n", req.Cmd, wait, path)
-		return exitTimeout
-	}
-	r := bufio.NewReader(conn)
-	line, err := r.ReadBytes('\n')
+	c.conn = bufio.NewReader(conn)
+	line, err := c.conn.ReadBytes('\n')
 	if err != nil && writeErr != nil {
 		return failf("cannot send the request to %s: %v", path, writeErr)
 	}
 	if err != nil {
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			return timedOut()
+			fmt.Fprintf(stderr, "prefork: %s: no outcome within %v; it goes on in prefork (see prefork --ctl %s status)\n", cmd.name, c.wait, path)
+			return exitTimeout
 		case len(line) == 0 && (errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)):
-			if req.Cmd == "reload" || req.Cmd == "scale" {
-				return failf("%s: prefork closed the connection before the outcome (did it exit?)", req.Cmd)
+			if cmd.waits {
+				return failf("%s: prefork closed the connection before the outcome (did it exit?)", cmd.name)
 			}
-			return failf("%s: prefork closed the connection without an answer (did it exit?)", req.Cmd)
+			return failf("%s: prefork closed the connection without an answer (did it exit?)", cmd.name)
 		}
-		return failf("%s: reading the answer from %s: %v", req.Cmd, path, err)
+		return failf("%s: reading the answer from %s: %v", cmd.name, path, err)
 	}
 	var resp ctlResponse
 	if err := json.Unmarshal(line, &resp); err != nil || resp.Server != ctlServerName {
 		return failf("%s does not answer as prefork's control socket", path)
 	}
 	if !resp.OK {
-		return failf("%s: %s", req.Cmd, resp.Error)
+		return failf("%s: %s", cmd.name, resp.Error)
 	}
-	switch req.Cmd {
-	case "status":
-		if resp.Status == nil {
-			return failf("status: prefork sent no status")
-		}
-		if jsonOut {
-			out, _ := json.MarshalIndent(resp.Status, "", "  ")
-			fmt.Fprintf(stdout, "%s\n", out)
-		} else {
-			writeStatusTable(stdout, resp.Status)
-		}
-	case "metrics":
-		fmt.Fprint(stdout, resp.Metrics)
-	case "stop":
-		// prefork keeps the connection open until it exits.
-		if _, err := io.Copy(io.Discard, r); errors.Is(err, os.ErrDeadlineExceeded) {
-			fmt.Fprintf(stderr, "prefork: stop: prefork still runs after %v; its workers are stopping\n", wait)
-			return exitTimeout
-		}
-		fmt.Fprintln(stdout, "prefork stopped")
-	default:
-		fmt.Fprintf(stdout, "%s: %s\n", req.Cmd, resp.Message)
+	return cmd.done(c, resp)
+}
+
+// status, metrics, stopped and message show a command's answer (ctlCommands).
+func (c *ctlRun) status(r ctlResponse) int {
+	if r.Status == nil {
+		fmt.Fprintf(c.stderr, "prefork: status: prefork sent no status\n")
+		return exitFailure
 	}
+	if c.json {
+		out, _ := json.MarshalIndent(r.Status, "", "  ")
+		fmt.Fprintf(c.stdout, "%s\n", out)
+	} else {
+		writeStatusTable(c.stdout, r.Status)
+	}
+	return exitOK
+}
+
+func (c *ctlRun) metrics(r ctlResponse) int {
+	fmt.Fprint(c.stdout, r.Metrics)
+	return exitOK
+}
+
+func (c *ctlRun) stopped(ctlResponse) int {
+	// prefork keeps the connection open until it exits.
+	if _, err := io.Copy(io.Discard, c.conn); errors.Is(err, os.ErrDeadlineExceeded) {
+		fmt.Fprintf(c.stderr, "prefork: stop: prefork still runs after %v; its workers are stopping\n", c.wait)
+		return exitTimeout
+	}
+	fmt.Fprintln(c.stdout, "prefork stopped")
+	return exitOK
+}
+
+func (c *ctlRun) message(r ctlResponse) int {
+	fmt.Fprintf(c.stdout, "%s: %s\n", c.cmd.name, r.Message)
 	return exitOK
 }
 
@@ -215,18 +226,14 @@ func writeStatusTable(w io.Writer, st *ctlStatus) {
 }
 
 func humanBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
+	f, i := float64(n), 0
+	for ; f >= 1024 && i < 4; i++ {
+		f /= 1024
+	}
+	if i == 0 {
 		return strconv.FormatInt(n, 10) + "B"
 	}
-	f, suffix := float64(n)/unit, "K"
-	for _, s := range []string{"M", "G", "T"} {
-		if f < unit {
-			break
-		}
-		f, suffix = f/unit, s
-	}
-	return strconv.FormatFloat(f, 'f', 1, 64) + suffix
+	return strconv.FormatFloat(f, 'f', 1, 64) + "BKMGT"[i:i+1]
 }
 
 // humanDuration is an uptime to the second, or to the minute past a day.

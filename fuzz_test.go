@@ -128,10 +128,10 @@ func FuzzParseArgs(f *testing.F) {
 			t.Fatalf("parseArgs(%q): watchdog %v", args, c.watchdog)
 		}
 		for _, sp := range c.specs {
-			if sp.network != "tcp" && sp.network != "udp" && sp.network != "unix" {
+			if sp.Network != "tcp" && sp.Network != "udp" && sp.Network != "unix" {
 				t.Fatalf("parseArgs(%q): listener %+v", args, sp)
 			}
-			if c.mode == modeRR && sp.network == "udp" {
+			if c.mode == modeRR && sp.Network == "udp" {
 				t.Fatalf("parseArgs(%q): UDP listener in rr mode", args)
 			}
 		}

@@ -81,8 +81,8 @@ func TestCtlClientKeepsDefaultSignals(t *testing.T) {
 	}
 }
 
-// --kill-mode: the stop signal goes to the worker's whole process group (SPEC
-// §2, a shell wrapper stops with what it started), or with mixed to the worker
+// --kill-mode: the stop signal goes to the worker's whole process group (README:
+// What a worker gets; a shell wrapper stops with what it started), or with mixed to the worker
 // alone, so that a master process (Starman, uWSGI) stops its own children
 // gracefully; they would otherwise get the signal directly and drop what is
 // in flight. The worker here records, on TERM, whether its child got it too.

@@ -11,6 +11,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/prefork/prefork/internal/sock"
 	"io"
 	"os"
 	"runtime/debug"
@@ -20,17 +21,18 @@ import (
 	"time"
 )
 
-const usage = `usage: prefork [options] [--] command [args...]
+var usage = `usage: prefork [options] [--] command [args...]
        prefork [options] --demo
-       prefork --ctl PATH status [--json] | reload [--timeout DUR] |
-                          scale N [--timeout DUR] | stop [--timeout DUR] | metrics
+       prefork --ctl PATH ` + ctlSynopsis() + `
 
 Bind the listeners once, then run command N times; every worker inherits the
 listening sockets as fd 3, 4, ... with LISTEN_FDS, LISTEN_PID and LISTEN_FDNAMES.
 
 Listeners:
   -p, --port PORT            TCP on all addresses (dual-stack); repeatable
-  -l, --listen [NAME=]ADDR   HOST:PORT, :PORT, unix:/path or udp:HOST:PORT; repeatable
+  -l, --listen [NAME=]ADDR   HOST:PORT, :PORT, [V6]:PORT, unix:/path, unix:@name
+                             (Linux abstract), udp:HOST:PORT or udp::PORT;
+                             repeatable; NAME goes into LISTEN_FDNAMES
       --backlog N            listen backlog (default: the system maximum)
 Workers:
   -n, --workers N|auto|MIN:MAX
@@ -78,7 +80,7 @@ Output:
       --version              print the version
 
 Control (talks to a prefork started with --control PATH; starts nothing):
-      --ctl PATH COMMAND     status, reload, scale N, stop or metrics; exit 0 done,
+      --ctl PATH COMMAND     ` + ctlList(true) + `; exit 0 done,
                              1 failed (reload abandoned, refused, prefork gone),
                              2 usage, 3 timed out (the command goes on in prefork)
 
@@ -103,7 +105,7 @@ const (
 
 // config is everything the command line says.
 type config struct {
-	specs        []listenSpec
+	specs        []sock.Spec
 	backlog      int
 	workers      int // 0 = auto; with -n MIN:MAX, MIN
 	mode         mode
@@ -138,7 +140,7 @@ type config struct {
 	maxRSS           int64 // bytes; 0 = off
 	maxLifetime      time.Duration
 	maxLifetimeSet   bool
-	nodeCluster      nodeRule // nodeipc_primary.go
+	nodeCluster      nodeRule // node.go
 	nodeSendServer   string   // --node-send-server MSG
 }
 
@@ -195,12 +197,12 @@ func intOpt(field func(*config) *int, lo, hi int) func(*config, string) error {
 
 var options = []option{
 	{long: "port", short: "p", set: func(c *config, v string) error {
-		s, err := parsePort(v)
+		s, err := sock.ParsePort(v)
 		c.specs = append(c.specs, s)
 		return err
 	}},
 	{long: "listen", short: "l", set: func(c *config, v string) error {
-		s, err := parseListen(v)
+		s, err := sock.ParseSpec(v)
 		c.specs = append(c.specs, s)
 		return err
 	}},
@@ -346,7 +348,7 @@ func parseArgs(args []string) (*config, error) {
 func (c *config) validate() error {
 	if c.ctl != "" { // the control client: the words after PATH are its command
 		if len(c.command) == 0 {
-			return usagef("--ctl %s needs a command: %s", c.ctl, ctlCommands)
+			return usagef("--ctl %s needs a command: %s", c.ctl, ctlList(false))
 		}
 		return nil
 	}
@@ -378,26 +380,38 @@ func (c *config) validate() error {
 		return usagef("--mode reuseport needs Linux: the BSD kernel does not balance SO_REUSEPORT sockets (use --mode shared)")
 	}
 	for _, s := range c.specs {
-		if c.mode == modeRR && s.network == "udp" {
-			return usagef("--mode rr hands over stream connections: %s is a UDP listener (use --mode shared or reuseport)", s.text)
+		if c.mode == modeRR && s.Network == "udp" {
+			return usagef("--mode rr hands over stream connections: %s is a UDP listener (use --mode shared or reuseport)", s.Text)
 		}
-		if c.mode == modeReuseport && s.network == "unix" {
-			return usagef("--mode reuseport needs TCP or UDP listeners: %s is a unix socket", s.text)
+		if c.mode == modeReuseport && s.Network == "unix" {
+			return usagef("--mode reuseport needs TCP or UDP listeners: %s is a unix socket", s.Text)
 		}
 	}
 	return nil
 }
 
+// buildVersion is set by a release build: go build -ldflags "-X
+// main.buildVersion=1.2.0". Without it --version prints the module version the
+// go command recorded (go install of a tagged version, or a pseudo-version from
+// the git checkout it built in), else devVersion (built with -buildvcs=false,
+// or outside a checkout).
+var buildVersion string
+
+const devVersion = "0.x-dev"
+
 func version() string {
-	v := "(devel)"
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+	v := buildVersion
+	if bi, ok := debug.ReadBuildInfo(); ok && v == "" && bi.Main.Version != "(devel)" {
 		v = bi.Main.Version
+	}
+	if v == "" {
+		v = devVersion
 	}
 	return "prefork " + v
 }
 
 // usageHint follows a usage error, as flag's usage follows its errors; a line
-// of prefork's own like any other (§7: prefixed, lowercase, no period).
+// of prefork's own like any other (prefixed, lowercase, no period).
 const usageHint = "prefork: run 'prefork --help' for usage"
 
 // run is main without os.Exit, for tests: it returns the exit status.

@@ -61,7 +61,7 @@ func TestUsageErrors(t *testing.T) {
 			t.Errorf("prefork %q: status %d, stderr %q; want status %d and %q", c.args, code, errb.String(), c.code, c.msg)
 		}
 		for _, line := range strings.Split(strings.TrimSuffix(errb.String(), "\n"), "\n") {
-			if !strings.HasPrefix(line, "prefork: ") || strings.HasSuffix(line, ".") { // §7, the hint too
+			if !strings.HasPrefix(line, "prefork: ") || strings.HasSuffix(line, ".") { // the hint too
 				t.Errorf("prefork %q: line %q is not prefork's own form", c.args, line)
 			}
 		}
@@ -77,10 +77,21 @@ func TestHelpAndVersion(t *testing.T) {
 		if code := run([]string{a}, &out, &errb); code != 0 || !strings.Contains(out.String(), "usage: prefork") {
 			t.Errorf("%s: status %d, output %q", a, code, out.String())
 		}
+		for _, form := range []string{"HOST:PORT", ":PORT", "[V6]:PORT", "unix:/path", "unix:@name", "udp:HOST:PORT"} {
+			if !strings.Contains(out.String(), form) {
+				t.Errorf("%s: the listener form %s is missing", a, form)
+			}
+		}
 	}
 	var out bytes.Buffer
-	if code := run([]string{"--version"}, &out, io.Discard); code != 0 || !strings.HasPrefix(out.String(), "prefork ") {
+	if code := run([]string{"--version"}, &out, io.Discard); code != 0 || !strings.HasPrefix(out.String(), "prefork ") || strings.Contains(out.String(), "(devel)") {
 		t.Errorf("--version: status %d, output %q", code, out.String())
+	}
+	defer func(v string) { buildVersion = v }(buildVersion)
+	buildVersion = "1.2.3"
+	out.Reset()
+	if run([]string{"--version"}, &out, io.Discard); out.String() != "prefork 1.2.3\n" {
+		t.Errorf("--version with -X main.buildVersion=1.2.3: %q", out.String())
 	}
 }
 

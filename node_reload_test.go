@@ -179,7 +179,7 @@ func TestNodeWorkerDisconnects(t *testing.T) {
 	}
 }
 
-// A Node worker is up when it reports listening (SPEC §9), not when
+// A Node worker is up when it reports listening (README, Node.js), not when
 // --ready-delay has passed: a release that starts slower than that takes over
 // only once it listens, and one that fails before listening is abandoned
 // while the old workers keep serving. (Counted up at --ready-delay, the bad

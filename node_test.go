@@ -246,3 +246,25 @@ func firstKey(m map[string]int) string {
 	}
 	return ""
 }
+
+func TestNodeClusterOn(t *testing.T) {
+	for _, tc := range []struct {
+		flag string
+		cmd  string
+		want bool
+	}{
+		{"auto", "node", true},
+		{"auto", "/usr/bin/nodejs", true},
+		{"auto", "python3", false},
+		{"on", "python3", true},
+		{"off", "node", false},
+	} {
+		c, err := parseArgs([]string{"--node-cluster", tc.flag, "--", tc.cmd, "app.js"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := nodeClusterOn(c, tc.cmd); got != tc.want {
+			t.Errorf("--node-cluster %s, command %s: %v, want %v", tc.flag, tc.cmd, got, tc.want)
+		}
+	}
+}

@@ -8,6 +8,8 @@ package main
 
 import (
 	"fmt"
+	"github.com/prefork/prefork/internal/nodecluster"
+	"github.com/prefork/prefork/internal/sock"
 	"io"
 	"log/slog"
 	"os"
@@ -85,7 +87,7 @@ type supervisor struct {
 	wd        workdir  // where workers start (command.go)
 	shim      string   // prefork's own binary
 	cred      string   // --user, for the shim
-	listeners []*listener
+	listeners []*sock.Listener
 	baseEnv   []string
 	events    chan any
 	spawner   spawner
@@ -94,9 +96,9 @@ type supervisor struct {
 	up        *upstream
 	rr        *rr.Dispatcher
 	ch        workerChannel
-	pool      *pool        // the pool goroutine's view and readings (poolrun.go); nil when not needed
-	ctl       ctlState     // the control socket's waiting clients (control.go)
-	nc        *nodeCluster // --node-cluster: the listeners Node workers share (nodeipc_primary.go)
+	pool      *pool                // the pool goroutine's view and readings (pool.go); nil when not needed
+	ctl       ctlState             // the control socket's waiting clients (control.go)
+	nc        *nodecluster.Cluster // --node-cluster: the listeners Node workers share (node.go)
 
 	workers       map[int]*worker
 	slots         []*slot
@@ -163,7 +165,7 @@ func supervise(c *config, stderr io.Writer) int {
 		}
 	}
 	if len(c.specs) == 0 {
-		if s.listeners, err = adoptSystemd(); err != nil {
+		if s.listeners, err = sock.Adopt(); err != nil {
 			return fail(exitFailure, "socket activation: %v", err)
 		}
 		if len(s.listeners) == 0 && !nodeClusterOn(c, s.path) {
@@ -173,21 +175,21 @@ func supervise(c *config, stderr io.Writer) int {
 			return fail(exitUsage, "--node-send-server sends prefork's listeners: give -p PORT or -l ADDR")
 		}
 		for _, l := range s.listeners {
-			if c.mode == modeRR && l.spec.network == "udp" {
-				return fail(exitUsage, "--mode rr hands over stream connections: adopted socket %s is UDP", l.spec.name)
+			if c.mode == modeRR && l.Spec.Network == "udp" {
+				return fail(exitUsage, "--mode rr hands over stream connections: adopted socket %s is UDP", l.Spec.Name)
 			}
 		}
-	} else if s.listeners, err = bindAll(c.specs, c.backlog, c.mode == modeReuseport); err != nil {
+	} else if s.listeners, err = sock.Bind(c.specs, c.backlog, c.mode == modeReuseport); err != nil {
 		return fail(exitFailure, "%v", err)
 	}
-	defer closeListeners(s.listeners)
+	defer sock.Close(s.listeners...)
 	for _, l := range s.listeners {
-		if uid >= 0 && l.spec.network == "unix" {
-			os.Chown(l.spec.addr, uid, gid)
+		if uid >= 0 && l.Spec.Network == "unix" {
+			os.Chown(l.Spec.Addr, uid, gid)
 		}
-		log.Info("listening", "name", l.spec.name, "addr", l.addrString())
+		log.Info("listening", "name", l.Spec.Name, "addr", l.Bound())
 	}
-	defer watchListening(s.listeners, c.backlog, log)() // stopped before the listeners close
+	defer sock.Watch(s.listeners, c.backlog, log)() // stopped before the listeners close
 	if warn, err := checkDescriptors(c, len(s.listeners)); err != nil {
 		fail(exitFailure, "%v", err)
 		log.Info(err.(*fdLimitError).hint())
@@ -203,7 +205,7 @@ func supervise(c *config, stderr io.Writer) int {
 	if c.mode == modeRR {
 		fds := make([]int, len(s.listeners))
 		for i, l := range s.listeners {
-			fds[i] = l.fd
+			fds[i] = l.FD
 		}
 		s.rr, err = newDispatcher(fds, c.rrWindow, log, func(pid int, err error) { s.events <- brokenEvent{pid, err} })
 		if err != nil {
@@ -212,8 +214,8 @@ func supervise(c *config, stderr io.Writer) int {
 		defer s.rr.Close()
 	}
 	if nodeClusterOn(c, s.path) {
-		s.nc = newNodeCluster(log, c, s.listeners, s.rr)
-		defer s.nc.close()
+		s.nc = newNodeCluster(c, log, s.listeners, s.rr)
+		defer s.nc.Close()
 	}
 	s.ch = s.newChannel()
 	if c.pidfile != "" {
@@ -240,14 +242,6 @@ func supervise(c *config, stderr io.Writer) int {
 		return exitOK
 	}
 	return s.loop(sigs)
-}
-
-// bindAll opens the listeners, in reuseport mode with SO_REUSEPORT set.
-func bindAll(specs []listenSpec, backlog int, reuseport bool) ([]*listener, error) {
-	if reuseport {
-		return openListenersReuseport(specs, backlog)
-	}
-	return openListeners(specs, backlog)
 }
 
 // cleanEnv drops what prefork sets itself, and what was meant for prefork only.
@@ -386,9 +380,9 @@ func (s *supervisor) handle(ev any) {
 		s.handlePool(e)
 	case ctlEvent:
 		s.controlRequest(e)
-	case linkEvent:
+	case nodeLinkEvent:
 		if s.alive(e.w) {
-			e.fn()
+			e.l.event(e.w, e.e)
 		}
 	}
 }

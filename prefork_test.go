@@ -355,7 +355,7 @@ func TestRRModeEndToEnd(t *testing.T) {
 					t.Errorf("%s is set in rr mode", k)
 				}
 			}
-			if got := rep.Env["LISTEN_PID"]; got != strconv.Itoa(rep.PID) { // §2: every worker
+			if got := rep.Env["LISTEN_PID"]; got != strconv.Itoa(rep.PID) { // every worker
 				t.Errorf("rr worker's LISTEN_PID=%q, want its pid %d", got, rep.PID)
 			}
 		}

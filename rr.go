@@ -88,15 +88,6 @@ func (l *handoffLink) stop(sig syscall.Signal) {
 
 func (l *handoffLink) detach() { l.d.Detach(l.pid) }
 
-// nodeSender is a Node worker as the dispatcher's sender: newconn on its
-// cluster channel, for the listeners it has a server on.
-type nodeSender struct{ w *nodeWorker }
-
-func (s nodeSender) SendConn(seq, index uint32, conn int) error {
-	return s.w.sendConn(seq, index, conn)
-}
-func (s nodeSender) CanTake(index uint32) bool { return s.w.canTake(index) }
-
 // rrTotals counts the rr dispatcher's connections over its whole life, as
 // the status and the metrics show them.
 type rrTotals struct {

@@ -67,7 +67,7 @@ func runShim(args []string) int {
 		}
 		env = append(env, kv)
 	}
-	// Every worker, in every mode (SPEC §2): without LISTEN_FDS (rr mode, Node
+	// Every worker, in every mode (README: What a worker gets): without LISTEN_FDS (rr mode, Node
 	// workers) libsystemd and its peers find no sockets all the same.
 	env = append(env, "LISTEN_PID="+strconv.Itoa(os.Getpid()))
 	if dir != "" {

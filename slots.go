@@ -56,10 +56,10 @@ func (s *supervisor) addSlot() (*slot, error) {
 	sl := &slot{index: len(s.slots), lastExit: -1}
 	if s.c.mode == modeReuseport {
 		for _, l := range s.listeners {
-			fd := l.fd
+			fd := l.FD
 			if sl.index > 0 {
 				var err error
-				if fd, err = l.reuseportSocket(s.c.backlog); err != nil {
+				if fd, err = l.ReuseportSocket(s.c.backlog); err != nil {
 					closeFds(sl.socks)
 					return nil, fmt.Errorf("cannot open another SO_REUSEPORT socket: %w", err)
 				}

@@ -1,15 +1,21 @@
 //go:build linux || darwin
 
 // This file publishes prefork's state: the --status-file JSON, rewritten
-// atomically whenever it changes, and the one-line STATUS= sent upward.
+// atomically whenever it changes, the one-line STATUS= sent upward, and the
+// metrics, the same state in the Prometheus text exposition format.
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -21,7 +27,7 @@ type statusFile struct {
 	Listeners  []string `json:"listeners"`
 	// AcceptQueue is, by listener, the connections waiting in its accept
 	// queue at the last sample (null where it cannot be read); absent when
-	// nothing samples it (poolrun.go).
+	// nothing samples it (pool.go).
 	AcceptQueue []*int         `json:"accept_queue,omitempty"`
 	Workers     []workerStatus `json:"workers"`
 }
@@ -47,7 +53,7 @@ func (s *supervisor) snapshot() statusFile {
 	st := statusFile{PID: os.Getpid(), Mode: s.c.mode.String(), Generation: s.gen, Stopping: s.stopping,
 		Listeners: []string{}, Workers: []workerStatus{}}
 	for i, l := range s.listeners {
-		st.Listeners = append(st.Listeners, l.addrString())
+		st.Listeners = append(st.Listeners, l.Bound())
 		if s.pool != nil && i < len(s.pool.stats.queues) {
 			var q *int
 			if n := s.pool.stats.queues[i]; n >= 0 {
@@ -140,4 +146,207 @@ func writeAtomic(path string, data []byte) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
+}
+
+// Metrics: the Prometheus text exposition format (version 0.0.4), for
+// `prefork --ctl PATH metrics` and for --metrics-file, a file rewritten
+// atomically every few seconds for node_exporter's textfile collector: prefork
+// serves no HTTP itself.
+
+// metricsInterval is how often --metrics-file is rewritten.
+const metricsInterval = 5 * time.Second
+
+// promText writes the text exposition format: every family's HELP and TYPE
+// once, before its samples.
+type promText struct{ b bytes.Buffer }
+
+func (p *promText) family(name, typ, help string) {
+	help = strings.NewReplacer(`\`, `\\`, "\n", `\n`).Replace(help)
+	p.b.WriteString("# HELP " + name + " " + help + "\n# TYPE " + name + " " + typ + "\n")
+}
+
+// sample writes one line; labels are name, value pairs.
+func (p *promText) sample(name string, v float64, labels ...string) {
+	p.b.WriteString(name)
+	if len(labels) > 0 {
+		p.b.WriteByte('{')
+		for i := 0; i+1 < len(labels); i += 2 {
+			if i > 0 {
+				p.b.WriteByte(',')
+			}
+			p.b.WriteString(labels[i] + `="` + escapeLabel(labels[i+1]) + `"`)
+		}
+		p.b.WriteByte('}')
+	}
+	p.b.WriteByte(' ')
+	p.b.WriteString(formatValue(v))
+	p.b.WriteByte('\n')
+}
+
+func escapeLabel(v string) string {
+	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(v)
+}
+
+func formatValue(v float64) string {
+	switch {
+	case math.IsNaN(v):
+		return "NaN"
+	case math.IsInf(v, 1):
+		return "+Inf"
+	case math.IsInf(v, -1):
+		return "-Inf"
+	case v == math.Trunc(v) && math.Abs(v) < 1e15:
+		return strconv.FormatInt(int64(v), 10)
+	}
+	return strconv.FormatFloat(v, 'g', -1, 64)
+}
+
+// renderMetrics writes a sample of prefork's state as Prometheus text.
+func renderMetrics(st *ctlStatus) []byte {
+	var p promText
+	p.family("prefork_info", "gauge", "Always 1; the labels say prefork's pid, mode and version.")
+	p.sample("prefork_info", 1, "pid", strconv.Itoa(st.PID), "mode", st.Mode, "version", strings.TrimPrefix(version(), "prefork "))
+	p.family("prefork_generation", "gauge", "The newest generation started: 1 at start, +1 at every reload, abandoned ones too; each worker's is in the status.")
+	p.sample("prefork_generation", float64(st.Generation))
+	p.family("prefork_worker_slots", "gauge", "Worker slots: the number of workers prefork keeps running.")
+	p.sample("prefork_worker_slots", float64(len(st.slots)))
+
+	states := map[string]int{stateStarting: 0, stateReady: 0, stateStopping: 0}
+	for _, w := range st.Workers {
+		states[w.State]++
+	}
+	p.family("prefork_workers", "gauge", "Worker processes by state.")
+	for _, s := range []string{stateStarting, stateReady, stateStopping} {
+		p.sample("prefork_workers", float64(states[s]), "state", s)
+	}
+
+	p.family("prefork_worker_restarts_total", "counter", "Restarts of the worker in a slot, failed starts included.")
+	for _, sl := range st.slots {
+		p.sample("prefork_worker_restarts_total", float64(sl.restarts), "slot", strconv.Itoa(sl.slot))
+	}
+	p.family("prefork_reloads_total", "counter", "Rolling reloads started (HUP or prefork --ctl reload).")
+	p.sample("prefork_reloads_total", float64(st.Reloads))
+	p.family("prefork_reload_failures_total", "counter", "Rolling reloads abandoned because a new worker did not come up.")
+	p.sample("prefork_reload_failures_total", float64(st.ReloadFailures))
+	p.family("prefork_reload_in_progress", "gauge", "1 while a rolling reload runs.")
+	p.sample("prefork_reload_in_progress", b2f(st.Reloading > 0))
+
+	p.family("prefork_worker_start_time_seconds", "gauge", "Start time of each worker process since the Unix epoch.")
+	for _, w := range st.Workers {
+		p.sample("prefork_worker_start_time_seconds", float64(w.Started.UnixMilli())/1e3, workerLabels(w)...)
+	}
+	p.family("prefork_worker_resident_memory_bytes", "gauge", "Resident memory of each worker's process group.")
+	for _, w := range st.Workers {
+		if w.RSS != nil {
+			p.sample("prefork_worker_resident_memory_bytes", float64(*w.RSS), workerLabels(w)...)
+		}
+	}
+	p.family("prefork_worker_cpu_seconds_total", "counter", "User and system CPU time of each worker's process group.")
+	for _, w := range st.Workers {
+		if w.CPU != nil {
+			p.sample("prefork_worker_cpu_seconds_total", *w.CPU, workerLabels(w)...)
+		}
+	}
+
+	if st.RR != nil {
+		p.family("prefork_rr_connections_handed_total", "counter", "rr mode: connections sent to a worker, redistributed ones counted again.")
+		p.sample("prefork_rr_connections_handed_total", float64(st.RR.Handed))
+		p.family("prefork_rr_connections_acked_total", "counter", "rr mode: connections a worker acknowledged.")
+		p.sample("prefork_rr_connections_acked_total", float64(st.RR.Acked))
+		p.family("prefork_rr_connections_redistributed_total", "counter", "rr mode: unacknowledged connections of a worker that went away, sent to another.")
+		p.sample("prefork_rr_connections_redistributed_total", float64(st.RR.Redistributed))
+		p.family("prefork_rr_connections_pending", "gauge", "rr mode: accepted connections waiting for a worker with room.")
+		p.sample("prefork_rr_connections_pending", float64(st.RR.Pending))
+		p.family("prefork_rr_connections_inflight", "gauge", "rr mode: connections sent to each worker and not yet acknowledged.")
+		for _, w := range st.Workers {
+			if w.RRInflight != nil {
+				p.sample("prefork_rr_connections_inflight", float64(*w.RRInflight), workerLabels(w)...)
+			}
+		}
+	}
+	if len(st.Queues) > 0 {
+		p.family("prefork_listen_queue_length", "gauge", "Connections waiting in a stream listener's accept queue (TCP or unix).")
+		for _, q := range st.Queues {
+			p.sample("prefork_listen_queue_length", float64(q.Length), "listener", q.Listener, "addr", q.Addr)
+		}
+	}
+	return p.b.Bytes()
+}
+
+// workerLabels identify one worker process: its slot, and its pid, since during
+// a reload or a graceful stop two processes share a slot.
+func workerLabels(w ctlWorker) []string {
+	return []string{"slot", strconv.Itoa(w.Slot), "pid", strconv.Itoa(w.PID)}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// metricsWriter rewrites --metrics-file every metricsInterval until closed.
+type metricsWriter struct {
+	path   string
+	events chan<- any
+	log    *slog.Logger
+	quit   chan struct{}
+	done   chan struct{}
+}
+
+// startMetricsFile checks that path can be written, then starts the writer.
+func startMetricsFile(path string, events chan<- any, log *slog.Logger) (*metricsWriter, error) {
+	if err := checkWritable(path); err != nil { // as --status-file is checked (startup.go)
+		return nil, err
+	}
+	m := &metricsWriter{path: path, events: events, log: log, quit: make(chan struct{}), done: make(chan struct{})}
+	go m.run()
+	return m, nil
+}
+
+func (m *metricsWriter) run() {
+	defer close(m.done)
+	t := time.NewTicker(metricsInterval)
+	defer t.Stop()
+	failing := false
+	for {
+		reply := make(chan ctlResponse, 1)
+		select {
+		case m.events <- ctlEvent{ctlRequest{Cmd: "metrics"}, reply}:
+		case <-m.quit:
+			return
+		}
+		var r ctlResponse
+		select {
+		case r = <-reply:
+		case <-m.quit:
+			return
+		}
+		sampleUsage(r.Status)
+		if err := writeAtomic(m.path, renderMetrics(r.Status)); err != nil {
+			if !failing {
+				m.log.Warn("cannot write the metrics file", "path", m.path, "err", err)
+			}
+			failing = true
+		} else {
+			failing = false
+		}
+		select {
+		case <-t.C:
+		case <-m.quit:
+			return
+		}
+	}
+}
+
+// close stops the writer and removes the file: stale numbers from a prefork
+// that is gone would mislead.
+func (m *metricsWriter) close() {
+	if m == nil {
+		return
+	}
+	close(m.quit)
+	<-m.done
+	os.Remove(m.path)
 }

@@ -2,7 +2,7 @@
 
 // This file holds the readers of option values that are more than a number:
 // durations, worker counts and signals. (Sizes are in pool.go, addresses in
-// listeners.go, next to what uses them.)
+// internal/sock, next to what uses them.)
 package main
 
 import (

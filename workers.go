@@ -7,6 +7,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/prefork/prefork/internal/sock"
 	"os"
 	"strconv"
 	"strings"
@@ -47,13 +48,13 @@ func (s *supervisor) spawn(sl *slot) (*worker, error) {
 	return w, nil
 }
 
-// workerEnv is the environment of SPEC §2 for one worker; chEnv is what its
+// workerEnv is the environment of one worker (README: What a worker gets); chEnv is what its
 // channel adds (LISTEN_FDS where it inherits listeners).
 func (s *supervisor) workerEnv(sl *slot, notifyPath string, chEnv []string) []string {
 	env := append([]string(nil), s.baseEnv...)
 	names := make([]string, len(s.listeners))
 	for i, l := range s.listeners {
-		names[i] = l.spec.name
+		names[i] = l.Spec.Name
 	}
 	env = append(env, "LISTEN_FDNAMES="+strings.Join(names, ":"))
 	env = append(env, chEnv...)
@@ -76,14 +77,14 @@ func (s *supervisor) workerEnv(sl *slot, notifyPath string, chEnv []string) []st
 }
 
 // serverStarterAddr is the listener's address as Server::Starter writes it.
-func serverStarterAddr(l *listener) string {
-	if l.spec.network == "unix" {
-		return l.spec.addr
+func serverStarterAddr(l *sock.Listener) string {
+	if l.Spec.Network == "unix" {
+		return l.Spec.Addr
 	}
-	if strings.HasSuffix(l.spec.addr, ":0") {
-		return l.addrString()
+	if strings.HasSuffix(l.Spec.Addr, ":0") {
+		return l.Bound()
 	}
-	return strings.TrimPrefix(l.spec.addr, ":")
+	return strings.TrimPrefix(l.Spec.Addr, ":")
 }
 
 // notified handles what a worker sent on its notify socket.

@@ -99,7 +99,7 @@ func runAckWorker() int {
 	select {} // the suite only ever kills this worker, or prefork stops it with SIGTERM
 }
 
-// handoff speaks prefork's rr protocol (SPEC §4) one message at a time:
+// handoff speaks prefork's rr protocol (README: The rr handoff protocol) one message at a time:
 // receive a connection, write it down, ack it, serve it.
 func handoff(fd int, log takenLog, conns chan<- net.Conn) {
 	buf := make([]byte, 2*rrwire.MsgLen)

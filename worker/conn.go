@@ -28,7 +28,7 @@ type Conn struct {
 	laddr, raddr net.Addr
 }
 
-// newConn makes a Conn of a connection received in blocking mode (SPEC §4).
+// newConn makes a Conn of a connection received in blocking mode (README: The rr handoff protocol).
 // The descriptor is closed if it cannot be used.
 func newConn(fd int) (*Conn, error) {
 	if err := setNonblock(fd); err != nil {

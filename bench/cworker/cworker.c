@@ -4,7 +4,7 @@
  * bench/refmaster, and answers "w=<slot> pid=<pid>" like bench/goserver.
  *
  *   shared / reuseport (LISTEN_FDS): accept on fd 3, non-blocking
- *   rr (PREFORK_MODE=rr): fd 3 is the handoff channel (SPEC section 4); every
+ *   rr (PREFORK_MODE=rr): fd 3 is the handoff channel (README, "The rr handoff protocol"); every
  *     connection received in one wake-up is acked in one message, then served
  *
  * It sends READY=1 to NOTIFY_SOCKET once it serves. Build: cc -O2 -o cworker cworker.c
@@ -113,7 +113,7 @@ static void serve(int fd) {
 	}
 }
 
-/* MSGFDS: connections one handoff message may carry. SPEC §4 sends one; the
+/* MSGFDS: connections one handoff message may carry. The rr handoff protocol sends one; the
  * reference master's -batch K (an extension measured in bench/findings.md)
  * sends up to K, as K 8-byte headers and K descriptors. */
 #define MSGFDS 16

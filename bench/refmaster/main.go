@@ -2,7 +2,7 @@
 
 // Command refmaster is the reference of the benchmarks for --mode rr: the
 // least a master that hands every connection to a worker can cost. It speaks
-// the same wire format (SPEC §4) in the simplest way, with raw system calls on
+// the same wire format (README: the rr handoff protocol) in the simplest way, with raw system calls on
 // one thread: a blocking accept4, a blocking sendmsg of the descriptor in the
 // 8-byte message to the next worker in turn, close. It keeps no copy, counts
 // no window and hands nothing on again; one thread per worker reads its acks
@@ -10,7 +10,7 @@
 //
 //	refmaster -addr 127.0.0.1:8080 -n 2 -- ./goserver
 //
-// With -batch K it measures what SPEC §4 would gain from an extension that
+// With -batch K it measures what the rr handoff protocol would gain from an extension that
 // workers opt into, several connections per message: it accepts what is
 // queued (up to K, non-blocking, waiting in epoll when none is) and sends them
 // to the next worker in ONE message, K 8-byte headers and K descriptors. Only
@@ -35,7 +35,7 @@ import (
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8080", "TCP address to bind")
 	n := flag.Int("n", 2, "number of workers")
-	batch := flag.Int("batch", 1, "connections per message, at most (1: SPEC §4 as written)")
+	batch := flag.Int("batch", 1, "connections per message, at most (1: the rr handoff protocol as written)")
 	flag.Parse()
 	if flag.NArg() == 0 || *n < 1 {
 		fmt.Fprintln(os.Stderr, "usage: refmaster [-addr HOST:PORT] [-n N] -- command [args...]")

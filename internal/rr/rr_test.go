@@ -165,7 +165,7 @@ func TestRRDetachRedistributes(t *testing.T) {
 
 // A worker that made a connection non-blocking (as Go, libuv and Python's
 // settimeout do) and died before acking must not pass that on: the next worker
-// gets it in blocking mode, as §4 says, and its plain read waits for data.
+// gets it in blocking mode, as the rr handoff protocol says, and its plain read waits for data.
 func TestRRRedistributedConnIsBlocking(t *testing.T) {
 	f := newRRFixture(t, 1, 4)
 	a := f.worker(471, true)

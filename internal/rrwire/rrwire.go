@@ -1,6 +1,6 @@
 //go:build unix
 
-// Package rrwire is the wire format of prefork's rr mode (SPEC §4), written
+// Package rrwire is the wire format of prefork's rr mode (README: The rr handoff protocol), written
 // once for prefork, the worker package and the test workers: the 8-byte
 // handoff message with its one descriptor, the 4-byte acks, and the socket
 // pair they travel on. Nothing in it allocates per message.
