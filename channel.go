@@ -2,7 +2,7 @@
 
 // This file holds the worker channel: what connects prefork to a worker besides
 // signals and its notify socket, chosen once per run. shared and reuseport pass
-// listening sockets and nothing else; rr passes the rr handoff socket (README); a
+// listening sockets and nothing else; rr passes the handoff socket (rr.go); a
 // Node.js worker gets the cluster IPC channel (node.go). The supervisor asks a
 // worker's link "it is up", "send it no more work", "stop gracefully", "it is
 // gone", never which mode runs.
@@ -14,8 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-
-	"github.com/prefork/prefork/internal/rrwire"
 )
 
 // workerChannel prepares, for each new worker, what it inherits and the link
@@ -94,41 +92,3 @@ func (l *signalLink) saysReady() bool         { return false }
 func (l *signalLink) drain()                  {}
 func (l *signalLink) stop(sig syscall.Signal) { l.killMode.stop(l.pid, sig) }
 func (l *signalLink) detach()                 {}
-
-// handoffChannel is rr mode: fd 3 is the worker's end of an rr handoff socket pair;
-// the dispatcher owns prefork's end.
-type handoffChannel struct{ s *supervisor }
-
-func (c handoffChannel) prepare(sl *slot) ([]int, []string, link, error) {
-	master, worker, err := rrwire.NewPair()
-	if err != nil {
-		return nil, nil, nil, err
-	}
-	return []int{worker}, nil, &handoffLink{d: c.s.rr, master: master, worker: worker, killMode: c.s.c.killMode}, nil
-}
-
-// handoffLink is one rr worker as the dispatcher knows it.
-type handoffLink struct {
-	d              *dispatcher
-	master, worker int // socket pair ends; worker is closed once the process has it
-	pid            int
-	killMode       killMode // where the stop signal goes
-}
-
-func (l *handoffLink) attach(w *worker) {
-	l.pid = w.pid
-	syscall.Close(l.worker)
-	l.d.attach(w.pid, l.master)
-}
-
-func (l *handoffLink) abort()          { closeFds([]int{l.master, l.worker}) }
-func (l *handoffLink) ready()          { l.d.ready(l.pid) }
-func (l *handoffLink) saysReady() bool { return false }
-func (l *handoffLink) drain()          { l.d.drain(l.pid) }
-
-func (l *handoffLink) stop(sig syscall.Signal) {
-	l.d.drain(l.pid)
-	l.killMode.stop(l.pid, sig)
-}
-
-func (l *handoffLink) detach() { l.d.detach(l.pid) }

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/prefork/prefork/internal/procstat"
+	"github.com/prefork/prefork/internal/rr"
 	"github.com/prefork/prefork/internal/sock"
 	"io"
 	"log/slog"
@@ -288,15 +289,15 @@ func (s *supervisor) ctlSnapshot() *ctlStatus {
 		st.slots = append(st.slots, slotCount{sl.index, sl.restarts})
 	}
 	if s.rr != nil {
-		t := s.rr.totals()
+		t := rrTotalsOf(s.rr)
 		st.RR = &t
-		byPID := map[int]rrWorkerStats{}
-		for _, ws := range s.rr.stats() {
-			byPID[ws.id] = ws
+		byPID := map[int]rr.WorkerStats{}
+		for _, ws := range s.rr.Stats() {
+			byPID[ws.ID] = ws
 		}
 		for i := range st.Workers {
 			if ws, ok := byPID[st.Workers[i].PID]; ok {
-				inflight, handed, acked := ws.inflight, ws.handed, ws.acked
+				inflight, handed, acked := ws.Inflight, ws.Handed, ws.Acked
 				st.Workers[i].RRInflight, st.Workers[i].RRHanded, st.Workers[i].RRAcked = &inflight, &handed, &acked
 			}
 		}

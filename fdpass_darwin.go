@@ -1,5 +1,6 @@
-// This file holds the macOS side of the rr dispatcher's descriptor handling:
-// accept and dup with close-on-exec set under syscall.ForkLock, as Go's
+// This file holds the macOS side of rr mode's descriptor handling, given to the
+// dispatcher (internal/rr) at its start as rrSys: accept and dup with
+// close-on-exec set under syscall.ForkLock, as Go's
 // net/unixsock_readmsg_cloexec.go does.
 package main
 

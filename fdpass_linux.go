@@ -1,5 +1,6 @@
-// This file holds the Linux side of the rr dispatcher's descriptor handling:
-// accept4 without allocation, and F_DUPFD_CLOEXEC.
+// This file holds the Linux side of rr mode's descriptor handling, given to the
+// dispatcher (internal/rr) at its start as rrSys: accept4 without allocation,
+// a close that does not block, and F_DUPFD_CLOEXEC.
 package main
 
 import (

@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"github.com/prefork/prefork/internal/nodecluster"
+	"github.com/prefork/prefork/internal/rr"
 	"github.com/prefork/prefork/internal/sock"
 )
 
@@ -39,38 +40,15 @@ func nodeClusterOn(c *config, path string) bool {
 
 // newNodeCluster is the cluster of this run's Node workers over prefork's
 // listeners; d is the rr dispatcher, nil in other modes.
-func newNodeCluster(c *config, log *slog.Logger, listeners []*sock.Listener, d *dispatcher) *nodecluster.Cluster {
+func newNodeCluster(c *config, log *slog.Logger, listeners []*sock.Listener, d *rr.Dispatcher) *nodecluster.Cluster {
 	nc := nodecluster.Config{Log: log, Listeners: listeners, Reuseport: c.mode == modeReuseport,
 		Backlog: c.backlog, SendServer: c.nodeSendServer, ClosingWait: c.grace / 2}
 	if d != nil {
-		d.setNonblockConns()
-		nc.RR, nc.ConnsNonblock = dispatcherNodeRR{d}, true
+		d.SetNonblockConns()
+		nc.RR, nc.ConnsNonblock = d, true
 	}
 	return nodecluster.New(nc)
 }
-
-// dispatcherNodeRR is the rr dispatcher as the cluster uses it.
-type dispatcherNodeRR struct{ d *dispatcher }
-
-func (r dispatcherNodeRR) AddListener(fd int) (uint32, error) { return r.d.addListener(fd) }
-func (r dispatcherNodeRR) Kick()                              { r.d.kick() }
-func (r dispatcherNodeRR) Shut(id int)                        { r.d.shut(id) }
-
-func (r dispatcherNodeRR) Ack(id int, seq uint32, accepted bool) {
-	if !accepted {
-		r.d.refused(id, seq)
-	} else if err := r.d.acked(id, seq); err != nil {
-		r.d.log.Debug("node: ack from a worker", "pid", id, "err", err)
-	}
-}
-
-// nodeSender is a Node worker as the dispatcher's sender of connections.
-type nodeSender struct{ w *nodecluster.Worker }
-
-func (s nodeSender) sendConn(seq, index uint32, conn int) error {
-	return s.w.SendConn(seq, index, conn)
-}
-func (s nodeSender) canTake(index uint32) bool { return s.w.CanTake(index) }
 
 // nodeChannel is --node-cluster: prefork is the Node.js cluster primary of each
 // worker (internal/nodecluster). The worker inherits what shared or reuseport mode gives
@@ -137,7 +115,7 @@ func (l *nodeLink) attach(w *worker) {
 	}
 	l.nw = nw
 	if s.rr != nil {
-		s.rr.attachSender(w.pid, nodeSender{nw})
+		s.rr.Attach(w.pid, nw, -1)
 	}
 }
 
@@ -167,7 +145,7 @@ func (l *nodeLink) abort() { closeFds([]int{l.master, l.child}) }
 
 func (l *nodeLink) ready() {
 	if l.s.rr != nil {
-		l.s.rr.ready(l.pid)
+		l.s.rr.Ready(l.pid)
 	}
 }
 
@@ -186,7 +164,7 @@ func (l *nodeLink) saysReady() bool {
 
 func (l *nodeLink) drain() {
 	if l.s.rr != nil {
-		l.s.rr.drain(l.pid)
+		l.s.rr.Drain(l.pid)
 	}
 }
 
@@ -211,6 +189,6 @@ func (l *nodeLink) detach() {
 		l.nw.Detach()
 	}
 	if l.s.rr != nil {
-		l.s.rr.detach(l.pid)
+		l.s.rr.Detach(l.pid)
 	}
 }

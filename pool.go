@@ -11,6 +11,7 @@ package main
 import (
 	"fmt"
 	"github.com/prefork/prefork/internal/procstat"
+	"github.com/prefork/prefork/internal/rr"
 	"maps"
 	"math"
 	"math/rand/v2"
@@ -553,7 +554,7 @@ type poolRunner struct {
 	events    chan<- event
 	elastic   *elastic // nil: a fixed pool
 	limits    *limits  // nil: no --max-rss or --max-lifetime
-	rr        *dispatcher
+	rr        *rr.Dispatcher
 	listeners int
 	usage     bool   // /proc can be read here
 	sent      uint64 // pool events sent
@@ -590,7 +591,7 @@ func (r *poolRunner) run() {
 			}
 		}
 		if r.rr != nil {
-			n, next := r.rr.waiting(mark)
+			n, next := r.rr.Waiting(mark)
 			mark = next
 			waiting = max(waiting, 0) + n
 		}

@@ -38,6 +38,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/internal/rr"
 )
 
 // workerState is where a worker is in its life; the status file shows its name.
@@ -138,7 +140,7 @@ type supervisor struct {
 	reaper    *reaper
 	notify    *notifyDir
 	up        *upstream
-	rr        *dispatcher
+	rr        *rr.Dispatcher
 	ch        workerChannel
 	pool      *pool                // the pool goroutine's view and readings (pool.go); nil when not needed
 	ctl       ctlState             // the control socket's waiting clients (control.go)
@@ -255,7 +257,7 @@ func supervise(c *config, stderr io.Writer) int {
 		if err != nil {
 			return fail(exitFailure, "rr dispatcher: %v", err)
 		}
-		defer s.rr.close()
+		defer s.rr.Close()
 	}
 	if nodeClusterOn(c, s.path) {
 		s.nc = newNodeCluster(c, log, s.listeners, s.rr)

@@ -156,22 +156,6 @@ func writeAtomic(path string, data []byte) error {
 // metricsInterval is how often --metrics-file is rewritten.
 const metricsInterval = 5 * time.Second
 
-// rrTotals counts the rr dispatcher's connections over its whole life.
-type rrTotals struct {
-	Handed        uint64 `json:"handed"`        // sent to a worker, requeued ones again
-	Acked         uint64 `json:"acked"`         // taken by a worker
-	Redistributed uint64 `json:"redistributed"` // unacked when their worker went, requeued
-	Pending       int    `json:"pending"`       // waiting for a worker now
-}
-
-func (d *dispatcher) totals() rrTotals {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	t := d.total
-	t.Pending = len(d.pending)
-	return t
-}
-
 // promText writes the text exposition format: every family's HELP and TYPE
 // once, before its samples.
 type promText struct{ b bytes.Buffer }

@@ -1,9 +1,10 @@
 //go:build linux || darwin
 
-// This file holds the rr dispatcher's thread: the loop that waits on the
-// poller, reads acks, accepts while a worker has room, and places each
-// connection with the next eligible worker in turn (window, pending first).
-package main
+// This file holds the dispatcher's thread: the loop that waits on the
+// poller, takes the queued messages, reads acks, accepts while a worker has
+// room, and places each connection with the worker the Balancer picks
+// (window, pending first).
+package rr
 
 import (
 	"os"
@@ -14,10 +15,13 @@ import (
 	"github.com/prefork/prefork/internal/rrwire"
 )
 
-// run is the dispatcher's loop, on a thread of its own: wait, read acks,
-// accept and hand out, until the dispatcher is closed.
-func (d *dispatcher) run() {
-	defer d.wg.Done()
+// pauseFor is how long accepting pauses after a temporary error (EMFILE…).
+const pauseFor = 100 * time.Millisecond
+
+// run is the dispatcher's loop, on a thread of its own: wait, take messages,
+// read acks, accept and hand out, until the dispatcher is closed.
+func (d *Dispatcher) run() {
+	defer close(d.done)
 	// A blocking wait in the kernel rather than the runtime's poller: waking
 	// this thread is one system call, not a goroutine switch through the
 	// scheduler's spinning threads.
@@ -25,34 +29,53 @@ func (d *dispatcher) run() {
 	defer runtime.UnlockOSThread()
 	ready := make([]int, 64)
 	for {
-		n, err := d.poll.wait(ready)
-		d.mu.Lock()
-		if d.closed {
-			d.mu.Unlock()
+		timeout := -1 // milliseconds; while paused, until accepting resumes
+		if d.paused {
+			if left := d.resume - time.Now().UnixNano(); left > 0 {
+				timeout = int((left + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+			} else {
+				d.paused = false
+				d.arm()
+			}
+		}
+		n, err := d.poll.wait(ready, timeout)
+		if d.woken.Swap(false) && d.drainQueue() {
 			return
 		}
 		if err != nil && err != syscall.EINTR {
-			d.mu.Unlock()
 			d.log.Error("rr: the dispatcher's poller failed", "err", err)
 			time.Sleep(100 * time.Millisecond)
 			continue
 		}
 		// Acks first: they make room for what is accepted next.
 		for _, fd := range ready[:n] {
-			if w := d.workerByFdLocked(fd); w != nil {
-				d.readAcksLocked(w)
+			if w := d.workerByFd(fd); w != nil {
+				d.readAcks(w)
 			}
 		}
-		d.pumpLocked()
+		d.pump()
 		for _, fd := range ready[:n] {
 			for _, l := range d.listeners {
 				if l.fd == fd && !l.dead {
-					d.acceptLocked(l)
+					d.accept(l)
 				}
 			}
 		}
-		d.armLocked()
-		d.mu.Unlock()
+		d.arm()
+	}
+}
+
+// drainQueue handles every queued message; it reports true on close.
+func (d *Dispatcher) drainQueue() bool {
+	for {
+		select {
+		case m := <-d.q:
+			if d.handle(m) {
+				return true
+			}
+		default:
+			return false
+		}
 	}
 }
 
@@ -60,12 +83,12 @@ func (d *dispatcher) run() {
 // queue looks shallow, before one drains it again to see.
 const shallowProbe = 4
 
-// acceptLocked accepts and places connections from one listener while there
-// is room, until its queue is empty, or just one while it has been shallow.
-func (d *dispatcher) acceptLocked(l *rrListener) {
-	accept := acceptConn
-	if d.nonblockConns {
-		accept = acceptConnNonblock
+// accept accepts and places connections from one listener while there is
+// room, until its queue is empty, or just one while it has been shallow.
+func (d *Dispatcher) accept(l *listener) {
+	accept := d.sys.Accept
+	if d.nonblock {
+		accept = d.sys.AcceptNonblock
 	}
 	once := l.shallow && l.probe < shallowProbe
 	if once {
@@ -74,7 +97,7 @@ func (d *dispatcher) acceptLocked(l *rrListener) {
 		l.probe = 0
 	}
 	got := 0
-	for (!once || got == 0) && !d.paused && d.acceptableLocked(l.index) {
+	for (!once || got == 0) && !d.paused && d.acceptable(l.index) {
 		fd, err := accept(l.fd)
 		switch err {
 		case nil:
@@ -93,30 +116,20 @@ func (d *dispatcher) acceptLocked(l *rrListener) {
 			}
 			d.log.Warn("rr: accept failed, pausing", "listener", l.index, "err", os.NewSyscallError("accept", err))
 			d.paused = true
-			time.AfterFunc(100*time.Millisecond, func() {
-				d.mu.Lock()
-				d.paused = false
-				if !d.closed {
-					d.armLocked()
-				}
-				d.mu.Unlock()
-			})
+			d.resume = time.Now().Add(pauseFor).UnixNano()
 			return
 		}
-		if !d.placeLocked(fd, l.index) {
+		if !d.place(fd, l.index) {
 			d.pending = append(d.pending, handoff{index: l.index, fd: fd})
 		}
 	}
 }
 
-// armLocked switches the listeners on in the poller while a connection could
-// be placed, and off otherwise.
-func (d *dispatcher) armLocked() {
-	if d.poll == nil {
-		return
-	}
+// arm switches the listeners on in the poller while a connection could be
+// placed, and off otherwise.
+func (d *Dispatcher) arm() {
 	for _, l := range d.listeners {
-		want := !d.closed && !d.paused && !l.dead && d.acceptableLocked(l.index)
+		want := !d.closed && !d.paused && !l.dead && d.acceptable(l.index)
 		if want != l.armed {
 			l.armed = want
 			d.poll.set(l.fd, want)
@@ -134,55 +147,46 @@ func acceptTemporary(err error) bool {
 }
 
 // eligible reports whether w may get a connection now.
-func (d *dispatcher) eligible(w *rrWorker) bool {
+func (d *Dispatcher) eligible(w *worker) bool {
 	return w.ready && !w.draining && !w.gone && len(w.inflight) < d.window
 }
 
-// rrListenerFilter is a sender whose worker serves only some listeners (a
-// Node worker gets connections only for servers it has listen()ed on).
-type rrListenerFilter interface {
-	canTake(index uint32) bool
-}
-
 // eligibleFor reports whether w may get a connection from listener index now.
-func (d *dispatcher) eligibleFor(w *rrWorker, index uint32) bool {
-	if !d.eligible(w) {
-		return false
-	}
-	f, ok := w.send.(rrListenerFilter)
-	return !ok || f.canTake(index)
+func (d *Dispatcher) eligibleFor(w *worker, index uint32) bool {
+	return d.eligible(w) && (w.filter == nil || w.filter.CanTake(index))
 }
 
-// placeLocked sends connection fd to the next eligible worker in turn; a worker
-// whose queue is full right now is skipped, one whose channel fails is broken.
-// It reports false when no worker could take it.
-func (d *dispatcher) placeLocked(fd int, index uint32) bool {
-	n := len(d.workers)
-	for i := 0; i < n; i++ {
-		k := (d.next + i) % n
-		w := d.workers[k]
-		if !d.eligibleFor(w, index) {
-			continue
+// place sends connection fd to the worker the Balancer picks; a worker whose
+// queue is full right now is passed over for this connection, one whose
+// channel fails is broken. It reports false when no worker could take it.
+func (d *Dispatcher) place(fd int, index uint32) bool {
+	d.stamp++
+	d.view.index = index
+	for {
+		k := d.bal.Pick(&d.view)
+		if k < 0 {
+			return false
 		}
-		err := w.send.sendConn(d.seq, index, fd)
+		w := d.workers[k]
+		w.tried = d.stamp
+		err := w.send.SendConn(d.seq, index, fd)
 		if err == nil {
 			w.inflight = append(w.inflight, handoff{seq: d.seq, index: index, fd: fd})
 			w.handed++
 			d.total.Handed++
 			d.seq++
-			d.next = (k + 1) % n
+			d.bal.Handed(k, len(d.workers))
 			return true
 		}
 		if !rrwire.WouldBlock(err) {
-			d.breakLocked(w, os.NewSyscallError("sendmsg", err))
+			d.breakChannel(w, os.NewSyscallError("sendmsg", err))
 		}
 	}
-	return false
 }
 
-// pumpLocked hands pending connections out, in order, while workers have room
-// for them (one no worker can take now does not hold up the others).
-func (d *dispatcher) pumpLocked() {
+// pump hands pending connections out, in order, while workers have room for
+// them (one no worker can take now does not hold up the others).
+func (d *Dispatcher) pump() {
 	if d.closed || len(d.pending) == 0 {
 		return
 	}
@@ -194,7 +198,7 @@ func (d *dispatcher) pumpLocked() {
 	d.pending = nil
 	kept := todo[:0]
 	for i, h := range todo {
-		if !d.placeLocked(h.fd, h.index) {
+		if !d.place(h.fd, h.index) {
 			kept = append(kept, h)
 			if d.full() {
 				kept = append(kept, todo[i+1:]...)
@@ -206,7 +210,7 @@ func (d *dispatcher) pumpLocked() {
 }
 
 // full reports whether no worker could take any connection now.
-func (d *dispatcher) full() bool {
+func (d *Dispatcher) full() bool {
 	for _, w := range d.workers {
 		if d.eligible(w) {
 			return false
@@ -215,14 +219,14 @@ func (d *dispatcher) full() bool {
 	return true
 }
 
-// acceptableLocked reports whether a connection newly accepted on listener
-// index could be placed at once: none from it is pending (those go first) and
-// a worker has room for it.
-func (d *dispatcher) acceptableLocked(index uint32) bool {
+// acceptable reports whether a connection newly accepted on listener index
+// could be placed at once: none from it is pending (those go first) and a
+// worker has room for it.
+func (d *Dispatcher) acceptable(index uint32) bool {
 	if d.closed {
 		return false
 	}
-	d.pumpLocked()
+	d.pump()
 	for _, h := range d.pending {
 		if h.index == index {
 			return false

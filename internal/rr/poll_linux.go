@@ -1,7 +1,7 @@
-// This file holds the rr dispatcher's readiness poller on Linux: an epoll set
+// This file holds the dispatcher's readiness poller on Linux: an epoll set
 // of its own, waited on by one locked thread in a blocking epoll_wait, and a
 // pipe to wake it.
-package main
+package rr
 
 import (
 	"os"
@@ -10,9 +10,10 @@ import (
 
 // poller watches the dispatcher's descriptors for reading.
 type poller struct {
-	ep     int
-	wr, ww int // wake pipe: read end in the set, write end for wake
-	evs    []syscall.EpollEvent
+	ep  int
+	wr  int      // wake pipe: read end in the set
+	ww  *os.File // write end for wake; an os.File, so that a wake racing close cannot write a reused number
+	evs []syscall.EpollEvent
 }
 
 func newPoller() (*poller, error) {
@@ -25,7 +26,8 @@ func newPoller() (*poller, error) {
 		syscall.Close(ep)
 		return nil, os.NewSyscallError("pipe2", err)
 	}
-	pl := &poller{ep: ep, wr: p[0], ww: p[1], evs: make([]syscall.EpollEvent, 64)}
+	syscall.SetNonblock(p[1], false) // blocking, so that os.File leaves it out of the runtime's poller; a wake is one byte per loop turn
+	pl := &poller{ep: ep, wr: p[0], ww: os.NewFile(uintptr(p[1]), "rr-wake"), evs: make([]syscall.EpollEvent, 64)}
 	if err := pl.add(pl.wr, true); err != nil {
 		pl.close()
 		return nil, err
@@ -57,10 +59,11 @@ func (p *poller) del(fd int) {
 	syscall.EpollCtl(p.ep, syscall.EPOLL_CTL_DEL, fd, nil)
 }
 
-// wait blocks until descriptors are ready and writes them to fds; the wake
-// pipe is drained and not reported.
-func (p *poller) wait(fds []int) (int, error) {
-	n, err := syscall.EpollWait(p.ep, p.evs[:min(len(fds), len(p.evs))], -1)
+// wait blocks until descriptors are ready, or for timeout milliseconds unless
+// it is negative, and writes them to fds; the wake pipe is drained and not
+// reported.
+func (p *poller) wait(fds []int, timeout int) (int, error) {
+	n, err := syscall.EpollWait(p.ep, p.evs[:min(len(fds), len(p.evs))], timeout)
 	if err != nil {
 		return 0, err
 	}
@@ -83,11 +86,12 @@ func (p *poller) wait(fds []int) (int, error) {
 
 // wake makes a wait return.
 func (p *poller) wake() {
-	syscall.Write(p.ww, []byte{0})
+	var b = [1]byte{0}
+	p.ww.Write(b[:])
 }
 
 func (p *poller) close() {
 	syscall.Close(p.ep)
 	syscall.Close(p.wr)
-	syscall.Close(p.ww)
+	p.ww.Close()
 }

@@ -1,9 +1,9 @@
 //go:build linux || darwin
 
-// This file reads the acks of rr workers (README: The rr handoff protocol): 4-byte big-endian sequence
-// numbers, several per message, and closes the channel of a worker that sends
-// anything else.
-package main
+// This file reads the acks of rr workers (the README's rr handoff protocol):
+// 4-byte big-endian sequence numbers, several per message, and closes the
+// channel of a worker that sends anything else.
+package rr
 
 import (
 	"errors"
@@ -14,21 +14,21 @@ import (
 	"github.com/prefork/prefork/internal/rrwire"
 )
 
-// readAcksLocked reads the acks waiting on a worker's channel, without
+// readAcks reads the acks waiting on a worker's channel, without
 // blocking, until none is left or the channel is closed.
-func (d *dispatcher) readAcksLocked(w *rrWorker) {
+func (d *Dispatcher) readAcks(w *worker) {
 	for !w.gone && w.fd >= 0 {
 		n, err := w.acks.Recv(w.fd)
 		if err == syscall.EAGAIN {
 			return
 		}
 		if err != nil {
-			d.handleAcksLocked(w, nil, nil, 0, err)
+			d.handleAcks(w, nil, nil, 0, err)
 			return
 		}
 		for i := 0; i < n && !w.gone; i++ {
 			p, oob, flags := w.acks.Msg(i)
-			d.handleAcksLocked(w, p, oob, flags, nil)
+			d.handleAcks(w, p, oob, flags, nil)
 		}
 		if n < w.acks.Cap() {
 			// A short batch emptied the queue: no read to learn that again
@@ -38,22 +38,22 @@ func (d *dispatcher) readAcksLocked(w *rrWorker) {
 	}
 }
 
-// handleAcksLocked handles one message read from a worker's channel: acks, end
+// handleAcks handles one message read from a worker's channel: acks, end
 // of file, or anything else, which breaks the channel.
-func (d *dispatcher) handleAcksLocked(w *rrWorker, p, oob []byte, flags int, err error) {
+func (d *Dispatcher) handleAcks(w *worker, p, oob []byte, flags int, err error) {
 	if err == syscall.ECONNRESET { // closed with handoffs still unread: a close all the same
 		p, err = nil, nil
 	}
 	switch {
 	case err != nil:
-		d.breakLocked(w, os.NewSyscallError("recvmsg", err))
+		d.breakChannel(w, os.NewSyscallError("recvmsg", err))
 		return
 	case len(oob) > 0:
 		rrwire.CloseRights(oob)
-		d.breakLocked(w, errors.New("worker sent a descriptor"))
+		d.breakChannel(w, errors.New("worker sent a descriptor"))
 		return
 	case flags&(syscall.MSG_TRUNC|syscall.MSG_CTRUNC) != 0:
-		d.breakLocked(w, errors.New("ack message too long"))
+		d.breakChannel(w, errors.New("ack message too long"))
 		return
 	case len(p) == 0:
 		// The worker closed its end (it exited, or gave up the channel): what it
@@ -61,7 +61,7 @@ func (d *dispatcher) handleAcksLocked(w *rrWorker, p, oob []byte, flags int, err
 		// get no more connections: it is broken, and the supervisor replaces it.
 		d.log.Debug("rr: worker closed its handoff channel", "pid", w.id, "unacked", len(w.inflight))
 		draining := w.draining
-		d.shutLocked(w)
+		d.shut(w)
 		if !draining && d.onBroken != nil {
 			go d.onBroken(w.id, errors.New("it closed its handoff channel"))
 		}
@@ -72,21 +72,21 @@ func (d *dispatcher) handleAcksLocked(w *rrWorker, p, oob []byte, flags int, err
 	// Acks before and after a bad one are honoured: the worker took those
 	// connections, handing them out again would serve them twice.
 	for _, seq := range w.seqs {
-		if !d.ackLocked(w, seq) && bad == nil {
+		if !d.ack(w, seq) && bad == nil {
 			bad = fmt.Errorf("ack for sequence number %d, which is not in flight", seq)
 		}
 	}
 	if bad != nil {
-		d.breakLocked(w, bad)
+		d.breakChannel(w, bad)
 	}
 }
 
-// ackLocked closes prefork's copy of a connection the worker took; it reports
+// ack closes prefork's copy of a connection the worker took; it reports
 // false when seq is not in flight to that worker.
-func (d *dispatcher) ackLocked(w *rrWorker, seq uint32) bool {
+func (d *Dispatcher) ack(w *worker, seq uint32) bool {
 	for i := range w.inflight {
 		if w.inflight[i].seq == seq {
-			closeConn(w.inflight[i].fd)
+			d.sys.CloseConn(w.inflight[i].fd)
 			w.inflight = append(w.inflight[:i], w.inflight[i+1:]...)
 			w.acked++
 			d.total.Acked++
@@ -96,22 +96,22 @@ func (d *dispatcher) ackLocked(w *rrWorker, seq uint32) bool {
 	return false
 }
 
-// breakLocked closes a worker's channel for a protocol or I/O error and tells
+// breakChannel closes a worker's channel for a protocol or I/O error and tells
 // the supervisor. Its unacked connections go back to pending.
-func (d *dispatcher) breakLocked(w *rrWorker, err error) {
+func (d *Dispatcher) breakChannel(w *worker, err error) {
 	if w.gone {
 		return
 	}
 	d.log.Error("rr: closing the handoff channel of a misbehaving worker", "pid", w.id, "err", err)
-	d.shutLocked(w)
+	d.shut(w)
 	if d.onBroken != nil {
 		go d.onBroken(w.id, err)
 	}
 }
 
-// shutLocked closes a worker's channel and queues its unacked connections for
+// shut closes a worker's channel and queues its unacked connections for
 // other workers, ahead of new accepts. The caller pumps.
-func (d *dispatcher) shutLocked(w *rrWorker) {
+func (d *Dispatcher) shut(w *worker) {
 	if w.gone {
 		return
 	}
@@ -126,7 +126,7 @@ func (d *dispatcher) shutLocked(w *rrWorker) {
 		// a worker that made it non-blocking (Go, libuv, Python's settimeout)
 		// before dying would pass that on to the next one, whose blocking
 		// read then fails with EAGAIN. The protocol hands connections in blocking mode.
-		syscall.SetNonblock(h.fd, d.nonblockConns)
+		syscall.SetNonblock(h.fd, d.nonblock)
 	}
 	d.pending = append(d.pending, w.inflight...)
 	w.inflight = nil

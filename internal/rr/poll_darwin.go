@@ -1,7 +1,7 @@
-// This file holds the rr dispatcher's readiness poller on macOS: a kqueue of
+// This file holds the dispatcher's readiness poller on macOS: a kqueue of
 // its own, waited on by one locked thread in a blocking kevent, and a pipe to
 // wake it.
-package main
+package rr
 
 import (
 	"os"
@@ -10,9 +10,10 @@ import (
 
 // poller watches the dispatcher's descriptors for reading.
 type poller struct {
-	kq     int
-	wr, ww int // wake pipe: read end in the queue, write end for wake
-	evs    []syscall.Kevent_t
+	kq  int
+	wr  int      // wake pipe: read end in the queue
+	ww  *os.File // write end for wake; an os.File, so that a wake racing close cannot write a reused number
+	evs []syscall.Kevent_t
 }
 
 func newPoller() (*poller, error) {
@@ -39,9 +40,10 @@ func newPoller() (*poller, error) {
 		}
 		return nil, os.NewSyscallError("kqueue", err)
 	}
-	pl := &poller{kq: kq, wr: p[0], ww: p[1], evs: make([]syscall.Kevent_t, 64)}
-	syscall.SetNonblock(pl.wr, true)
-	syscall.SetNonblock(pl.ww, true)
+	// The write end stays blocking, so that os.File leaves it out of the
+	// runtime's poller; a wake is one byte per loop turn.
+	syscall.SetNonblock(p[0], true)
+	pl := &poller{kq: kq, wr: p[0], ww: os.NewFile(uintptr(p[1]), "rr-wake"), evs: make([]syscall.Kevent_t, 64)}
 	if err := pl.add(pl.wr, true); err != nil {
 		pl.close()
 		return nil, err
@@ -72,10 +74,16 @@ func (p *poller) set(fd int, read bool) error { return p.change(fd, kqFlags(read
 // del stops watching fd.
 func (p *poller) del(fd int) { p.change(fd, syscall.EV_DELETE) }
 
-// wait blocks until descriptors are ready and writes them to fds; the wake
-// pipe is drained and not reported.
-func (p *poller) wait(fds []int) (int, error) {
-	n, err := syscall.Kevent(p.kq, nil, p.evs[:min(len(fds), len(p.evs))], nil)
+// wait blocks until descriptors are ready, or for timeout milliseconds unless
+// it is negative, and writes them to fds; the wake pipe is drained and not
+// reported.
+func (p *poller) wait(fds []int, timeout int) (int, error) {
+	var ts *syscall.Timespec
+	if timeout >= 0 {
+		t := syscall.NsecToTimespec(int64(timeout) * 1e6)
+		ts = &t
+	}
+	n, err := syscall.Kevent(p.kq, nil, p.evs[:min(len(fds), len(p.evs))], ts)
 	if err != nil {
 		return 0, err
 	}
@@ -98,11 +106,12 @@ func (p *poller) wait(fds []int) (int, error) {
 
 // wake makes a wait return.
 func (p *poller) wake() {
-	syscall.Write(p.ww, []byte{0})
+	var b = [1]byte{0}
+	p.ww.Write(b[:])
 }
 
 func (p *poller) close() {
 	syscall.Close(p.kq)
 	syscall.Close(p.wr)
-	syscall.Close(p.ww)
+	p.ww.Close()
 }

@@ -1,8 +1,9 @@
 //go:build linux || darwin
 
-// This file holds the rr dispatcher's test fixture: a real listening socket and
-// real socket pairs as worker channels, driven by the test the way a worker would.
-package main
+// This file holds the dispatcher's test fixture: a real listening socket and
+// real socket pairs as worker channels, driven by the test the way a worker would,
+// and a portable Sys (prefork's own is tested with real workers at the top).
+package rr
 
 import (
 	"encoding/binary"
@@ -65,7 +66,7 @@ type rrBrokenReport struct {
 // rrFixture is a dispatcher over nl real listeners, and what onBroken reported.
 type rrFixture struct {
 	t      *testing.T
-	d      *dispatcher
+	d      *Dispatcher
 	lfds   []int
 	addrs  []string
 	broken chan rrBrokenReport
@@ -79,14 +80,14 @@ func newRRFixture(t *testing.T, nl, window int) *rrFixture {
 		f.lfds = append(f.lfds, fd)
 		f.addrs = append(f.addrs, addr)
 	}
-	d, err := newDispatcher(f.lfds, window, testLogger(t), func(id int, err error) {
+	d, err := New(f.lfds, Config{Window: window, Log: testLogger(t), Sys: testSys, OnBroken: func(id int, err error) {
 		f.broken <- rrBrokenReport{id, err}
-	})
+	}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.d = d
-	t.Cleanup(d.close)
+	t.Cleanup(d.Close)
 	return f
 }
 
@@ -108,9 +109,9 @@ func (f *rrFixture) worker(id int, ready bool) *rrTestWorker {
 	}
 	w := &rrTestWorker{t: f.t, id: id, fd: wfd, conns: map[int]bool{}}
 	f.t.Cleanup(w.close)
-	f.d.attach(id, master)
+	f.d.Attach(id, sockSender(master), master)
 	if ready {
-		f.d.ready(id)
+		f.d.Ready(id)
 	}
 	return w
 }
@@ -246,19 +247,19 @@ func sameConn(t *testing.T, c net.Conn, fd int, b byte) {
 }
 
 // stat returns the dispatcher's view of worker id.
-func (f *rrFixture) stat(id int) rrWorkerStats {
+func (f *rrFixture) stat(id int) WorkerStats {
 	f.t.Helper()
-	for _, s := range f.d.stats() {
-		if s.id == id {
+	for _, s := range f.d.Stats() {
+		if s.ID == id {
 			return s
 		}
 	}
 	f.t.Fatalf("worker %d not in stats", id)
-	return rrWorkerStats{}
+	return WorkerStats{}
 }
 
 // waitStat polls the stats (acks are handled asynchronously) until ok holds.
-func (f *rrFixture) waitStat(id int, what string, ok func(rrWorkerStats) bool) {
+func (f *rrFixture) waitStat(id int, what string, ok func(WorkerStats) bool) {
 	f.t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -285,4 +286,58 @@ func (f *rrFixture) mustBroken(id int) error {
 		f.t.Fatalf("onBroken not called for worker %d", id)
 	}
 	return nil
+}
+
+// sockSender sends on a handoff socket, as prefork's handoffSender does.
+type sockSender int
+
+func (fd sockSender) SendConn(seq, index uint32, conn int) error {
+	return rrwire.Send(int(fd), seq, index, conn)
+}
+
+// testSys is a portable Sys: accept and dup close-on-exec under ForkLock.
+var testSys = Sys{
+	Accept:         func(lfd int) (int, error) { return testAccept(lfd, false) },
+	AcceptNonblock: func(lfd int) (int, error) { return testAccept(lfd, true) },
+	CloseConn:      func(fd int) { syscall.Close(fd) },
+	Dup: func(fd int) (int, error) {
+		syscall.ForkLock.RLock()
+		defer syscall.ForkLock.RUnlock()
+		nfd, err := syscall.Dup(fd)
+		if err == nil {
+			syscall.CloseOnExec(nfd)
+		}
+		return nfd, err
+	},
+}
+
+func testAccept(lfd int, nonblock bool) (int, error) {
+	for {
+		syscall.ForkLock.RLock()
+		fd, _, err := syscall.Accept(lfd)
+		if err == nil {
+			syscall.CloseOnExec(fd)
+		}
+		syscall.ForkLock.RUnlock()
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return -1, err
+		}
+		if err := syscall.SetNonblock(fd, nonblock); err != nil {
+			syscall.Close(fd)
+			return -1, err
+		}
+		return fd, nil
+	}
+}
+
+// fcntl is fcntl(2) on fd.
+func fcntl(fd, cmd, arg int) (int, error) {
+	r, _, e := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), uintptr(cmd), uintptr(arg))
+	if e != 0 {
+		return -1, e
+	}
+	return int(r), nil
 }
