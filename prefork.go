@@ -12,7 +12,8 @@
 //	reaper (spawn.go)      wait4 for every child                     it sends exitEvent, noChildrenEvent
 //	timers (env.after)     nothing: each sends one event when due    the stop function env.after returns
 //	notify readers         one worker's notify socket each           they send notifyEvent
-//	rr dispatcher (rr*.go) accepts, handoffs in flight, windows      its own calls, on its thread (rr.go)
+//	rr dispatcher          accepts, handoffs in flight, windows      messages on its own queue, one wake per
+//	(internal/rr)                                                    batch; snapshots by request and reply
 //	Node readers           parsing one worker's cluster channel      nodeLinkEvent; the loop owns every Node
 //	                                                                 worker's state (internal/nodecluster)
 //	pool (pool.go)         its samples of queues and memory          poolEvent to the loop; the loop's
