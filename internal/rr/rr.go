@@ -35,6 +35,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/prefork/prefork/internal/rrwire"
 )
@@ -71,13 +72,17 @@ type Config struct {
 	// OnBroken is called on a goroutine of its own when a worker's channel is
 	// closed for a protocol or I/O error; the supervisor should kill that worker.
 	OnBroken func(id int, err error)
-	// Balancer picks the worker for each connection; nil is RoundRobin.
+	// Balancer picks the worker for each connection; nil is Least.
 	Balancer Balancer
+	// Wait is how long a connection a Keyed balancer holds back may wait for
+	// its worker (0: 60 s).
+	Wait time.Duration
 }
 
 // WorkerStats is one worker as the dispatcher sees it.
 type WorkerStats struct {
 	ID       int    // pid
+	Slot     int    // SetSlot's, -1 if not told
 	Handed   uint64 // connections sent to it, requeued ones included
 	Acked    uint64
 	Inflight int // sent and not yet acked
@@ -99,11 +104,15 @@ type handoff struct {
 	seq   uint32
 	index uint32 // listener index
 	fd    int    // prefork's copy of the connection
+	key   uint32 // a Keyed balancer's key, if keyed
+	keyed bool
+	since int64 // unix nanoseconds when it started waiting (pending), 0 if not yet
 }
 
 // worker is one worker's channel.
 type worker struct {
 	id       int // the worker's pid
+	slot     int // its slot (SetSlot), -1 if not told
 	send     Sender
 	filter   ListenerFilter // send, when it serves only some listeners
 	fd       int            // handoff socket: in the poller, non-blocking; -1 for a channel read elsewhere
@@ -150,7 +159,10 @@ type Dispatcher struct {
 	listeners []*listener
 	workers   []*worker // in attach order
 	bal       Balancer
-	view      view // what bal sees of workers, for one connection at a time
+	keyed     Keyed // bal, when it places by key
+	wait      int64 // Config.Wait in nanoseconds
+	slots     int   // SetSlots
+	view      view  // what bal sees of workers, for one connection at a time
 	stamp     uint64
 	paused    bool // accepting pauses after a temporary error (EMFILE…)
 	resume    int64
@@ -182,6 +194,8 @@ const (
 	opDetach
 	opKick
 	opNonblock
+	opSlot
+	opSlots
 	opAddListener
 	opStats
 	opTotals
@@ -217,7 +231,12 @@ func New(lfds []int, c Config) (*Dispatcher, error) {
 	d := &Dispatcher{log: c.Log, onBroken: c.OnBroken, window: c.Window, sys: c.Sys, bal: c.Balancer, poll: pl,
 		q: make(chan msg, queueLen), done: make(chan struct{}), finished: make(chan struct{})}
 	if d.bal == nil {
-		d.bal = &RoundRobin{}
+		d.bal = &Least{}
+	}
+	d.keyed, _ = d.bal.(Keyed)
+	d.wait = int64(c.Wait)
+	if d.wait <= 0 {
+		d.wait = int64(60 * time.Second)
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
@@ -305,6 +324,12 @@ func (d *Dispatcher) Drain(id int) { d.post(msg{op: opDrain, id: id}) }
 // are read first, so that a connection it took is not served twice; every
 // connection it had not acked goes to another worker.
 func (d *Dispatcher) Detach(id int) { d.post(msg{op: opDetach, id: id}) }
+
+// SetSlot tells which slot a worker serves, for the Balancer (Source).
+func (d *Dispatcher) SetSlot(id, slot int) { d.post(msg{op: opSlot, id: id, fd: slot}) }
+
+// SetSlots tells how many slots there are, for the Balancer (Source).
+func (d *Dispatcher) SetSlots(n int) { d.post(msg{op: opSlots, fd: n}) }
 
 // Kick makes the dispatcher look again for workers that can take what it
 // holds or could accept (a Node worker now has a server on a listener).
@@ -428,6 +453,14 @@ func (d *Dispatcher) handle(m msg) bool {
 		d.pump()
 	case opNonblock:
 		d.nonblock = true
+	case opSlot:
+		if w := d.worker(m.id); w != nil {
+			w.slot = m.fd
+			d.pump()
+		}
+	case opSlots:
+		d.slots = m.fd
+		d.pump()
 	case opClose:
 		d.close()
 		return true
@@ -454,7 +487,7 @@ func (d *Dispatcher) answer(m msg) reply {
 	case opStats:
 		s := make([]WorkerStats, 0, len(d.workers))
 		for _, w := range d.workers {
-			s = append(s, WorkerStats{ID: w.id, Handed: w.handed, Acked: w.acked,
+			s = append(s, WorkerStats{ID: w.id, Slot: w.slot, Handed: w.handed, Acked: w.acked,
 				Inflight: len(w.inflight), Ready: w.ready, Draining: w.draining})
 		}
 		return reply{stats: s}
@@ -477,7 +510,7 @@ func (d *Dispatcher) answer(m msg) reply {
 }
 
 func (d *Dispatcher) attach(id int, s Sender, fd int) {
-	w := &worker{id: id, send: s, fd: fd}
+	w := &worker{id: id, slot: -1, send: s, fd: fd}
 	w.filter, _ = s.(ListenerFilter)
 	if fd < 0 {
 		d.workers = append(d.workers, w)
