@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prefork/prefork/internal/demo"
 	pw "github.com/prefork/prefork/worker"
 	"github.com/prefork/prefork/worker/httpserve"
 )
@@ -30,8 +31,8 @@ func TestMain(m *testing.M) {
 	switch {
 	case os.Getenv(shimEnv) != "":
 		os.Exit(runShim(os.Args[1:]))
-	case len(os.Args) > 1 && os.Args[1] == demoWorkerArg:
-		os.Exit(runDemoWorker())
+	case len(os.Args) > 1 && os.Args[1] == demo.Arg:
+		os.Exit(demo.Run())
 	case os.Getenv(roleEnv) == "prefork":
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	case os.Getenv(workerEnv) == "notify":

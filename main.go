@@ -11,7 +11,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"github.com/prefork/prefork/internal/sock"
 	"io"
 	"os"
 	"runtime/debug"
@@ -19,6 +18,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/internal/demo"
+	"github.com/prefork/prefork/internal/sock"
 )
 
 var usage = `usage: prefork [options] [--] command [args...]
@@ -440,8 +442,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == demoWorkerArg {
-		os.Exit(runDemoWorker())
+	if len(os.Args) > 1 && os.Args[1] == demo.Arg {
+		os.Exit(demo.Run())
 	}
 	if os.Getenv(shimEnv) != "" {
 		os.Exit(runShim(os.Args[1:]))

@@ -10,8 +10,6 @@ package main
 
 import (
 	"fmt"
-	"github.com/prefork/prefork/internal/procstat"
-	"github.com/prefork/prefork/internal/rr"
 	"maps"
 	"math"
 	"math/rand/v2"
@@ -20,6 +18,9 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/prefork/prefork/internal/procstat"
+	"github.com/prefork/prefork/internal/rr"
 )
 
 // The sampling periods and the constants of the rules. The man page's "Pool

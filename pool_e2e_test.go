@@ -9,7 +9,6 @@ package main
 
 import (
 	"fmt"
-	"github.com/prefork/prefork/internal/procstat"
 	"io"
 	"net"
 	"os"
@@ -23,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prefork/prefork/internal/procstat"
 	pw "github.com/prefork/prefork/worker"
 )
 

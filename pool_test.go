@@ -4,11 +4,12 @@ package main
 
 import (
 	"fmt"
-	"github.com/prefork/prefork/internal/procstat"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/prefork/prefork/internal/procstat"
 )
 
 // poolSim feeds an elastic policy samples every poolTick and applies what it

@@ -7,10 +7,11 @@ package main
 
 import (
 	"fmt"
-	"github.com/prefork/prefork/internal/sock"
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/prefork/prefork/internal/sock"
 )
 
 // spawn starts one worker for a slot in the current generation.
