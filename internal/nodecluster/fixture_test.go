@@ -6,11 +6,9 @@
 package nodecluster
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"log/slog"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +17,7 @@ import (
 	"time"
 
 	"github.com/prefork/prefork/internal/sock"
+	"github.com/prefork/prefork/internal/testfd"
 )
 
 // fakeWorker is the worker's end of a channel, read line by line with the
@@ -232,16 +231,6 @@ func (r *fakeRR) Ack(id int, seq uint32, ok bool) {
 	r.acks = append(r.acks, strconv.Itoa(int(seq))+":"+strconv.FormatBool(ok))
 }
 
-func socketPair(t *testing.T) (int, int) {
-	t.Helper()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fds[0]); syscall.Close(fds[1]) })
-	return fds[0], fds[1]
-}
-
 func fcntl(fd, cmd, arg int) (int, error) {
 	r, _, e := syscall.Syscall(syscall.SYS_FCNTL, uintptr(fd), uintptr(cmd), uintptr(arg))
 	if e != 0 {
@@ -250,31 +239,11 @@ func fcntl(fd, cmd, arg int) (int, error) {
 	return int(r), nil
 }
 
-// freePort is a TCP port free on 127.0.0.1 now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+// syncBuffer collects output that goroutines write at once.
+type syncBuffer = testfd.Buffer
 
-// syncBuffer collects log lines for assertions.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// The shared fixtures (internal/testfd).
+var (
+	socketPair = testfd.SocketPair
+	freePort   = testfd.FreePort
+)
