@@ -193,7 +193,11 @@ func sameConn(t *testing.T, c net.Conn, fd int, b byte) {
 	tv := syscall.NsecToTimeval((5 * time.Second).Nanoseconds())
 	syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
 	got := make([]byte, 1)
-	if n, err := syscall.Read(fd, got); n != 1 || err != nil || got[0] != b {
+	n, err := syscall.Read(fd, got)
+	for err == syscall.EINTR { // not restarted under SO_RCVTIMEO
+		n, err = syscall.Read(fd, got)
+	}
+	if n != 1 || err != nil || got[0] != b {
 		t.Fatalf("read through the handed descriptor: %d %q %v, want %q", n, got[:max(n, 0)], err, b)
 	}
 	if _, err := syscall.Write(fd, []byte{b + 1}); err != nil {
