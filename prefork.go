@@ -30,8 +30,6 @@ package main
 
 import (
 	"fmt"
-	"github.com/prefork/prefork/internal/nodecluster"
-	"github.com/prefork/prefork/internal/sock"
 	"io"
 	"log/slog"
 	"os"
@@ -40,7 +38,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prefork/prefork/internal/demo"
+	"github.com/prefork/prefork/internal/nodecluster"
 	"github.com/prefork/prefork/internal/rr"
+	"github.com/prefork/prefork/internal/sock"
 )
 
 // workerState is where a worker is in its life; the status file shows its name.
@@ -143,7 +144,7 @@ type supervisor struct {
 	up        *upstream
 	rr        *rr.Dispatcher
 	ch        workerChannel
-	pool      *pool                // the pool goroutine's view and readings (pool.go); nil when not needed
+	pool      *poolHandle          // the pool goroutine's view and readings (pool.go); nil when not needed
 	ctl       ctlState             // the control socket's waiting clients (control.go)
 	nc        *nodecluster.Cluster // --node-cluster: the listeners Node workers share (node.go)
 	retired   []*slot              // reuseport mode: removed slots whose sockets are still open, by index (slots.go)
@@ -185,7 +186,7 @@ func supervise(c *config, stderr io.Writer) int {
 	}
 	s.argv = c.command
 	if c.demo {
-		s.argv = []string{"prefork-demo", demoWorkerArg}
+		s.argv = []string{"prefork-demo", demo.Arg}
 	}
 	if s.wd, err = newWorkdir(); err != nil {
 		return fail(exitFailure, "%v", err)

@@ -60,7 +60,7 @@ func rrBalancer(b balance) rr.Balancer {
 
 // balanceSlots tells the policy that there are n slots: the rr dispatcher,
 // and with --balance source in reuseport mode the kernel, whose program on
-// each listener's group picks socket key % n (internal/sock). slots.go keeps
+// each listener's group picks socket key % n (internal/sock). reload.go keeps
 // the slots' sockets in their group in slot order.
 func (s *supervisor) balanceSlots(n int) error {
 	if s.rr != nil {
@@ -75,6 +75,18 @@ func (s *supervisor) balanceSlots(n int) error {
 		}
 	}
 	return nil
+}
+
+// balanceName is the policy as the status shows it: --balance in rr mode,
+// "source" or the kernel's "hash" in reuseport mode, none in shared mode.
+func (s *supervisor) balanceName() string {
+	switch {
+	case s.c.mode == modeRR || s.c.balanceSet:
+		return s.c.balance.String()
+	case s.c.mode == modeReuseport:
+		return "hash"
+	}
+	return ""
 }
 
 // handoffSender is the protocol's sender on prefork's end of a handoff socket:
@@ -124,29 +136,3 @@ func (l *handoffLink) stop(sig syscall.Signal) {
 }
 
 func (l *handoffLink) detach() { l.d.Detach(l.pid) }
-
-// balanceName is the policy as the status shows it: --balance in rr mode,
-// "source" or the kernel's "hash" in reuseport mode, none in shared mode.
-func (s *supervisor) balanceName() string {
-	switch {
-	case s.c.mode == modeRR || s.c.balanceSet:
-		return s.c.balance.String()
-	case s.c.mode == modeReuseport:
-		return "hash"
-	}
-	return ""
-}
-
-// rrTotals counts the rr dispatcher's connections over its whole life, as
-// the status and the metrics show them.
-type rrTotals struct {
-	Handed        uint64 `json:"handed"`        // sent to a worker, requeued ones again
-	Acked         uint64 `json:"acked"`         // taken by a worker
-	Redistributed uint64 `json:"redistributed"` // unacked when their worker went, requeued
-	Pending       int    `json:"pending"`       // waiting for a worker now
-}
-
-func rrTotalsOf(d *rr.Dispatcher) rrTotals {
-	t := d.Totals()
-	return rrTotals{Handed: t.Handed, Acked: t.Acked, Redistributed: t.Redistributed, Pending: t.Pending}
-}

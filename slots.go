@@ -56,8 +56,6 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"strconv"
 	"syscall"
 	"time"
 )
@@ -237,131 +235,6 @@ const (
 	whyBroken   = "channel broken"
 )
 
-// addSlot adds a slot (and, in reuseport mode, its own sockets) without starting
-// it; if a socket cannot be opened, or the balance policy cannot take one more
-// slot, no slot is added.
-func (s *supervisor) addSlot() (*slot, error) {
-	sl := &slot{index: len(s.slots), lastExit: -1}
-	var reused *slot
-	if len(s.retired) > 0 && s.retired[0].index == sl.index {
-		// A removed slot of this index still holds its place in the groups:
-		// its sockets are this slot's (see releaseSlot).
-		reused, s.retired = s.retired[0], s.retired[1:]
-		sl.socks, reused.socks = reused.socks, nil
-	} else if s.c.mode == modeReuseport {
-		for _, l := range s.listeners {
-			fd := l.FD
-			if sl.index > 0 {
-				var err error
-				if fd, err = l.ReuseportSocket(s.c.backlog); err != nil {
-					closeFds(sl.socks)
-					return nil, fmt.Errorf("cannot open another SO_REUSEPORT socket: %w", err)
-				}
-			}
-			sl.socks = append(sl.socks, fd)
-		}
-	}
-	if err := s.balanceSlots(len(s.slots) + 1); err != nil {
-		if reused != nil {
-			reused.socks, s.retired = sl.socks, append([]*slot{reused}, s.retired...)
-		} else if sl.index > 0 {
-			closeFds(sl.socks)
-		}
-		s.balanceSlots(len(s.slots))
-		return nil, err
-	}
-	s.slots = append(s.slots, sl)
-	return sl, nil
-}
-
-// keepsGroupOrder says the slots' sockets must keep their places in each
-// listener's SO_REUSEPORT group: --balance source's program picks a socket
-// by its place, which is the order the sockets joined, and a socket that
-// leaves the group gets the last one moved into its place. So a removed
-// slot's sockets close from the top of the group down, and a slot added
-// again while they are open takes them.
-func (s *supervisor) keepsGroupOrder() bool {
-	return s.c.mode == modeReuseport && s.c.balanceSet && s.c.balance == balanceSource
-}
-
-// scaleTo adds or removes slots until there are n; new slots start at once.
-func (s *supervisor) scaleTo(n int) error {
-	for len(s.slots) < n {
-		sl, err := s.addSlot()
-		if err != nil {
-			return err
-		}
-		s.startIn(sl)
-	}
-	for len(s.slots) > n && len(s.slots) > 1 {
-		s.removeSlot()
-	}
-	return nil
-}
-
-// removeSlot scales down by one: the last slot's workers stop gracefully.
-func (s *supervisor) removeSlot() {
-	if len(s.slots) <= 1 {
-		s.log.Info("already at one worker")
-		return
-	}
-	sl := s.slots[len(s.slots)-1]
-	s.slots = s.slots[:len(s.slots)-1]
-	if err := s.balanceSlots(len(s.slots)); err != nil {
-		s.log.Error("cannot balance over the remaining slots", "err", err)
-	}
-	s.step(slotInput{sl: sl, ev: evRemove})
-	sl.removed = true
-	if s.keepsGroupOrder() {
-		s.retired = append([]*slot{sl}, s.retired...) // below every retired one
-	}
-	s.releaseSlot(sl)
-	s.advanceReload() // a reload may have waited on the removed slot
-}
-
-// releaseSlot closes a removed slot's own sockets once none of its workers is
-// left; where the group order counts (keepsGroupOrder), only once every
-// retired slot above it has closed its own.
-func (s *supervisor) releaseSlot(sl *slot) {
-	if !sl.removed || sl.index == 0 {
-		return
-	}
-	if !s.keepsGroupOrder() {
-		if !s.hasWorkers(sl) {
-			closeFds(sl.socks)
-			sl.socks = nil
-		}
-		return
-	}
-	for len(s.retired) > 0 {
-		top := s.retired[len(s.retired)-1]
-		if s.hasWorkers(top) {
-			return
-		}
-		closeFds(top.socks)
-		top.socks = nil
-		s.retired = s.retired[:len(s.retired)-1]
-	}
-}
-
-// hasWorkers reports whether a worker of sl is left.
-func (s *supervisor) hasWorkers(sl *slot) bool {
-	for _, w := range s.workers {
-		if w.slot == sl {
-			return true
-		}
-	}
-	return false
-}
-
-func closeFds(fds []int) {
-	for _, fd := range fds {
-		if fd >= 0 {
-			syscall.Close(fd)
-		}
-	}
-}
-
 // startIn starts the slot's worker; a failed fork counts as a failed start.
 func (s *supervisor) startIn(sl *slot) {
 	w, err := s.spawn(sl)
@@ -454,19 +327,6 @@ func (s *supervisor) stopSlot(in slotInput) {
 		}
 	}
 	in.sl.cur, in.sl.next = nil, nil
-}
-
-// markReady makes a starting worker count as up; a replacement takes over.
-func (s *supervisor) markReady(w *worker) {
-	if w.state != stateStarting {
-		return
-	}
-	s.step(slotInput{sl: w.slot, w: w, ev: evReady})
-	if !s.upOnce && s.allReady() {
-		s.upOnce = true
-		s.log.Info("workers ready", "workers", len(s.slots))
-		s.up.send("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
-	}
 }
 
 // countUp makes a starting worker up: it gets work from now on.
@@ -592,60 +452,6 @@ func (s *supervisor) checkWatchdogs() {
 			s.step(slotInput{sl: w.slot, w: w, ev: evWatchdog})
 		}
 	}
-}
-
-// stopWorker asks a worker to stop gracefully and kills it after --grace.
-func (s *supervisor) stopWorker(w *worker) {
-	s.retire(w)
-	w.link.stop(s.c.stopSignal)
-}
-
-// retire makes a worker leave on purpose: its exit is not a crash.
-func (s *supervisor) retire(w *worker) {
-	if w.retiring {
-		return
-	}
-	w.retiring = true
-	s.leave(w)
-}
-
-// leave marks a worker as stopping: no more work, SIGKILL after --grace.
-// Unless it is also retired, its exit is a crash that the restart policy handles.
-func (s *supervisor) leave(w *worker) {
-	if w.state == stateStopping {
-		return
-	}
-	w.state = stateStopping
-	w.link.drain()
-	if w.timer != nil {
-		w.timer()
-	}
-	w.timer = s.env.after(s.c.grace, graceEvent{w})
-}
-
-// exited handles a reaped worker.
-func (s *supervisor) exited(w *worker, status int) {
-	delete(s.workers, w.pid)
-	s.env.kill(-w.pid, syscall.SIGKILL) // whatever the worker left in its process group
-	if w.timer != nil {
-		w.timer()
-	}
-	execErr := w.notify.execError() // the shim could not start the command (command.go)
-	w.notify.close()
-	w.link.detach()
-	sl := w.slot
-	sl.lastExit = status
-	s.log.Debug("worker exited", "slot", sl.index, "pid", w.pid, "status", status,
-		"uptime", s.env.now().Sub(w.started).Round(time.Millisecond))
-	if execErr != "" {
-		s.execFailed(w, status, execErr)
-	}
-	if s.stopping {
-		s.checkDone()
-		return
-	}
-	s.step(slotInput{sl: sl, w: w, ev: evExit, why: execErr, status: status})
-	s.releaseSlot(sl)
 }
 
 func (s *supervisor) nextExited(in slotInput) {
