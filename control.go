@@ -48,7 +48,7 @@ type ctlStatus struct {
 	Reloading      int         `json:"reloading,omitempty"` // the generation a reload in progress brings in
 	Reloads        int         `json:"reloads"`
 	ReloadFailures int         `json:"reload_failures"`
-	RR             *rrTotals   `json:"rr,omitempty"`
+	RR             *rr.Totals  `json:"rr,omitempty"`
 	Queues         []ctlQueue  `json:"listen_queues,omitempty"`
 	Sampled        time.Time   `json:"sampled"`
 	slots          []slotCount // restarts per slot, for the metrics
@@ -283,7 +283,7 @@ func (s *supervisor) ctlSnapshot() *ctlStatus {
 		st.slots = append(st.slots, slotCount{sl.index, sl.restarts})
 	}
 	if s.rr != nil {
-		t := rrTotalsOf(s.rr)
+		t := s.rr.Totals()
 		st.RR = &t
 		byPID := map[int]rr.WorkerStats{}
 		for _, ws := range s.rr.Stats() {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/prefork/prefork/internal/demo"
+	"github.com/prefork/prefork/internal/pool"
 	"github.com/prefork/prefork/internal/sock"
 )
 
@@ -211,7 +212,7 @@ var options = []option{
 	{long: "backlog", set: intOpt(func(c *config) *int { return &c.backlog }, 1, 1<<20)},
 	{long: "workers", short: "n", set: func(c *config, v string) error {
 		if strings.Contains(v, ":") {
-			lo, hi, err := parsePoolRange(v)
+			lo, hi, err := pool.ParseRange(v, maxWorkers)
 			c.workers, c.poolMin, c.poolMax = lo, lo, hi
 			return err
 		}
@@ -225,7 +226,7 @@ var options = []option{
 		return err
 	}},
 	{long: "max-rss", set: func(c *config, v string) error {
-		n, err := parseSize(v)
+		n, err := pool.ParseSize(v)
 		c.maxRSS = n
 		return err
 	}},

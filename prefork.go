@@ -144,7 +144,7 @@ type supervisor struct {
 	up        *upstream
 	rr        *rr.Dispatcher
 	ch        workerChannel
-	pool      *pool                // the pool goroutine's view and readings (pool.go); nil when not needed
+	pool      *poolHandle          // the pool goroutine's view and readings (pool.go); nil when not needed
 	ctl       ctlState             // the control socket's waiting clients (control.go)
 	nc        *nodecluster.Cluster // --node-cluster: the listeners Node workers share (node.go)
 

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/prefork/prefork/internal/sock"
@@ -48,6 +49,7 @@ type Server struct {
 	uid  int
 	quit chan struct{}
 	sem  chan struct{}
+	once sync.Once
 
 	lastRefusal time.Time // the accept loop's: when a refusal was last logged
 }
@@ -81,14 +83,16 @@ func Open(c Config) (*Server, error) {
 }
 
 // Close stops accepting and removes the socket file; clients that stay see
-// their connection close.
+// their connection close. It is idempotent.
 func (s *Server) Close() {
 	if s == nil {
 		return
 	}
-	s.ln.Close()
-	sock.Close(s.sock)
-	close(s.quit)
+	s.once.Do(func() {
+		s.ln.Close()
+		sock.Close(s.sock)
+		close(s.quit)
+	})
 }
 
 func (s *Server) serve() {

@@ -84,12 +84,13 @@ type WorkerStats struct {
 	Draining bool
 }
 
-// Totals counts the dispatcher's connections over its whole life.
+// Totals counts the dispatcher's connections over its whole life, as
+// prefork's status and metrics show them.
 type Totals struct {
-	Handed        uint64 // sent to a worker, requeued ones again
-	Acked         uint64 // taken by a worker
-	Redistributed uint64 // unacked when their worker went, requeued
-	Pending       int    // waiting for a worker now
+	Handed        uint64 `json:"handed"`        // sent to a worker, requeued ones again
+	Acked         uint64 `json:"acked"`         // taken by a worker
+	Redistributed uint64 `json:"redistributed"` // unacked when their worker went, requeued
+	Pending       int    `json:"pending"`       // waiting for a worker now
 }
 
 // handoff is a connection prefork holds: given to a worker under seq and not yet
