@@ -415,7 +415,7 @@ func (s *supervisor) handle(ev event) {
 			s.notified(e.w, e.msg)
 		}
 	case brokenEvent:
-		if w := s.workers[e.pid]; w != nil && !w.retiring {
+		if w := s.workers[e.pid]; w != nil && !w.retiring && w.state != stateStopping {
 			s.log.Error("worker channel broken; stopping it", "slot", w.slot.index, "pid", w.pid, "err", e.err)
 			s.step(slotInput{sl: w.slot, w: w, ev: evBroken, why: whyBroken})
 		}
