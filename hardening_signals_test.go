@@ -94,7 +94,7 @@ func TestKillMode(t *testing.T) {
 trap 'sleep 0.3; if kill -0 $child 2>/dev/null; then echo child-alive; else echo child-dead; fi >>"$MARKS"; kill $child; exit 0' TERM
 wait`
 			in := startPrefork(t, "", []string{"MARKS=" + marks}, "--kill-mode", c.mode, "-l", "127.0.0.1:0", "-n", "1",
-				"--ready-delay", "300ms", "--grace", "10s", "--", "sh", "-c", script)
+				"--ready", "delay", "--ready-delay", "300ms", "--grace", "10s", "--", "sh", "-c", script)
 			in.readyWorkers(1, 10*time.Second)
 			in.signal(syscall.SIGTERM)
 			if code := in.wait(15 * time.Second); code != 0 {
