@@ -218,7 +218,7 @@ func TestReadyListenReloadOfAReleaseThatNeverWaits(t *testing.T) {
 		"-l", "127.0.0.1:0", "-n", "2", "--ready", "listen", "--ready-timeout", "3s", "--grace", "2s", "--control", sock)
 	old := in.readyWorkers(2, 15*time.Second)
 	os.WriteFile(never, nil, 0o644)
-	code, out, errs := ctl(sock, "reload", "--timeout", "30s")
+	code, out, errs := ctlCall(sock, "reload", "--timeout", "30s")
 	if code != 1 || !strings.Contains(errs, "slot 0") || !strings.Contains(errs, "abandoned") {
 		t.Fatalf("reload of a release that never waits: exit %d %q %q; want 1, naming slot 0", code, out, errs)
 	}
@@ -255,7 +255,7 @@ func TestReadyAutoUnseenFallsBackToTheDelayRule(t *testing.T) {
 		t.Errorf("%d warnings that workers were not seen, want 1", n)
 	}
 	start = time.Now()
-	if code, out, errs := ctl(sock, "reload", "--timeout", "30s"); code != 0 {
+	if code, out, errs := ctlCall(sock, "reload", "--timeout", "30s"); code != 0 {
 		t.Fatalf("reload: exit %d %q %q", code, out, errs)
 	}
 	// Two slots, one at a time, each up by the delay rule after 500ms.
