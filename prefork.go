@@ -75,7 +75,7 @@ type worker struct {
 	status   string // last STATUS= it sent
 	upBy     upBy   // how it came up
 	seenIn   listenwait.Way
-	unwatch  func() // stops watching whether it waits for connections (listen.go); nil when not watched
+	unwatch  func() // stops watching whether it waits for connections (workers.go); nil when not watched
 	notify   *notifySocket
 	link     link        // its channel: see channel.go
 	timer    func() bool // stops its timer: ready delay or ready timeout, then the grace period
@@ -154,8 +154,9 @@ type supervisor struct {
 	pool      *poolHandle          // the pool goroutine's view and readings (pool.go); nil when not needed
 	ctl       ctlState             // the control socket's waiting clients (control.go)
 	nc        *nodecluster.Cluster // --node-cluster: the listeners Node workers share (node.go)
-	lw        *listenwait.Watcher  // --ready auto|listen: looks whether starting workers wait for connections (listen.go)
-	seeing    seeing               // what --ready auto and listen learned about seeing workers (listen.go)
+	lw        *listenwait.Watcher  // --ready auto|listen: looks whether starting workers wait for connections (workers.go)
+	seeing    seeing               // what --ready auto and listen learned about seeing workers (workers.go)
+	retired   []*slot              // reuseport mode: removed slots whose sockets are still open, by index (slots.go)
 
 	workers       map[int]*worker
 	slots         []*slot
@@ -264,7 +265,8 @@ func supervise(c *config, stderr io.Writer) int {
 		for i, l := range s.listeners {
 			fds[i] = l.FD
 		}
-		s.rr, err = newDispatcher(fds, c.rrWindow, log, func(pid int, err error) { s.events <- brokenEvent{pid, err} })
+		s.rr, err = newDispatcher(fds, c.rrWindow, log, func(pid int, err error) { s.events <- brokenEvent{pid, err} },
+			rrBalancer(c.balance), c.readyTimeout)
 		if err != nil {
 			return fail(exitFailure, "rr dispatcher: %v", err)
 		}
