@@ -29,10 +29,12 @@ func (d *Dispatcher) run() {
 	defer runtime.UnlockOSThread()
 	ready := make([]int, 64)
 	for {
-		timeout := -1 // milliseconds; while paused, until accepting resumes
+		// Milliseconds; while paused, until accepting resumes; while a
+		// refused connection waits, until it may be offered again.
+		timeout := d.retryTimeout()
 		if d.paused {
 			if left := d.resume - time.Now().UnixNano(); left > 0 {
-				timeout = int((left + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+				timeout = untilMs(left, timeout)
 			} else {
 				d.paused = false
 				d.arm()
@@ -119,8 +121,8 @@ func (d *Dispatcher) accept(l *listener) {
 			d.resume = time.Now().Add(pauseFor).UnixNano()
 			return
 		}
-		if !d.place(fd, l.index) {
-			d.pending = append(d.pending, handoff{index: l.index, fd: fd})
+		if h := (handoff{index: l.index, fd: fd}); !d.place(&h) {
+			d.pending = append(d.pending, h)
 		}
 	}
 }
@@ -159,19 +161,25 @@ func (d *Dispatcher) eligibleFor(w *worker, index uint32) bool {
 // place sends connection fd to the worker the Balancer picks; a worker whose
 // queue is full right now is passed over for this connection, one whose
 // channel fails is broken. It reports false when no worker could take it.
-func (d *Dispatcher) place(fd int, index uint32) bool {
+func (d *Dispatcher) place(h *handoff) bool {
 	d.stamp++
-	d.view.index = index
+	d.view.index = h.index
+	d.view.avoid = d.avoiding(h)
 	for {
 		k := d.bal.Pick(&d.view)
+		if k < 0 && d.view.avoid != nil {
+			d.view.avoid = nil // the worker that refused it is the only one that may take it now
+			k = d.bal.Pick(&d.view)
+		}
 		if k < 0 {
 			return false
 		}
 		w := d.workers[k]
 		w.tried = d.stamp
-		err := w.send.SendConn(d.seq, index, fd)
+		err := w.send.SendConn(d.seq, h.index, h.fd)
 		if err == nil {
-			w.inflight = append(w.inflight, handoff{seq: d.seq, index: index, fd: fd})
+			h.seq = d.seq
+			w.inflight = append(w.inflight, *h)
 			w.handed++
 			d.total.Handed++
 			d.seq++
@@ -197,8 +205,9 @@ func (d *Dispatcher) pump() {
 	todo := d.pending
 	d.pending = nil
 	kept := todo[:0]
+	now := time.Now().UnixNano()
 	for i, h := range todo {
-		if !d.place(h.fd, h.index) {
+		if h.notBefore > now || !d.place(&h) {
 			kept = append(kept, h)
 			if d.full() {
 				kept = append(kept, todo[i+1:]...)
@@ -227,8 +236,9 @@ func (d *Dispatcher) acceptable(index uint32) bool {
 		return false
 	}
 	d.pump()
+	now := time.Now().UnixNano()
 	for _, h := range d.pending {
-		if h.index == index {
+		if h.index == index && h.notBefore <= now {
 			return false
 		}
 	}

@@ -99,6 +99,7 @@ type handoff struct {
 	seq   uint32
 	index uint32 // listener index
 	fd    int    // prefork's copy of the connection
+	refused
 }
 
 // worker is one worker's channel.
@@ -278,17 +279,6 @@ func (d *Dispatcher) attach(id int, s Sender, fd int) {
 		return
 	}
 	d.workers = append(d.workers, w)
-}
-
-// refused takes back a connection a worker did not take: it goes to another.
-func (d *Dispatcher) refused(w *worker, seq uint32) {
-	for i, h := range w.inflight {
-		if h.seq == seq {
-			w.inflight = append(w.inflight[:i], w.inflight[i+1:]...)
-			d.pending = append(d.pending, h)
-			break
-		}
-	}
 }
 
 func (d *Dispatcher) detach(id int) {
