@@ -147,6 +147,7 @@ type supervisor struct {
 	pool      *poolHandle          // the pool goroutine's view and readings (pool.go); nil when not needed
 	ctl       ctlState             // the control socket's waiting clients (control.go)
 	nc        *nodecluster.Cluster // --node-cluster: the listeners Node workers share (node.go)
+	retired   []*slot              // reuseport mode: removed slots whose sockets are still open, by index (slots.go)
 
 	workers       map[int]*worker
 	slots         []*slot
@@ -255,7 +256,8 @@ func supervise(c *config, stderr io.Writer) int {
 		for i, l := range s.listeners {
 			fds[i] = l.FD
 		}
-		s.rr, err = newDispatcher(fds, c.rrWindow, log, func(pid int, err error) { s.events <- brokenEvent{pid, err} })
+		s.rr, err = newDispatcher(fds, c.rrWindow, log, func(pid int, err error) { s.events <- brokenEvent{pid, err} },
+			rrBalancer(c.balance), c.readyTimeout)
 		if err != nil {
 			return fail(exitFailure, "rr dispatcher: %v", err)
 		}

@@ -26,11 +26,11 @@ const (
 
 // refused is a connection's history of refusals.
 type refused struct {
-	refusals  int
-	by        *worker // the worker that refused it last
-	byAcked   uint64  // that worker's acked count then
-	since     int64   // its first refusal, Unix nanoseconds
-	notBefore int64   // it is not offered again before this, Unix nanoseconds
+	refusals     int
+	by           *worker // the worker that refused it last
+	byAcked      uint64  // that worker's acked count then
+	firstRefused int64   // its first refusal, Unix nanoseconds
+	notBefore    int64   // it is not offered again before this, Unix nanoseconds
 }
 
 // refuse takes back a connection a worker did not take: it goes to another
@@ -44,11 +44,11 @@ func (d *Dispatcher) refuse(w *worker, seq uint32) {
 		w.inflight = append(w.inflight[:i], w.inflight[i+1:]...)
 		now := time.Now().UnixNano()
 		if h.refusals == 0 {
-			h.since = now
+			h.firstRefused = now
 		}
 		h.refusals++
 		h.by, h.byAcked = w, w.acked
-		if waited := time.Duration(now - h.since); waited >= RefusedWait {
+		if waited := time.Duration(now - h.firstRefused); waited >= RefusedWait {
 			d.sys.CloseConn(h.fd)
 			d.log.Warn("rr: no worker accepted a connection; closing it", "listener", h.index,
 				"refusals", h.refusals, "waited", waited.Round(time.Millisecond), "limit", RefusedWait)
@@ -83,15 +83,13 @@ func (d *Dispatcher) retryTimeout() int {
 	if next == 0 {
 		return -1
 	}
-	return untilMs(next-time.Now().UnixNano(), -1)
+	return int(ms(next - time.Now().UnixNano()))
 }
 
-// untilMs is left nanoseconds as a poller timeout in whole milliseconds
-// (rounded up, at least 0), or timeout when that is sooner (and not -1).
-func untilMs(left int64, timeout int) int {
-	ms := int(max(0, (left+int64(time.Millisecond)-1)/int64(time.Millisecond)))
-	if timeout >= 0 && timeout < ms {
-		return timeout
+// sooner is the sooner of two poller timeouts in milliseconds (-1: none).
+func sooner(a, b int) int {
+	if a < 0 || b >= 0 && b < a {
+		return b
 	}
-	return ms
+	return a
 }
