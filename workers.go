@@ -7,6 +7,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/prefork/prefork/internal/output"
 	"github.com/prefork/prefork/internal/sock"
 	"os"
 	"strconv"
@@ -47,6 +48,15 @@ func (s *supervisor) startProcess(sl *slot) (proc, error) {
 		return proc{}, err
 	}
 	files := []uintptr{0, 1, 2}
+	var out *output.Pair
+	if s.out != nil { // --worker-output prefix or json: fd 1 and 2 are the worker's own pipes
+		if out, err = s.out.NewPair(); err != nil {
+			ns.close()
+			lk.abort()
+			return proc{}, fmt.Errorf("worker output pipes: %w", err)
+		}
+		files[1], files[2] = out.Files()
+	}
 	for _, fd := range fds {
 		files = append(files, uintptr(fd))
 	}
@@ -54,7 +64,13 @@ func (s *supervisor) startProcess(sl *slot) (proc, error) {
 	if err != nil {
 		ns.close()
 		lk.abort()
+		if out != nil {
+			out.Abort()
+		}
 		return proc{}, fmt.Errorf("start %s: %w", s.path, err)
+	}
+	if out != nil {
+		out.Start(sl.index, pid, s.gen)
 	}
 	return proc{pid, lk, ns}, nil
 }
