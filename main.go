@@ -11,8 +11,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"github.com/prefork/prefork/internal/output"
-	"github.com/prefork/prefork/internal/sock"
 	"io"
 	"os"
 	"runtime/debug"
@@ -20,6 +18,11 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/internal/demo"
+	"github.com/prefork/prefork/internal/output"
+	"github.com/prefork/prefork/internal/pool"
+	"github.com/prefork/prefork/internal/sock"
 )
 
 var usage = `usage: prefork [options] [--] command [args...]
@@ -214,7 +217,7 @@ var options = []option{
 	{long: "backlog", set: intOpt(func(c *config) *int { return &c.backlog }, 1, 1<<20)},
 	{long: "workers", short: "n", set: func(c *config, v string) error {
 		if strings.Contains(v, ":") {
-			lo, hi, err := parsePoolRange(v)
+			lo, hi, err := pool.ParseRange(v, maxWorkers)
 			c.workers, c.poolMin, c.poolMax = lo, lo, hi
 			return err
 		}
@@ -228,7 +231,7 @@ var options = []option{
 		return err
 	}},
 	{long: "max-rss", set: func(c *config, v string) error {
-		n, err := parseSize(v)
+		n, err := pool.ParseSize(v)
 		c.maxRSS = n
 		return err
 	}},
@@ -446,8 +449,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == demoWorkerArg {
-		os.Exit(runDemoWorker())
+	if len(os.Args) > 1 && os.Args[1] == demo.Arg {
+		os.Exit(demo.Run())
 	}
 	if os.Getenv(shimEnv) != "" {
 		os.Exit(runShim(os.Args[1:]))

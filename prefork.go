@@ -33,9 +33,6 @@ package main
 
 import (
 	"fmt"
-	"github.com/prefork/prefork/internal/nodecluster"
-	"github.com/prefork/prefork/internal/output"
-	"github.com/prefork/prefork/internal/sock"
 	"io"
 	"log/slog"
 	"os"
@@ -44,7 +41,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prefork/prefork/internal/demo"
+	"github.com/prefork/prefork/internal/nodecluster"
+	"github.com/prefork/prefork/internal/output"
 	"github.com/prefork/prefork/internal/rr"
+	"github.com/prefork/prefork/internal/sock"
 )
 
 // workerState is where a worker is in its life; the status file shows its name.
@@ -147,7 +148,7 @@ type supervisor struct {
 	up        *upstream
 	rr        *rr.Dispatcher
 	ch        workerChannel
-	pool      *pool                // the pool goroutine's view and readings (pool.go); nil when not needed
+	pool      *poolHandle          // the pool goroutine's view and readings (pool.go); nil when not needed
 	ctl       ctlState             // the control socket's waiting clients (control.go)
 	nc        *nodecluster.Cluster // --node-cluster: the listeners Node workers share (node.go)
 	out       *output.Relay        // --worker-output prefix or json: the workers' lines; nil for inherit
@@ -189,7 +190,7 @@ func supervise(c *config, stderr io.Writer) int {
 	}
 	s.argv = c.command
 	if c.demo {
-		s.argv = []string{"prefork-demo", demoWorkerArg}
+		s.argv = []string{"prefork-demo", demo.Arg}
 	}
 	if s.wd, err = newWorkdir(); err != nil {
 		return fail(exitFailure, "%v", err)
@@ -423,7 +424,7 @@ func (s *supervisor) handle(ev event) {
 			s.notified(e.w, e.msg)
 		}
 	case brokenEvent:
-		if w := s.workers[e.pid]; w != nil && !w.retiring {
+		if w := s.workers[e.pid]; w != nil && !w.retiring && w.state != stateStopping {
 			s.log.Error("worker channel broken; stopping it", "slot", w.slot.index, "pid", w.pid, "err", e.err)
 			s.step(slotInput{sl: w.slot, w: w, ev: evBroken, why: whyBroken})
 		}

@@ -1,7 +1,8 @@
 //go:build linux || darwin
 
 // This file holds the rolling reload (HUP) and the stop (TERM, INT, QUIT): the
-// supervisor's two walks over every worker.
+// supervisor's two walks over every worker; and scaling (TTIN, TTOU, --ctl
+// scale, the pool), which adds and removes slots.
 package main
 
 import (
@@ -90,4 +91,76 @@ func (s *supervisor) checkDone() {
 	s.reaper.wantEmpty.Store(true)
 	s.reaper.check()
 	s.env.after(s.c.grace, sweepDoneEvent{})
+}
+
+// addSlot adds a slot (and, in reuseport mode, its own sockets) without starting
+// it; if a socket cannot be opened, no slot is added.
+func (s *supervisor) addSlot() (*slot, error) {
+	sl := &slot{index: len(s.slots), lastExit: -1}
+	if s.c.mode == modeReuseport {
+		for _, l := range s.listeners {
+			fd := l.FD
+			if sl.index > 0 {
+				var err error
+				if fd, err = l.ReuseportSocket(s.c.backlog); err != nil {
+					closeFds(sl.socks)
+					return nil, fmt.Errorf("cannot open another SO_REUSEPORT socket: %w", err)
+				}
+			}
+			sl.socks = append(sl.socks, fd)
+		}
+	}
+	s.slots = append(s.slots, sl)
+	return sl, nil
+}
+
+// scaleTo adds or removes slots until there are n; new slots start at once.
+func (s *supervisor) scaleTo(n int) error {
+	for len(s.slots) < n {
+		sl, err := s.addSlot()
+		if err != nil {
+			return err
+		}
+		s.startIn(sl)
+	}
+	for len(s.slots) > n && len(s.slots) > 1 {
+		s.removeSlot()
+	}
+	return nil
+}
+
+// removeSlot scales down by one: the last slot's workers stop gracefully.
+func (s *supervisor) removeSlot() {
+	if len(s.slots) <= 1 {
+		s.log.Info("already at one worker")
+		return
+	}
+	sl := s.slots[len(s.slots)-1]
+	s.slots = s.slots[:len(s.slots)-1]
+	s.step(slotInput{sl: sl, ev: evRemove})
+	sl.removed = true
+	s.releaseSlot(sl)
+	s.advanceReload() // a reload may have waited on the removed slot
+}
+
+// releaseSlot closes a removed slot's own sockets once none of its workers is left.
+func (s *supervisor) releaseSlot(sl *slot) {
+	if !sl.removed || sl.index == 0 {
+		return
+	}
+	for _, w := range s.workers {
+		if w.slot == sl {
+			return
+		}
+	}
+	closeFds(sl.socks)
+	sl.socks = nil
+}
+
+func closeFds(fds []int) {
+	for _, fd := range fds {
+		if fd >= 0 {
+			syscall.Close(fd)
+		}
+	}
 }

@@ -87,17 +87,3 @@ func (l *handoffLink) stop(sig syscall.Signal) {
 }
 
 func (l *handoffLink) detach() { l.d.Detach(l.pid) }
-
-// rrTotals counts the rr dispatcher's connections over its whole life, as
-// the status and the metrics show them.
-type rrTotals struct {
-	Handed        uint64 `json:"handed"`        // sent to a worker, requeued ones again
-	Acked         uint64 `json:"acked"`         // taken by a worker
-	Redistributed uint64 `json:"redistributed"` // unacked when their worker went, requeued
-	Pending       int    `json:"pending"`       // waiting for a worker now
-}
-
-func rrTotalsOf(d *rr.Dispatcher) rrTotals {
-	t := d.Totals()
-	return rrTotals{Handed: t.Handed, Acked: t.Acked, Redistributed: t.Redistributed, Pending: t.Pending}
-}

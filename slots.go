@@ -56,8 +56,6 @@ package main
 
 import (
 	"fmt"
-	"os"
-	"strconv"
 	"syscall"
 	"time"
 )
@@ -237,78 +235,6 @@ const (
 	whyBroken   = "channel broken"
 )
 
-// addSlot adds a slot (and, in reuseport mode, its own sockets) without starting
-// it; if a socket cannot be opened, no slot is added.
-func (s *supervisor) addSlot() (*slot, error) {
-	sl := &slot{index: len(s.slots), lastExit: -1}
-	if s.c.mode == modeReuseport {
-		for _, l := range s.listeners {
-			fd := l.FD
-			if sl.index > 0 {
-				var err error
-				if fd, err = l.ReuseportSocket(s.c.backlog); err != nil {
-					closeFds(sl.socks)
-					return nil, fmt.Errorf("cannot open another SO_REUSEPORT socket: %w", err)
-				}
-			}
-			sl.socks = append(sl.socks, fd)
-		}
-	}
-	s.slots = append(s.slots, sl)
-	return sl, nil
-}
-
-// scaleTo adds or removes slots until there are n; new slots start at once.
-func (s *supervisor) scaleTo(n int) error {
-	for len(s.slots) < n {
-		sl, err := s.addSlot()
-		if err != nil {
-			return err
-		}
-		s.startIn(sl)
-	}
-	for len(s.slots) > n && len(s.slots) > 1 {
-		s.removeSlot()
-	}
-	return nil
-}
-
-// removeSlot scales down by one: the last slot's workers stop gracefully.
-func (s *supervisor) removeSlot() {
-	if len(s.slots) <= 1 {
-		s.log.Info("already at one worker")
-		return
-	}
-	sl := s.slots[len(s.slots)-1]
-	s.slots = s.slots[:len(s.slots)-1]
-	s.step(slotInput{sl: sl, ev: evRemove})
-	sl.removed = true
-	s.releaseSlot(sl)
-	s.advanceReload() // a reload may have waited on the removed slot
-}
-
-// releaseSlot closes a removed slot's own sockets once none of its workers is left.
-func (s *supervisor) releaseSlot(sl *slot) {
-	if !sl.removed || sl.index == 0 {
-		return
-	}
-	for _, w := range s.workers {
-		if w.slot == sl {
-			return
-		}
-	}
-	closeFds(sl.socks)
-	sl.socks = nil
-}
-
-func closeFds(fds []int) {
-	for _, fd := range fds {
-		if fd >= 0 {
-			syscall.Close(fd)
-		}
-	}
-}
-
 // startIn starts the slot's worker; a failed fork counts as a failed start.
 func (s *supervisor) startIn(sl *slot) {
 	w, err := s.spawn(sl)
@@ -401,19 +327,6 @@ func (s *supervisor) stopSlot(in slotInput) {
 		}
 	}
 	in.sl.cur, in.sl.next = nil, nil
-}
-
-// markReady makes a starting worker count as up; a replacement takes over.
-func (s *supervisor) markReady(w *worker) {
-	if w.state != stateStarting {
-		return
-	}
-	s.step(slotInput{sl: w.slot, w: w, ev: evReady})
-	if !s.upOnce && s.allReady() {
-		s.upOnce = true
-		s.log.Info("workers ready", "workers", len(s.slots))
-		s.up.send("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
-	}
 }
 
 // countUp makes a starting worker up: it gets work from now on.
@@ -539,60 +452,6 @@ func (s *supervisor) checkWatchdogs() {
 			s.step(slotInput{sl: w.slot, w: w, ev: evWatchdog})
 		}
 	}
-}
-
-// stopWorker asks a worker to stop gracefully and kills it after --grace.
-func (s *supervisor) stopWorker(w *worker) {
-	s.retire(w)
-	w.link.stop(s.c.stopSignal)
-}
-
-// retire makes a worker leave on purpose: its exit is not a crash.
-func (s *supervisor) retire(w *worker) {
-	if w.retiring {
-		return
-	}
-	w.retiring = true
-	s.leave(w)
-}
-
-// leave marks a worker as stopping: no more work, SIGKILL after --grace.
-// Unless it is also retired, its exit is a crash that the restart policy handles.
-func (s *supervisor) leave(w *worker) {
-	if w.state == stateStopping {
-		return
-	}
-	w.state = stateStopping
-	w.link.drain()
-	if w.timer != nil {
-		w.timer()
-	}
-	w.timer = s.env.after(s.c.grace, graceEvent{w})
-}
-
-// exited handles a reaped worker.
-func (s *supervisor) exited(w *worker, status int) {
-	delete(s.workers, w.pid)
-	s.env.kill(-w.pid, syscall.SIGKILL) // whatever the worker left in its process group
-	if w.timer != nil {
-		w.timer()
-	}
-	execErr := w.notify.execError() // the shim could not start the command (command.go)
-	w.notify.close()
-	w.link.detach()
-	sl := w.slot
-	sl.lastExit = status
-	s.log.Debug("worker exited", "slot", sl.index, "pid", w.pid, "status", status,
-		"uptime", s.env.now().Sub(w.started).Round(time.Millisecond))
-	if execErr != "" {
-		s.execFailed(w, status, execErr)
-	}
-	if s.stopping {
-		s.checkDone()
-		return
-	}
-	s.step(slotInput{sl: sl, w: w, ev: evExit, why: execErr, status: status})
-	s.releaseSlot(sl)
 }
 
 func (s *supervisor) nextExited(in slotInput) {

@@ -16,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/internal/demo"
 )
 
 // handledSignals are the signals the supervisor acts on.
@@ -36,7 +38,7 @@ var earlySignals chan os.Signal
 var earlySignalsOff bool
 
 func init() {
-	if earlySignalsOff || os.Getenv(shimEnv) != "" || len(os.Args) > 1 && os.Args[1] == demoWorkerArg {
+	if earlySignalsOff || os.Getenv(shimEnv) != "" || len(os.Args) > 1 && os.Args[1] == demo.Arg {
 		return
 	}
 	earlySignals = catchSignals()

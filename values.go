@@ -1,8 +1,8 @@
 //go:build linux || darwin
 
 // This file holds the readers of option values that are more than a number:
-// durations, worker counts and signals. (Sizes are in pool.go, addresses in
-// internal/sock, next to what uses them.)
+// durations, worker counts and signals. (Sizes and -n MIN:MAX are in
+// internal/pool, addresses in internal/sock, next to what uses them.)
 package main
 
 import (

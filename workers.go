@@ -1,17 +1,21 @@
 //go:build linux || darwin
 
 // This file holds the start of one worker through the exec shim, its
-// environment, and what it says on its notify socket. What happens to its slot
-// when it comes up, leaves or exits is slots.go.
+// environment, what it says on its notify socket, and its leaving: the stop,
+// the grace period and its exit. What happens to its slot when it comes up,
+// leaves or exits is slots.go.
 package main
 
 import (
 	"fmt"
-	"github.com/prefork/prefork/internal/output"
-	"github.com/prefork/prefork/internal/sock"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prefork/prefork/internal/output"
+	"github.com/prefork/prefork/internal/sock"
 )
 
 // spawn starts one worker for a slot in the current generation.
@@ -128,4 +132,71 @@ func (s *supervisor) notified(w *worker, msg map[string]string) {
 	if msg["STOPPING"] == "1" && !w.retiring && !s.stopping {
 		s.step(slotInput{sl: w.slot, w: w, ev: evStopping, why: whyStopping})
 	}
+}
+
+// markReady makes a starting worker count as up; a replacement takes over.
+func (s *supervisor) markReady(w *worker) {
+	if w.state != stateStarting {
+		return
+	}
+	s.step(slotInput{sl: w.slot, w: w, ev: evReady})
+	if !s.upOnce && s.allReady() {
+		s.upOnce = true
+		s.log.Info("workers ready", "workers", len(s.slots))
+		s.up.send("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
+	}
+}
+
+// stopWorker asks a worker to stop gracefully and kills it after --grace.
+func (s *supervisor) stopWorker(w *worker) {
+	s.retire(w)
+	w.link.stop(s.c.stopSignal)
+}
+
+// retire makes a worker leave on purpose: its exit is not a crash.
+func (s *supervisor) retire(w *worker) {
+	if w.retiring {
+		return
+	}
+	w.retiring = true
+	s.leave(w)
+}
+
+// leave marks a worker as stopping: no more work, SIGKILL after --grace.
+// Unless it is also retired, its exit is a crash that the restart policy handles.
+func (s *supervisor) leave(w *worker) {
+	if w.state == stateStopping {
+		return
+	}
+	w.state = stateStopping
+	w.link.drain()
+	if w.timer != nil {
+		w.timer()
+	}
+	w.timer = s.env.after(s.c.grace, graceEvent{w})
+}
+
+// exited handles a reaped worker.
+func (s *supervisor) exited(w *worker, status int) {
+	delete(s.workers, w.pid)
+	s.env.kill(-w.pid, syscall.SIGKILL) // whatever the worker left in its process group
+	if w.timer != nil {
+		w.timer()
+	}
+	execErr := w.notify.execError() // the shim could not start the command (command.go)
+	w.notify.close()
+	w.link.detach()
+	sl := w.slot
+	sl.lastExit = status
+	s.log.Debug("worker exited", "slot", sl.index, "pid", w.pid, "status", status,
+		"uptime", s.env.now().Sub(w.started).Round(time.Millisecond))
+	if execErr != "" {
+		s.execFailed(w, status, execErr)
+	}
+	if s.stopping {
+		s.checkDone()
+		return
+	}
+	s.step(slotInput{sl: sl, w: w, ev: evExit, why: execErr, status: status})
+	s.releaseSlot(sl)
 }
