@@ -339,7 +339,11 @@ func sampleUsage(st *ctlStatus) {
 // ctlSummary is the one-line description of prefork a status table starts with.
 func ctlSummary(st *ctlStatus) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "prefork pid %d, mode %s, generation %d", st.PID, st.Mode, st.Generation)
+	fmt.Fprintf(&b, "prefork pid %d, mode %s", st.PID, st.Mode)
+	if st.Balance != "" {
+		fmt.Fprintf(&b, ", balance %s", st.Balance)
+	}
+	fmt.Fprintf(&b, ", generation %d", st.Generation)
 	if st.Reloading > 0 {
 		b.WriteString(" (reload in progress)")
 	}

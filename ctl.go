@@ -190,7 +190,7 @@ func writeStatusTable(w io.Writer, st *ctlStatus) {
 	}
 	head := "SLOT\tPID\tGEN\tSTATE\tUPTIME\tRESTARTS\tLAST EXIT\tRSS\tCPU"
 	if st.RR != nil {
-		head += "\tRR INFLIGHT/ACKED"
+		head += "\tRR HANDED/INFLIGHT/ACKED"
 	}
 	if hasStatus {
 		head += "\tSTATUS"
@@ -212,8 +212,8 @@ func writeStatusTable(w io.Writer, st *ctlStatus) {
 			humanDuration(up), ws.Restarts, last, rss, cpu)
 		if st.RR != nil {
 			rr := "-"
-			if ws.RRInflight != nil && ws.RRAcked != nil {
-				rr = fmt.Sprintf("%d/%d", *ws.RRInflight, *ws.RRAcked)
+			if ws.RRHanded != nil && ws.RRInflight != nil && ws.RRAcked != nil {
+				rr = fmt.Sprintf("%d/%d/%d", *ws.RRHanded, *ws.RRInflight, *ws.RRAcked)
 			}
 			line += "\t" + rr
 		}

@@ -49,6 +49,10 @@ Workers:
       --max-lifetime DUR     replace each worker after DUR, less up to 10% jitter
       --mode MODE            shared, reuseport or rr (default shared)
       --rr-window N          rr mode: unacked connections per worker (default 32)
+      --balance POLICY       which worker gets a connection: least (rr default:
+                             fewest unacked, ties in turn), roundrobin (strict
+                             turns) or source (the client's address picks the
+                             slot; rr, or reuseport on Linux); not in shared mode
       --user USER[:GROUP]    run workers as this user
       --demo                 run the built-in demo HTTP worker
 Node.js:
@@ -145,6 +149,8 @@ type config struct {
 	idleTimeout      time.Duration
 	idleTimeoutSet   bool
 	rrWindowSet      bool
+	balance          balance // --balance (rr.go)
+	balanceSet       bool
 	maxRSS           int64 // bytes; 0 = off
 	maxLifetime      time.Duration
 	maxLifetimeSet   bool
@@ -244,6 +250,10 @@ var options = []option{
 	{long: "rr-window", set: func(c *config, v string) error {
 		c.rrWindowSet = true
 		return intOpt(func(c *config) *int { return &c.rrWindow }, 1, maxRRWindow)(c, v)
+	}},
+	{long: "balance", set: func(c *config, v string) error {
+		c.balanceSet = true
+		return choiceOpt(func(c *config) *balance { return &c.balance }, balanceNames)(c, v)
 	}},
 	{long: "user", set: func(c *config, v string) error { c.user = v; return nil }},
 	{long: "demo", boolean: true, set: func(c *config, _ string) error { c.demo = true; return nil }},
@@ -376,6 +386,12 @@ func (c *config) validate() error {
 		return usagef("--watchdog must not be negative")
 	case c.rrWindowSet && c.mode != modeRR:
 		return usagef("--rr-window applies to --mode rr only")
+	case c.balanceSet && c.mode == modeShared:
+		return usagef("--balance does not apply to --mode shared: the kernel wakes the worker that accepts (use --mode rr, or reuseport with --balance source)")
+	case c.balanceSet && c.mode == modeReuseport && c.balance != balanceSource:
+		return usagef("--balance %s needs --mode rr: in reuseport mode the kernel places connections, by its hash or by --balance source", c.balance)
+	case c.balanceSet && c.mode == modeReuseport && !sock.SourceBalanceSupported:
+		return usagef("--balance source in reuseport mode needs Linux (a classic BPF program on the SO_REUSEPORT group); use --mode rr --balance source")
 	case c.nodeSendServer != "" && c.nodeCluster == nodeOff:
 		return usagef("--node-send-server needs the Node cluster channel: drop --node-cluster off")
 	}

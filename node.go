@@ -122,6 +122,7 @@ func (l *nodeLink) attach(w *worker) {
 	l.nw = nw
 	if s.rr != nil {
 		s.rr.Attach(w.pid, nw, -1)
+		s.rr.SetSlot(w.pid, l.slot)
 	}
 }
 

@@ -152,6 +152,7 @@ type supervisor struct {
 	ctl       ctlState             // the control socket's waiting clients (control.go)
 	nc        *nodecluster.Cluster // --node-cluster: the listeners Node workers share (node.go)
 	out       *output.Relay        // --worker-output prefix or json: the workers' lines; nil for inherit
+	retired   []*slot              // reuseport mode: removed slots whose sockets are still open, by index (slots.go)
 
 	workers       map[int]*worker
 	slots         []*slot
@@ -260,7 +261,8 @@ func supervise(c *config, stderr io.Writer) int {
 		for i, l := range s.listeners {
 			fds[i] = l.FD
 		}
-		s.rr, err = newDispatcher(fds, c.rrWindow, log, func(pid int, err error) { s.events <- brokenEvent{pid, err} })
+		s.rr, err = newDispatcher(fds, c.rrWindow, log, func(pid int, err error) { s.events <- brokenEvent{pid, err} },
+			rrBalancer(c.balance), c.readyTimeout)
 		if err != nil {
 			return fail(exitFailure, "rr dispatcher: %v", err)
 		}

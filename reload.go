@@ -94,10 +94,17 @@ func (s *supervisor) checkDone() {
 }
 
 // addSlot adds a slot (and, in reuseport mode, its own sockets) without starting
-// it; if a socket cannot be opened, no slot is added.
+// it; if a socket cannot be opened, or the balance policy cannot take one more
+// slot, no slot is added.
 func (s *supervisor) addSlot() (*slot, error) {
 	sl := &slot{index: len(s.slots), lastExit: -1}
-	if s.c.mode == modeReuseport {
+	var reused *slot
+	if len(s.retired) > 0 && s.retired[0].index == sl.index {
+		// A removed slot of this index still holds its place in the groups:
+		// its sockets are this slot's (see releaseSlot).
+		reused, s.retired = s.retired[0], s.retired[1:]
+		sl.socks, reused.socks = reused.socks, nil
+	} else if s.c.mode == modeReuseport {
 		for _, l := range s.listeners {
 			fd := l.FD
 			if sl.index > 0 {
@@ -110,8 +117,27 @@ func (s *supervisor) addSlot() (*slot, error) {
 			sl.socks = append(sl.socks, fd)
 		}
 	}
+	if err := s.balanceSlots(len(s.slots) + 1); err != nil {
+		if reused != nil {
+			reused.socks, s.retired = sl.socks, append([]*slot{reused}, s.retired...)
+		} else if sl.index > 0 {
+			closeFds(sl.socks)
+		}
+		s.balanceSlots(len(s.slots))
+		return nil, err
+	}
 	s.slots = append(s.slots, sl)
 	return sl, nil
+}
+
+// keepsGroupOrder says the slots' sockets must keep their places in each
+// listener's SO_REUSEPORT group: --balance source's program picks a socket
+// by its place, which is the order the sockets joined, and a socket that
+// leaves the group gets the last one moved into its place. So a removed
+// slot's sockets close from the top of the group down, and a slot added
+// again while they are open takes them.
+func (s *supervisor) keepsGroupOrder() bool {
+	return s.c.mode == modeReuseport && s.c.balanceSet && s.c.balance == balanceSource
 }
 
 // scaleTo adds or removes slots until there are n; new slots start at once.
@@ -137,24 +163,51 @@ func (s *supervisor) removeSlot() {
 	}
 	sl := s.slots[len(s.slots)-1]
 	s.slots = s.slots[:len(s.slots)-1]
+	if err := s.balanceSlots(len(s.slots)); err != nil {
+		s.log.Error("cannot balance over the remaining slots", "err", err)
+	}
 	s.step(slotInput{sl: sl, ev: evRemove})
 	sl.removed = true
+	if s.keepsGroupOrder() {
+		s.retired = append([]*slot{sl}, s.retired...) // below every retired one
+	}
 	s.releaseSlot(sl)
 	s.advanceReload() // a reload may have waited on the removed slot
 }
 
-// releaseSlot closes a removed slot's own sockets once none of its workers is left.
+// releaseSlot closes a removed slot's own sockets once none of its workers is
+// left; where the group order counts (keepsGroupOrder), only once every
+// retired slot above it has closed its own.
 func (s *supervisor) releaseSlot(sl *slot) {
 	if !sl.removed || sl.index == 0 {
 		return
 	}
-	for _, w := range s.workers {
-		if w.slot == sl {
+	if !s.keepsGroupOrder() {
+		if !s.hasWorkers(sl) {
+			closeFds(sl.socks)
+			sl.socks = nil
+		}
+		return
+	}
+	for len(s.retired) > 0 {
+		top := s.retired[len(s.retired)-1]
+		if s.hasWorkers(top) {
 			return
 		}
+		closeFds(top.socks)
+		top.socks = nil
+		s.retired = s.retired[:len(s.retired)-1]
 	}
-	closeFds(sl.socks)
-	sl.socks = nil
+}
+
+// hasWorkers reports whether a worker of sl is left.
+func (s *supervisor) hasWorkers(sl *slot) bool {
+	for _, w := range s.workers {
+		if w.slot == sl {
+			return true
+		}
+	}
+	return false
 }
 
 func closeFds(fds []int) {

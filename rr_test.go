@@ -292,7 +292,7 @@ func BenchmarkChurnShared(b *testing.B) {
 // BenchmarkChurnRR: the same two Go workers behind the dispatcher (--mode rr).
 func BenchmarkChurnRR(b *testing.B) {
 	lfd, addr := rawTCPListener(b)
-	d, err := newDispatcher([]int{lfd}, rrDefaultWindow, slog.New(slog.DiscardHandler), nil)
+	d, err := newDispatcher([]int{lfd}, rrDefaultWindow, slog.New(slog.DiscardHandler), nil, nil, 0)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -337,7 +337,7 @@ func newRRFixture(t *testing.T, nl, window int) *rrFixture {
 		lfds = append(lfds, fd)
 		f.addrs = append(f.addrs, addr)
 	}
-	d, err := newDispatcher(lfds, window, testLogger(t), nil)
+	d, err := newDispatcher(lfds, window, testLogger(t), nil, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,11 +17,14 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/prefork/prefork/internal/rr"
 )
 
 type statusFile struct {
 	PID        int      `json:"pid"`
 	Mode       string   `json:"mode"`
+	Balance    string   `json:"balance,omitempty"` // --balance: least, roundrobin, source; reuseport's default "hash"; none in shared mode
 	Generation int      `json:"generation"`
 	Stopping   bool     `json:"stopping"`
 	Listeners  []string `json:"listeners"`
@@ -47,11 +50,22 @@ type workerStatus struct {
 	RSS      int64   `json:"rss,omitempty"`
 	CPU      float64 `json:"cpu_seconds,omitempty"`
 	Replaced string  `json:"replaced,omitempty"`
+	// rr mode, as the file was last rewritten: connections handed to the
+	// worker (redistributed ones again) and those not yet acked.
+	RRHanded   *uint64 `json:"rr_handed,omitempty"`
+	RRInflight *int    `json:"rr_inflight,omitempty"`
 }
 
 func (s *supervisor) snapshot() statusFile {
-	st := statusFile{PID: os.Getpid(), Mode: s.c.mode.String(), Generation: s.gen, Stopping: s.stopping,
-		Listeners: []string{}, Workers: []workerStatus{}}
+	st := statusFile{PID: os.Getpid(), Mode: s.c.mode.String(), Balance: s.balanceName(), Generation: s.gen,
+		Stopping: s.stopping, Listeners: []string{}, Workers: []workerStatus{}}
+	var rrStats map[int]rr.WorkerStats
+	if s.rr != nil {
+		rrStats = map[int]rr.WorkerStats{}
+		for _, ws := range s.rr.Stats() {
+			rrStats[ws.ID] = ws
+		}
+	}
 	for i, l := range s.listeners {
 		st.Listeners = append(st.Listeners, l.Bound())
 		if s.pool != nil && i < len(s.pool.stats.queues) {
@@ -74,6 +88,9 @@ func (s *supervisor) snapshot() statusFile {
 		if w.slot.lastExit >= 0 {
 			last := w.slot.lastExit
 			ws.LastExit = &last
+		}
+		if r, ok := rrStats[w.pid]; ok {
+			ws.RRHanded, ws.RRInflight = &r.Handed, &r.Inflight
 		}
 		st.Workers = append(st.Workers, ws)
 	}
@@ -205,7 +222,7 @@ func formatValue(v float64) string {
 func renderMetrics(st *ctlStatus) []byte {
 	var p promText
 	p.family("prefork_info", "gauge", "Always 1; the labels say prefork's pid, mode and version.")
-	p.sample("prefork_info", 1, "pid", strconv.Itoa(st.PID), "mode", st.Mode, "version", strings.TrimPrefix(version(), "prefork "))
+	p.sample("prefork_info", 1, "pid", strconv.Itoa(st.PID), "mode", st.Mode, "balance", st.Balance, "version", strings.TrimPrefix(version(), "prefork "))
 	p.family("prefork_generation", "gauge", "The newest generation started: 1 at start, +1 at every reload, abandoned ones too; each worker's is in the status.")
 	p.sample("prefork_generation", float64(st.Generation))
 	p.family("prefork_worker_slots", "gauge", "Worker slots: the number of workers prefork keeps running.")
@@ -257,6 +274,12 @@ func renderMetrics(st *ctlStatus) []byte {
 		p.sample("prefork_rr_connections_redistributed_total", float64(st.RR.Redistributed))
 		p.family("prefork_rr_connections_pending", "gauge", "rr mode: accepted connections waiting for a worker with room.")
 		p.sample("prefork_rr_connections_pending", float64(st.RR.Pending))
+		p.family("prefork_rr_worker_connections_handed_total", "counter", "rr mode: connections sent to each worker, redistributed ones counted again.")
+		for _, w := range st.Workers {
+			if w.RRHanded != nil {
+				p.sample("prefork_rr_worker_connections_handed_total", float64(*w.RRHanded), workerLabels(w)...)
+			}
+		}
 		p.family("prefork_rr_connections_inflight", "gauge", "rr mode: connections sent to each worker and not yet acknowledged.")
 		for _, w := range st.Workers {
 			if w.RRInflight != nil {

@@ -418,7 +418,7 @@ func TestControlMetricsRR(t *testing.T) {
 	if n := len(samples["prefork_rr_connections_inflight"]); n != 2 {
 		t.Errorf("%d in-flight samples, want one per worker", n)
 	}
-	if out := mustCtl(t, sock, "status"); !strings.Contains(out, "RR INFLIGHT/ACKED") {
+	if out := mustCtl(t, sock, "status"); !strings.Contains(out, "RR HANDED/INFLIGHT/ACKED") {
 		t.Errorf("the rr status table has no rr column:\n%s", out)
 	}
 }

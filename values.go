@@ -77,6 +77,7 @@ type (
 	killMode  uint8 // --kill-mode: where the stop signal goes
 	nodeRule  uint8 // --node-cluster: whether prefork is a Node cluster primary
 	logFormat uint8 // --log-format
+	balance   uint8 // --balance: which worker gets a connection
 )
 
 const (
@@ -106,17 +107,25 @@ const (
 	logJSON
 )
 
+const (
+	balanceLeast      balance = iota // rr: the ready worker with the fewest connections unacked, ties in turn
+	balanceRoundRobin                // rr: strict turns
+	balanceSource                    // the client's address picks the slot (rr: at accept; reuseport: CBPF)
+)
+
 var (
 	modeNames      = []string{"shared", "reuseport", "rr"}
 	readyNames     = []string{"delay", "notify"}
 	killModeNames  = []string{"group", "mixed"}
 	nodeRuleNames  = []string{"auto", "on", "off"}
 	logFormatNames = []string{"text", "json"}
+	balanceNames   = []string{"least", "roundrobin", "source"}
 )
 
 func (m mode) String() string      { return modeNames[m] }
 func (r readyRule) String() string { return readyNames[r] }
 func (k killMode) String() string  { return killModeNames[k] }
+func (b balance) String() string   { return balanceNames[b] }
 
 // choiceOpt reads an option whose value is one of names; the index is the value.
 func choiceOpt[T ~uint8](field func(*config) *T, names []string) func(*config, string) error {

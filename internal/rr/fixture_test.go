@@ -33,13 +33,20 @@ type rrFixture struct {
 
 func newRRFixture(t *testing.T, nl, window int) *rrFixture {
 	t.Helper()
+	return newRRFixtureWith(t, nl, Config{Window: window})
+}
+
+// newRRFixtureWith is newRRFixture with c's Window, Balancer and Wait.
+func newRRFixtureWith(t *testing.T, nl int, c Config) *rrFixture {
+	t.Helper()
+	window := c.Window
 	f := &rrFixture{t: t, broken: make(chan rrBrokenReport, 16)}
 	for i := 0; i < nl; i++ {
 		fd, addr := rawTCPListener(t)
 		f.lfds = append(f.lfds, fd)
 		f.addrs = append(f.addrs, addr)
 	}
-	d, err := New(f.lfds, Config{Window: window, Log: testLogger(t), Sys: testSys, OnBroken: func(id int, err error) {
+	d, err := New(f.lfds, Config{Window: window, Balancer: c.Balancer, Wait: c.Wait, Log: testLogger(t), Sys: testSys, OnBroken: func(id int, err error) {
 		f.broken <- rrBrokenReport{id, err}
 	}})
 	if err != nil {

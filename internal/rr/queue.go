@@ -32,6 +32,8 @@ const (
 	opDetach
 	opKick
 	opNonblock
+	opSlot
+	opSlots
 	opAddListener
 	opStats
 	opTotals
@@ -118,6 +120,12 @@ func (d *Dispatcher) Drain(id int) { d.post(msg{op: opDrain, id: id}) }
 // connection it had not acked goes to another worker.
 func (d *Dispatcher) Detach(id int) { d.post(msg{op: opDetach, id: id}) }
 
+// SetSlot tells which slot a worker serves, for the Balancer (Source).
+func (d *Dispatcher) SetSlot(id, slot int) { d.post(msg{op: opSlot, id: id, fd: slot}) }
+
+// SetSlots tells how many slots there are, for the Balancer (Source).
+func (d *Dispatcher) SetSlots(n int) { d.post(msg{op: opSlots, fd: n}) }
+
 // Kick makes the dispatcher look again for workers that can take what it
 // holds or could accept (a Node worker now has a server on a listener).
 func (d *Dispatcher) Kick() { d.post(msg{op: opKick}) }
@@ -185,6 +193,14 @@ func (d *Dispatcher) handle(m msg) bool {
 		d.pump()
 	case opNonblock:
 		d.nonblock = true
+	case opSlot:
+		if w := d.worker(m.id); w != nil {
+			w.slot = m.fd
+			d.pump()
+		}
+	case opSlots:
+		d.slots = m.fd
+		d.pump()
 	case opClose:
 		d.close()
 		return true
@@ -211,7 +227,7 @@ func (d *Dispatcher) answer(m msg) reply {
 	case opStats:
 		s := make([]WorkerStats, 0, len(d.workers))
 		for _, w := range d.workers {
-			s = append(s, WorkerStats{ID: w.id, Handed: w.handed, Acked: w.acked,
+			s = append(s, WorkerStats{ID: w.id, Slot: w.slot, Handed: w.handed, Acked: w.acked,
 				Inflight: len(w.inflight), Ready: w.ready, Draining: w.draining})
 		}
 		return reply{stats: s}

@@ -34,6 +34,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/prefork/prefork/internal/rrwire"
 )
@@ -70,13 +71,17 @@ type Config struct {
 	// OnBroken is called on a goroutine of its own when a worker's channel is
 	// closed for a protocol or I/O error; the supervisor should kill that worker.
 	OnBroken func(id int, err error)
-	// Balancer picks the worker for each connection; nil is RoundRobin.
+	// Balancer picks the worker for each connection; nil is Least.
 	Balancer Balancer
+	// Wait is how long a connection a Keyed balancer holds back may wait for
+	// its worker (0: 60 s).
+	Wait time.Duration
 }
 
 // WorkerStats is one worker as the dispatcher sees it.
 type WorkerStats struct {
 	ID       int    // pid
+	Slot     int    // SetSlot's, -1 if not told
 	Handed   uint64 // connections sent to it, requeued ones included
 	Acked    uint64
 	Inflight int // sent and not yet acked
@@ -99,11 +104,15 @@ type handoff struct {
 	seq   uint32
 	index uint32 // listener index
 	fd    int    // prefork's copy of the connection
+	key   uint32 // a Keyed balancer's key, if keyed
+	keyed bool
+	since int64 // unix nanoseconds when it started waiting (pending), 0 if not yet
 }
 
 // worker is one worker's channel.
 type worker struct {
 	id       int // the worker's pid
+	slot     int // its slot (SetSlot), -1 if not told
 	send     Sender
 	filter   ListenerFilter // send, when it serves only some listeners
 	fd       int            // handoff socket: in the poller, non-blocking; -1 for a channel read elsewhere
@@ -150,7 +159,10 @@ type Dispatcher struct {
 	listeners []*listener
 	workers   []*worker // in attach order
 	bal       Balancer
-	view      view // what bal sees of workers, for one connection at a time
+	keyed     Keyed // bal, when it places by key
+	wait      int64 // Config.Wait in nanoseconds
+	slots     int   // SetSlots
+	view      view  // what bal sees of workers, for one connection at a time
 	stamp     uint64
 	paused    bool // accepting pauses after a temporary error (EMFILE…)
 	resume    int64
@@ -178,7 +190,12 @@ func New(lfds []int, c Config) (*Dispatcher, error) {
 	d := &Dispatcher{log: c.Log, onBroken: c.OnBroken, window: c.Window, sys: c.Sys, bal: c.Balancer, poll: pl,
 		q: make(chan msg, queueLen), done: make(chan struct{}), finished: make(chan struct{})}
 	if d.bal == nil {
-		d.bal = &RoundRobin{}
+		d.bal = &Least{}
+	}
+	d.keyed, _ = d.bal.(Keyed)
+	d.wait = int64(c.Wait)
+	if d.wait <= 0 {
+		d.wait = int64(60 * time.Second)
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
@@ -255,7 +272,7 @@ func (d *Dispatcher) newListener(i uint32, lfd int) (*listener, error) {
 }
 
 func (d *Dispatcher) attach(id int, s Sender, fd int) {
-	w := &worker{id: id, send: s, fd: fd}
+	w := &worker{id: id, slot: -1, send: s, fd: fd}
 	w.filter, _ = s.(ListenerFilter)
 	if fd < 0 {
 		d.workers = append(d.workers, w)

@@ -40,7 +40,7 @@ func TestRRRoundRobin(t *testing.T) {
 
 func TestRRWindowBackpressure(t *testing.T) {
 	const W = 2
-	f := newRRFixture(t, 1, W)
+	f := newRRFixtureWith(t, 1, Config{Window: W, Balancer: &RoundRobin{}})
 	a, b := f.worker(201, true), f.worker(202, true)
 
 	// a never acks: it gets exactly W, b (acking) gets the rest.
