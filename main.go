@@ -21,6 +21,7 @@ import (
 
 	"github.com/prefork/prefork/internal/demo"
 	"github.com/prefork/prefork/internal/listenwait"
+	"github.com/prefork/prefork/internal/output"
 	"github.com/prefork/prefork/internal/pool"
 	"github.com/prefork/prefork/internal/sock"
 )
@@ -85,6 +86,9 @@ Output:
       --control PATH         serve the control socket (for prefork --ctl) at PATH
       --metrics-file PATH    Prometheus text metrics, rewritten every 5s
       --log-format text|json prefork's own log lines on stderr (default text)
+      --worker-output MODE   workers' stdout and stderr: inherit (prefork's own,
+                             the default), prefix ("SLOT.PID| " before each line)
+                             or json (one object a line); relayed lines never mix
   -q, --quiet                only warnings and errors
   -v, --verbose              debug logging
   -h, --help                 show this help
@@ -141,7 +145,8 @@ type config struct {
 	metricsFile  string
 	ctl          string // --ctl: be the control client of the prefork at this socket
 	logFormat    logFormat
-	verbosity    int // -1 quiet, 0 normal, 1 verbose
+	workerOutput output.Mode // --worker-output (internal/output)
+	verbosity    int         // -1 quiet, 0 normal, 1 verbose
 	command      []string
 
 	poolMin, poolMax int // -n MIN:MAX; poolMax 0 = a fixed pool
@@ -280,6 +285,7 @@ var options = []option{
 	{long: "metrics-file", set: func(c *config, v string) error { c.metricsFile = v; return nil }},
 	{long: "ctl", set: func(c *config, v string) error { c.ctl = v; return nil }},
 	{long: "log-format", set: choiceOpt(func(c *config) *logFormat { return &c.logFormat }, logFormatNames)},
+	{long: "worker-output", set: choiceOpt(func(c *config) *output.Mode { return &c.workerOutput }, output.Names)},
 	{long: "quiet", short: "q", boolean: true, set: func(c *config, _ string) error { c.verbosity = -1; return nil }},
 	{long: "verbose", short: "v", boolean: true, set: func(c *config, _ string) error { c.verbosity = 1; return nil }},
 }

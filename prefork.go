@@ -16,6 +16,9 @@
 //	(internal/rr)                                                    batch; snapshots by request and reply
 //	Node readers           parsing one worker's cluster channel      nodeLinkEvent; the loop owns every Node
 //	                                                                 worker's state (internal/nodecluster)
+//	output relay           each worker's stdout and stderr pipes     nothing: a pair per worker, made and
+//	(internal/output)      (a reader each), prefork's stdout and     started by the loop; they never wait
+//	                       stderr (a writer each)                    for it, and it drops what cannot wait
 //	pool (pool.go)         its samples of queues and memory          poolEvent to the loop; the loop's
 //	                                                                 published view (s.pool)
 //	control server         its clients' connections                  ctlEvent with a reply channel
@@ -43,6 +46,7 @@ import (
 	"github.com/prefork/prefork/internal/demo"
 	"github.com/prefork/prefork/internal/listenwait"
 	"github.com/prefork/prefork/internal/nodecluster"
+	"github.com/prefork/prefork/internal/output"
 	"github.com/prefork/prefork/internal/rr"
 	"github.com/prefork/prefork/internal/sock"
 )
@@ -156,6 +160,7 @@ type supervisor struct {
 	nc        *nodecluster.Cluster // --node-cluster: the listeners Node workers share (node.go)
 	lw        *listenwait.Watcher  // --ready auto|listen: looks whether starting workers wait for connections (workers.go)
 	seeing    seeing               // what --ready auto and listen learned about seeing workers (workers.go)
+	out       *output.Relay        // --worker-output prefix or json: the workers' lines; nil for inherit
 	retired   []*slot              // reuseport mode: removed slots whose sockets are still open, by index (slots.go)
 
 	workers       map[int]*worker
@@ -277,6 +282,10 @@ func supervise(c *config, stderr io.Writer) int {
 		defer s.nc.Close()
 	}
 	s.ch = s.newChannel()
+	if c.workerOutput != output.Inherit {
+		s.out = output.New(c.workerOutput, os.Stdout, os.Stderr, log)
+		defer s.out.Close(time.Second) // after the loop: every worker is gone
+	}
 	if c.pidfile != "" {
 		if err := os.WriteFile(c.pidfile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
 			return fail(exitFailure, "pidfile: %v", err)

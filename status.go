@@ -303,6 +303,10 @@ func renderMetrics(st *ctlStatus) []byte {
 			}
 		}
 	}
+	if st.OutputDropped != nil {
+		p.family("prefork_output_dropped_lines_total", "counter", "--worker-output prefix or json: worker output lines dropped because prefork's stdout or stderr was not read fast enough.")
+		p.sample("prefork_output_dropped_lines_total", float64(*st.OutputDropped))
+	}
 	if len(st.Queues) > 0 {
 		p.family("prefork_listen_queue_length", "gauge", "Connections waiting in a stream listener's accept queue (TCP or unix).")
 		for _, q := range st.Queues {

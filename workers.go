@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/prefork/prefork/internal/listenwait"
+	"github.com/prefork/prefork/internal/output"
 	"github.com/prefork/prefork/internal/sock"
 )
 
@@ -48,6 +49,15 @@ func (s *supervisor) startProcess(sl *slot) (proc, error) {
 		return proc{}, err
 	}
 	files := []uintptr{0, 1, 2}
+	var out *output.Pair
+	if s.out != nil { // --worker-output prefix or json: fd 1 and 2 are the worker's own pipes
+		if out, err = s.out.NewPair(); err != nil {
+			ns.close()
+			lk.abort()
+			return proc{}, fmt.Errorf("worker output pipes: %w", err)
+		}
+		files[1], files[2] = out.Files()
+	}
 	for _, fd := range fds {
 		files = append(files, uintptr(fd))
 	}
@@ -61,7 +71,13 @@ func (s *supervisor) startProcess(sl *slot) (proc, error) {
 	if err != nil {
 		ns.close()
 		lk.abort()
+		if out != nil {
+			out.Abort()
+		}
 		return proc{}, fmt.Errorf("start %s: %w", s.path, err)
+	}
+	if out != nil {
+		out.Start(sl.index, pid, s.gen)
 	}
 	return proc{pid, lk, ns, socks}, nil
 }
