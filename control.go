@@ -50,6 +50,7 @@ type ctlStatus struct {
 	ReloadFailures int         `json:"reload_failures"`
 	RR             *rr.Totals  `json:"rr,omitempty"`
 	Queues         []ctlQueue  `json:"listen_queues,omitempty"`
+	OutputDropped  *uint64     `json:"output_dropped_lines,omitempty"` // --worker-output prefix or json
 	Sampled        time.Time   `json:"sampled"`
 	slots          []slotCount // restarts per slot, for the metrics
 }
@@ -281,6 +282,10 @@ func (s *supervisor) ctlSnapshot() *ctlStatus {
 	st.statusFile.Workers = nil
 	for _, sl := range s.slots {
 		st.slots = append(st.slots, slotCount{sl.index, sl.restarts})
+	}
+	if s.out != nil {
+		n := s.out.Dropped()
+		st.OutputDropped = &n
 	}
 	if s.rr != nil {
 		t := s.rr.Totals()

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"github.com/prefork/prefork/internal/demo"
+	"github.com/prefork/prefork/internal/listenwait"
+	"github.com/prefork/prefork/internal/output"
 	"github.com/prefork/prefork/internal/pool"
 	"github.com/prefork/prefork/internal/sock"
 )
@@ -61,9 +63,12 @@ Node.js:
       --node-send-server MSG send each worker every listener as
                              process.send(MSG, server) does
 Lifecycle:
-      --ready delay|notify   when a new worker counts as up (default delay)
-      --ready-delay DUR      delay mode: up once alive this long (default 1s)
-      --ready-timeout DUR    notify mode: not ready by then is a failed start (default 60s)
+      --ready RULE           when a new worker counts as up: auto (READY=1, Node's
+                             listening, or seen waiting for connections; else by
+                             the delay rule), delay, notify or listen (default auto)
+      --ready-delay DUR      the delay rule: up once alive this long (default 1s)
+      --ready-timeout DUR    notify, listen: not up by then is a failed start;
+                             auto: the longest wait to be seen (default 60s)
       --min-uptime DUR       exiting sooner is a failed start (default 1s)
       --backoff-min DUR      first restart delay after a failed start (default 100ms)
       --backoff-max DUR      restart delay cap (default 30s)
@@ -81,6 +86,9 @@ Output:
       --control PATH         serve the control socket (for prefork --ctl) at PATH
       --metrics-file PATH    Prometheus text metrics, rewritten every 5s
       --log-format text|json prefork's own log lines on stderr (default text)
+      --worker-output MODE   workers' stdout and stderr: inherit (prefork's own,
+                             the default), prefix ("SLOT.PID| " before each line)
+                             or json (one object a line); relayed lines never mix
   -q, --quiet                only warnings and errors
   -v, --verbose              debug logging
   -h, --help                 show this help
@@ -137,7 +145,8 @@ type config struct {
 	metricsFile  string
 	ctl          string // --ctl: be the control client of the prefork at this socket
 	logFormat    logFormat
-	verbosity    int // -1 quiet, 0 normal, 1 verbose
+	workerOutput output.Mode // --worker-output (internal/output)
+	verbosity    int         // -1 quiet, 0 normal, 1 verbose
 	command      []string
 
 	poolMin, poolMax int // -n MIN:MAX; poolMax 0 = a fixed pool
@@ -276,6 +285,7 @@ var options = []option{
 	{long: "metrics-file", set: func(c *config, v string) error { c.metricsFile = v; return nil }},
 	{long: "ctl", set: func(c *config, v string) error { c.ctl = v; return nil }},
 	{long: "log-format", set: choiceOpt(func(c *config) *logFormat { return &c.logFormat }, logFormatNames)},
+	{long: "worker-output", set: choiceOpt(func(c *config) *output.Mode { return &c.workerOutput }, output.Names)},
 	{long: "quiet", short: "q", boolean: true, set: func(c *config, _ string) error { c.verbosity = -1; return nil }},
 	{long: "verbose", short: "v", boolean: true, set: func(c *config, _ string) error { c.verbosity = 1; return nil }},
 }
@@ -376,6 +386,8 @@ func (c *config) validate() error {
 		return usagef("--backoff-min %v is above --backoff-max %v", c.backoffMin, c.backoffMax)
 	case c.readyTimeout <= 0: // --ready notify, and Node workers under --ready delay
 		return usagef("--ready-timeout must be above 0")
+	case c.ready == readyOnListen && !listenwait.Supported:
+		return usagef("--ready listen needs Linux's /proc/PID/syscall: choose --ready auto, delay or notify")
 	case c.watchdog < 0:
 		return usagef("--watchdog must not be negative")
 	case c.rrWindowSet && c.mode != modeRR:

@@ -44,6 +44,11 @@ type workerStatus struct {
 	Restarts   int       `json:"restarts"`
 	LastExit   *int      `json:"last_exit"`
 	Status     string    `json:"status,omitempty"`
+	// UpBy is how it came up: notify (READY=1), listening (Node), seen
+	// waiting (for connections: SeenIn says how, accept, recv, epoll, poll
+	// or select) or delay (the delay rule); absent while it is not up.
+	UpBy   string `json:"up_by,omitempty"`
+	SeenIn string `json:"seen_in,omitempty"`
 	// RSS (bytes, the process group's) and CPU (seconds) at the last sample,
 	// where /proc can be read; Replaced is why the slot's worker was last
 	// replaced (max-rss, max-lifetime, reload, STOPPING=1, watchdog, …).
@@ -80,6 +85,7 @@ func (s *supervisor) snapshot() statusFile {
 		ws := workerStatus{Slot: w.slot.index, PID: w.pid, Generation: w.gen, State: w.state.String(),
 			Started: w.started.UTC().Truncate(time.Millisecond), Restarts: w.slot.restarts, Status: w.status}
 		ws.Replaced = w.slot.replaced
+		ws.UpBy, ws.SeenIn = w.upBy.String(), w.seenIn.String()
 		if s.pool != nil {
 			if u, ok := s.pool.stats.usage[w.pid]; ok {
 				ws.RSS, ws.CPU = u.RSS, u.CPU.Round(10*time.Millisecond).Seconds()
@@ -252,6 +258,16 @@ func renderMetrics(st *ctlStatus) []byte {
 	for _, w := range st.Workers {
 		p.sample("prefork_worker_start_time_seconds", float64(w.Started.UnixMilli())/1e3, workerLabels(w)...)
 	}
+	p.family("prefork_worker_up_by", "gauge", "1 for each worker that came up, labelled with how: notify (READY=1), listening (Node), seen waiting (for connections, in seen_in: accept, recv, epoll, poll, select) or delay.")
+	for _, w := range st.Workers {
+		labels := append(workerLabels(w), "up_by", w.UpBy)
+		if w.SeenIn != "" {
+			labels = append(labels, "seen_in", w.SeenIn)
+		}
+		if w.UpBy != "" {
+			p.sample("prefork_worker_up_by", 1, labels...)
+		}
+	}
 	p.family("prefork_worker_resident_memory_bytes", "gauge", "Resident memory of each worker's process group.")
 	for _, w := range st.Workers {
 		if w.RSS != nil {
@@ -286,6 +302,10 @@ func renderMetrics(st *ctlStatus) []byte {
 				p.sample("prefork_rr_connections_inflight", float64(*w.RRInflight), workerLabels(w)...)
 			}
 		}
+	}
+	if st.OutputDropped != nil {
+		p.family("prefork_output_dropped_lines_total", "counter", "--worker-output prefix or json: worker output lines dropped because prefork's stdout or stderr was not read fast enough.")
+		p.sample("prefork_output_dropped_lines_total", float64(*st.OutputDropped))
 	}
 	if len(st.Queues) > 0 {
 		p.family("prefork_listen_queue_length", "gauge", "Connections waiting in a stream listener's accept queue (TCP or unix).")
