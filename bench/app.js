@@ -8,7 +8,13 @@ const http = require('http');
 
 const slot = process.env.PREFORK_WORKER || process.env.NODE_APP_INSTANCE || '-';
 const body = `w=${slot} pid=${process.pid}\n`;
+// /slow: 100 ms of CPU, the event loop blocked (the mixed load of bench/balance.sh).
+function busy(ms) {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {}
+}
 const server = http.createServer((req, res) => {
+  if (req.url === '/slow') busy(100);
   res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': Buffer.byteLength(body) });
   res.end(body);
 });

@@ -26,6 +26,7 @@ type Result struct {
 	Errors   int            `json:"errors"`
 	Seconds  float64        `json:"seconds"`
 	RPS      float64        `json:"rps"`
+	P50ms    float64        `json:"p50_ms"`
 	P99ms    float64        `json:"p99_ms"`
 	PerPid   map[string]int `json:"per_pid"`
 }
@@ -37,6 +38,7 @@ func main() {
 	rate := flag.Float64("rate", 0, "total requests per second (0: as fast as possible)")
 	closeConn := flag.Bool("close", false, "one request per connection (Connection: close)")
 	maxReq := flag.Int("max", 2_000_000, "stop after this many requests")
+	sources := flag.Int("sources", 0, "N > 0: connection loop i connects from 127.0.0.(2+i%N), so that --balance source sees N clients (Linux loopback)")
 	flag.Parse()
 	u, err := url.Parse(*target)
 	if err != nil || !isLoopback(u.Hostname()) {
@@ -49,6 +51,15 @@ func main() {
 		DisableCompression:  true,
 	}
 	client := &http.Client{Transport: tr, Timeout: 5 * time.Second}
+	clientFor := func(i int) *http.Client {
+		if *sources <= 0 {
+			return client
+		}
+		d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(2+i%*sources))}}
+		t := tr.Clone()
+		t.DialContext = d.DialContext
+		return &http.Client{Transport: t, Timeout: 5 * time.Second}
+	}
 
 	var (
 		mu       sync.Mutex
@@ -68,6 +79,7 @@ func main() {
 				interval = time.Duration(float64(*conns) / *rate * float64(time.Second))
 			}
 			next := start.Add(time.Duration(i) * interval / time.Duration(*conns))
+			client := clientFor(i)
 			local := map[string]int{}
 			var myLats []time.Duration
 			errs := 0
@@ -112,6 +124,7 @@ func main() {
 	res.RPS = float64(res.Requests) / res.Seconds
 	if len(lats) > 0 {
 		slices.Sort(lats)
+		res.P50ms = float64(lats[len(lats)/2]) / 1e6
 		res.P99ms = float64(lats[(len(lats)*99)/100]) / 1e6
 	}
 	json.NewEncoder(os.Stdout).Encode(res)
