@@ -17,6 +17,9 @@ type View interface {
 	Eligible(i int) bool
 	// Inflight is the number of connections handed to worker i and not acked.
 	Inflight(i int) int
+	// Age is how many connections were handed (to any worker) since the
+	// oldest one worker i has not acked; 0 when it has none in flight.
+	Age(i int) uint32
 	// Listener is the index of the listener the connection came from.
 	Listener() uint32
 	// Slot is worker i's slot (SetSlot), -1 if it was not told.
@@ -84,22 +87,35 @@ func (r *RoundRobin) Pick(v View) int {
 // connections in flight (handed and not acked), ties in turn: under an even
 // load, where every worker acks before the next connection comes, it is
 // RoundRobin exactly; a worker whose event loop is busy stops acking and
-// gets nothing more while another has fewer.
+// gets nothing more while another has fewer. Among workers with as many in
+// flight, none of them zero, the one whose oldest unacked connection is the
+// youngest goes first (a busy worker holding one would otherwise tie with a
+// quick one just handed its next). A worker that has not acked a connection
+// handed more than Stale(n) connections ago is busy: it gets nothing while a
+// worker that is not can take the connection, even one with more in flight.
 type Least struct{ turn }
+
+// Stale is the age (View.Age) past which a worker's oldest unacked connection
+// makes it busy, with n workers: twice around them and two more.
+func Stale(n int) uint32 { return uint32(2*n + 2) }
 
 func (l *Least) Pick(v View) int {
 	n := v.Len()
-	best, low := -1, 0
+	stale := Stale(n)
+	best, low, lowBusy, lowAge := -1, 0, false, uint32(0)
 	for i := 0; i < n; i++ {
 		k := (l.next + i) % n
 		if !v.Eligible(k) {
 			continue
 		}
-		if f := v.Inflight(k); best < 0 || f < low {
-			best, low = k, f
-			if f == 0 {
-				break
-			}
+		f := v.Inflight(k)
+		if f == 0 {
+			return k
+		}
+		age := v.Age(k)
+		busy := age > stale
+		if best < 0 || !busy && lowBusy || busy == lowBusy && (f < low || f == low && age < lowAge) {
+			best, low, lowBusy, lowAge = k, f, busy, age
 		}
 	}
 	return best
@@ -123,6 +139,14 @@ func (v *view) Eligible(i int) bool {
 }
 
 func (v *view) Inflight(i int) int { return len(v.d.workers[i].inflight) }
+
+func (v *view) Age(i int) uint32 {
+	w := v.d.workers[i]
+	if len(w.inflight) == 0 {
+		return 0
+	}
+	return v.d.seq - w.inflight[0].seq
+}
 
 func (v *view) Listener() uint32 { return v.index }
 

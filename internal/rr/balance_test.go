@@ -15,6 +15,7 @@ import (
 // fakeView is a View over plain slices.
 type fakeView struct {
 	inflight []int
+	age      []uint32
 	eligible []bool
 	slots    []int
 	nslots   int
@@ -26,6 +27,12 @@ type fakeView struct {
 func (v *fakeView) Len() int            { return len(v.inflight) }
 func (v *fakeView) Eligible(i int) bool { return v.eligible[i] }
 func (v *fakeView) Inflight(i int) int  { return v.inflight[i] }
+func (v *fakeView) Age(i int) uint32 {
+	if v.age == nil {
+		return 0
+	}
+	return v.age[i]
+}
 func (v *fakeView) Listener() uint32    { return 0 }
 func (v *fakeView) Slot(i int) int      { return v.slots[i] }
 func (v *fakeView) Slots() int          { return v.nslots }
@@ -68,6 +75,26 @@ func TestLeastPick(t *testing.T) {
 	if !equalInts(got, []int{1, 1, 1, 1}) {
 		t.Fatalf("got %v, want the idle worker 1 every time", got)
 	}
+	// Worker 0 holds one connection handed long ago (its loop is busy), 2 has
+	// more in flight but acks: 2 gets it; with 2 busy too, the fewest again.
+	v.inflight, v.age = []int{1, 3, 2}, []uint32{Stale(3) + 1, 1, 2}
+	if k := l.Pick(v); k != 2 {
+		t.Fatalf("picked %d, want 2: 0 is busy, 2 has fewer than 1", k)
+	}
+	v.age[2] = Stale(3) + 5
+	if k := l.Pick(v); k != 1 {
+		t.Fatalf("picked %d, want 1, the only one not busy", k)
+	}
+	v.age[1] = Stale(3) + 1
+	if k := l.Pick(v); k != 0 {
+		t.Fatalf("picked %d, want 0: all busy, the fewest", k)
+	}
+	// As many in flight: the youngest oldest-unacked first, not the turn.
+	v.inflight, v.age = []int{2, 2, 2}, []uint32{3, 1, 2}
+	if k := l.Pick(v); k != 1 {
+		t.Fatalf("picked %d, want 1, whose oldest unacked is the youngest", k)
+	}
+	v.inflight, v.age = []int{5, 0, 5}, nil
 	v.eligible[1] = false
 	if k := l.Pick(v); k == 1 || k < 0 {
 		t.Fatalf("picked %d with worker 1 not eligible", k)
