@@ -110,6 +110,7 @@ func (sweepDoneEvent) isEvent()    {}
 func (poolEvent) isEvent()         {}
 func (ctlEvent) isEvent()          {}
 func (nodeLinkEvent) isEvent()     {}
+func (nodeStopEvent) isEvent()     {}
 
 // The supervisor's own events: its timers, notify sockets and channels.
 type (
@@ -439,6 +440,10 @@ func (s *supervisor) handle(ev event) {
 	case nodeLinkEvent:
 		if s.alive(e.w) {
 			e.l.event(e.w, e.e)
+		}
+	case nodeStopEvent:
+		if s.alive(e.w) {
+			e.l.stopWaited()
 		}
 	}
 }
