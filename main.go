@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/prefork/prefork/internal/demo"
+	"github.com/prefork/prefork/internal/listenwait"
 	"github.com/prefork/prefork/internal/output"
 	"github.com/prefork/prefork/internal/pool"
 	"github.com/prefork/prefork/internal/sock"
@@ -62,9 +63,12 @@ Node.js:
       --node-send-server MSG send each worker every listener as
                              process.send(MSG, server) does
 Lifecycle:
-      --ready delay|notify   when a new worker counts as up (default delay)
-      --ready-delay DUR      delay mode: up once alive this long (default 1s)
-      --ready-timeout DUR    notify mode: not ready by then is a failed start (default 60s)
+      --ready RULE           when a new worker counts as up: auto (READY=1, Node's
+                             listening, or seen waiting for connections; else by
+                             the delay rule), delay, notify or listen (default auto)
+      --ready-delay DUR      the delay rule: up once alive this long (default 1s)
+      --ready-timeout DUR    notify, listen: not up by then is a failed start;
+                             auto: the longest wait to be seen (default 60s)
       --min-uptime DUR       exiting sooner is a failed start (default 1s)
       --backoff-min DUR      first restart delay after a failed start (default 100ms)
       --backoff-max DUR      restart delay cap (default 30s)
@@ -382,6 +386,8 @@ func (c *config) validate() error {
 		return usagef("--backoff-min %v is above --backoff-max %v", c.backoffMin, c.backoffMax)
 	case c.readyTimeout <= 0: // --ready notify, and Node workers under --ready delay
 		return usagef("--ready-timeout must be above 0")
+	case c.ready == readyOnListen && !listenwait.Supported:
+		return usagef("--ready listen needs Linux's /proc/PID/syscall: choose --ready auto, delay or notify")
 	case c.watchdog < 0:
 		return usagef("--watchdog must not be negative")
 	case c.rrWindowSet && c.mode != modeRR:

@@ -149,8 +149,8 @@ func (l *nodeLink) event(w *worker, e nodecluster.Event) {
 	out, err := l.nw.Handle(e)
 	switch out {
 	case nodecluster.Ready:
-		if l.s.c.ready == readyOnDelay { // with --ready notify the worker says READY=1 itself
-			l.s.notified(w, map[string]string{"READY": "1"})
+		if l.s.c.ready != readyOnNotify { // with --ready notify the worker says READY=1 itself
+			l.s.markReady(w, upListening)
 		}
 	case nodecluster.Stopping:
 		l.s.notified(w, map[string]string{"STOPPING": "1"})

@@ -25,6 +25,8 @@
 //	metrics file writer    the file                                  ctlEvent{metrics}, like a client
 //	listen watch           nothing: it rebinds a listener that a     (sock, at start)
 //	                       worker shut down
+//	listenwait watcher     the starting workers it looks at, their   Watch, Forget (messages); it sends
+//	(internal/listenwait)  back-off                                  listenEvent when one is seen waiting
 //
 // What the loop decides about a slot is the slot table (slots.go); what it
 // asks of the world outside (processes, signals, the clock, timers) goes
@@ -42,6 +44,7 @@ import (
 	"time"
 
 	"github.com/prefork/prefork/internal/demo"
+	"github.com/prefork/prefork/internal/listenwait"
 	"github.com/prefork/prefork/internal/nodecluster"
 	"github.com/prefork/prefork/internal/output"
 	"github.com/prefork/prefork/internal/rr"
@@ -74,6 +77,9 @@ type worker struct {
 	failed   bool   // it quit young: its exit is a failed start
 	why      string // a replacement: why it replaces the slot's worker
 	status   string // last STATUS= it sent
+	upBy     upBy   // how it came up
+	seenIn   listenwait.Way
+	unwatch  func() // stops watching whether it waits for connections (workers.go); nil when not watched
 	notify   *notifySocket
 	link     link        // its channel: see channel.go
 	timer    func() bool // stops its timer: ready delay or ready timeout, then the grace period
@@ -111,6 +117,7 @@ func (poolEvent) isEvent()         {}
 func (ctlEvent) isEvent()          {}
 func (nodeLinkEvent) isEvent()     {}
 func (nodeStopEvent) isEvent()     {}
+func (listenEvent) isEvent()       {}
 
 // The supervisor's own events: its timers, notify sockets and channels.
 type (
@@ -152,6 +159,8 @@ type supervisor struct {
 	pool      *poolHandle          // the pool goroutine's view and readings (pool.go); nil when not needed
 	ctl       ctlState             // the control socket's waiting clients (control.go)
 	nc        *nodecluster.Cluster // --node-cluster: the listeners Node workers share (node.go)
+	lw        *listenwait.Watcher  // --ready auto|listen: looks whether starting workers wait for connections (workers.go)
+	seeing    seeing               // what --ready auto and listen learned about seeing workers (workers.go)
 	out       *output.Relay        // --worker-output prefix or json: the workers' lines; nil for inherit
 	retired   []*slot              // reuseport mode: removed slots whose sockets are still open, by index (slots.go)
 
@@ -296,6 +305,10 @@ func supervise(c *config, stderr io.Writer) int {
 	}
 	s.baseEnv = cleanEnv(os.Environ())
 	s.spawner = newSpawner()
+	if s.watchesListen() {
+		s.lw = listenwait.New(func(r listenwait.Report) { s.events <- listenEvent{r} })
+		defer s.lw.Close()
+	}
 	s.env = s.realEnv()
 	s.reaper = startReaper(s.events)
 	if stopBeforeStart(sigs) {
@@ -445,6 +458,8 @@ func (s *supervisor) handle(ev event) {
 		if s.alive(e.w) {
 			e.l.stopWaited()
 		}
+	case listenEvent:
+		s.seen(e.Report)
 	}
 }
 

@@ -58,6 +58,7 @@ func TestNodeAcceptedLine(t *testing.T) {
 		}
 	}
 }
+
 // Issue 18.3: a line may grow to MaxLine, not past it, and the buffer a big
 // line grew is given up once that line is handled.
 func TestNodeLineBound(t *testing.T) {

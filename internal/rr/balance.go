@@ -112,13 +112,14 @@ type view struct {
 	key   uint32
 	keyed bool
 	late  bool
+	avoid *worker // the worker that refused this connection, while it has not accepted another
 }
 
 func (v *view) Len() int { return len(v.d.workers) }
 
 func (v *view) Eligible(i int) bool {
 	w := v.d.workers[i]
-	return w.tried != v.d.stamp && v.d.eligibleFor(w, v.index)
+	return w.tried != v.d.stamp && w != v.avoid && v.d.eligibleFor(w, v.index)
 }
 
 func (v *view) Inflight(i int) int { return len(v.d.workers[i].inflight) }

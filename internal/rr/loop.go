@@ -29,12 +29,12 @@ func (d *Dispatcher) run() {
 	defer runtime.UnlockOSThread()
 	ready := make([]int, 64)
 	for {
-		timeout := d.waitTimeout() // milliseconds; -1 for none
+		// Milliseconds; -1 for none. A refused connection may wait for its
+		// backoff to end.
+		timeout := sooner(d.waitTimeout(), d.retryTimeout())
 		if d.paused {
 			if left := d.resume - time.Now().UnixNano(); left > 0 {
-				if t := int(ms(left)); timeout < 0 || t < timeout {
-					timeout = t
-				}
+				timeout = sooner(timeout, int(ms(left)))
 			} else {
 				d.paused = false
 				d.arm()
@@ -178,8 +178,13 @@ func (d *Dispatcher) placeLate(h handoff, late bool) bool {
 	fd, index := h.fd, h.index
 	d.stamp++
 	d.view.index, d.view.key, d.view.keyed, d.view.late = index, h.key, h.keyed, late
+	d.view.avoid = d.avoiding(&h)
 	for {
 		k := d.bal.Pick(&d.view)
+		if k < 0 && d.view.avoid != nil {
+			d.view.avoid = nil // the worker that refused it is the only one that may take it now
+			k = d.bal.Pick(&d.view)
+		}
 		if k < 0 {
 			return false
 		}
@@ -187,7 +192,7 @@ func (d *Dispatcher) placeLate(h handoff, late bool) bool {
 		w.tried = d.stamp
 		err := w.send.SendConn(d.seq, index, fd)
 		if err == nil {
-			w.inflight = append(w.inflight, handoff{seq: d.seq, index: index, fd: fd, key: h.key, keyed: h.keyed})
+			w.inflight = append(w.inflight, handoff{seq: d.seq, index: index, fd: fd, key: h.key, keyed: h.keyed, refused: h.refused})
 			w.handed++
 			d.total.Handed++
 			d.seq++
@@ -221,9 +226,10 @@ func (d *Dispatcher) pump() {
 		now = time.Now().UnixNano()
 		over = len(todo) - d.window
 	}
+	clock := time.Now().UnixNano()
 	for i, h := range todo {
 		late := i < over || h.since != 0 && now-h.since >= d.wait
-		if !d.placeLate(h, late) {
+		if h.notBefore > clock || !d.placeLate(h, late) {
 			if h.keyed && h.since == 0 {
 				h.since = now
 			}
@@ -255,8 +261,11 @@ func (d *Dispatcher) acceptable(index uint32) bool {
 		return false
 	}
 	d.pump()
+	now := time.Now().UnixNano()
 	for _, h := range d.pending {
-		if h.index == index && d.keyed == nil { // a keyed one waits for its own worker only
+		// A keyed one waits for its own worker only; a refused one in its
+		// backoff holds up no other.
+		if h.index == index && d.keyed == nil && h.notBefore <= now {
 			return false
 		}
 	}

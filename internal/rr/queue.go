@@ -166,7 +166,7 @@ func (d *Dispatcher) handle(m msg) bool {
 	case opAck:
 		if w := d.worker(m.id); w != nil {
 			if !m.ok {
-				d.refused(w, m.seq)
+				d.refuse(w, m.seq)
 			} else if !d.ack(w, m.seq) {
 				d.log.Debug("node: ack from a worker", "pid", m.id,
 					"err", fmt.Errorf("ack for sequence number %d, which is not in flight", m.seq))

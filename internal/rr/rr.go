@@ -101,12 +101,13 @@ type Totals struct {
 // handoff is a connection prefork holds: given to a worker under seq and not yet
 // acked (inflight), or waiting for a worker (pending, seq unused).
 type handoff struct {
-	seq   uint32
-	index uint32 // listener index
-	fd    int    // prefork's copy of the connection
-	key   uint32 // a Keyed balancer's key, if keyed
-	keyed bool
-	since int64 // unix nanoseconds when it started waiting (pending), 0 if not yet
+	seq     uint32
+	index   uint32 // listener index
+	fd      int    // prefork's copy of the connection
+	key     uint32 // a Keyed balancer's key, if keyed
+	keyed   bool
+	since   int64 // unix nanoseconds when it started waiting (pending), 0 if not yet
+	refused       // its refusals (refuse.go)
 }
 
 // worker is one worker's channel.
@@ -295,17 +296,6 @@ func (d *Dispatcher) attach(id int, s Sender, fd int) {
 		return
 	}
 	d.workers = append(d.workers, w)
-}
-
-// refused takes back a connection a worker did not take: it goes to another.
-func (d *Dispatcher) refused(w *worker, seq uint32) {
-	for i, h := range w.inflight {
-		if h.seq == seq {
-			w.inflight = append(w.inflight[:i], w.inflight[i+1:]...)
-			d.pending = append(d.pending, h)
-			break
-		}
-	}
 }
 
 func (d *Dispatcher) detach(id int) {
