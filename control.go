@@ -18,6 +18,7 @@ import (
 	"github.com/prefork/prefork/internal/procstat"
 	"github.com/prefork/prefork/internal/rr"
 	"github.com/prefork/prefork/internal/sock"
+	"github.com/prefork/prefork/internal/upgrade"
 	"io"
 	"log/slog"
 	"net"
@@ -84,6 +85,7 @@ type slotCount struct{ slot, restarts int }
 type ctlEvent struct {
 	req   ctlRequest
 	reply chan ctlResponse // buffered (1): the owner never blocks on it
+	conn  *net.UnixConn    // the client's connection (an upgrade hands it to the new image); nil for the metrics file
 }
 
 // ctlState is the owner goroutine's part of the control socket: the clients
@@ -125,6 +127,7 @@ var ctlCommands = []ctlCommand{
 	{name: "scale", usage: "scale N [--timeout DUR]", workers: true, timeout: true, waits: true, handle: (*supervisor).ctlScale, done: (*ctlRun).message},
 	{name: "stop", usage: "stop [--timeout DUR]", timeout: true, stays: true, handle: (*supervisor).ctlStop, done: (*ctlRun).stopped},
 	{name: "metrics", usage: "metrics", metrics: true, handle: (*supervisor).ctlSample, done: (*ctlRun).metrics},
+	{name: "upgrade", usage: "upgrade [--timeout DUR]", timeout: true, waits: true, handle: (*supervisor).ctlUpgrade, done: (*ctlRun).message},
 }
 
 func ctlLookup(name string) *ctlCommand {
@@ -146,13 +149,17 @@ func ctlList(usage bool) string {
 	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }
 
-// ctlSynopsis is the commands' usage lines for --help, two on the first line.
+// ctlSynopsis is the commands' usage lines for --help, two to a line.
 func ctlSynopsis() string {
-	u := make([]string, len(ctlCommands))
-	for i, c := range ctlCommands {
-		u[i] = c.usage
+	var lines []string
+	for i := 0; i < len(ctlCommands); i += 2 {
+		u := []string{ctlCommands[i].usage}
+		if i+1 < len(ctlCommands) {
+			u = append(u, ctlCommands[i+1].usage)
+		}
+		lines = append(lines, strings.Join(u, " | "))
 	}
-	return strings.Join(u[:2], " | ") + " |\n" + strings.Repeat(" ", 26) + strings.Join(u[2:], " | ")
+	return strings.Join(lines, " |\n"+strings.Repeat(" ", 26))
 }
 
 // controlRequest answers a client, in the owner goroutine.
@@ -355,7 +362,11 @@ func ctlSummary(st *ctlStatus) string {
 func (s *supervisor) openControl() error {
 	var err error
 	if s.c.control != "" {
-		if s.ctl.server, err = openControl(s.c.control, s.events, s.log); err != nil {
+		var inherited *upgrade.Socket
+		if s.adopt != nil {
+			inherited = s.adopt.st.Control
+		}
+		if s.ctl.server, err = openControl(s.c.control, s.events, s.log, inherited); err != nil {
 			return err
 		}
 	}
@@ -397,12 +408,17 @@ type ctlServer struct {
 
 // openControl serves the control socket at path: a stale socket file there is
 // replaced, a live one is an error, as for the unix listeners.
-func openControl(path string, events chan<- event, log *slog.Logger) (*ctlServer, error) {
-	l, err := sock.BindUnix(sock.Spec{Name: "control", Network: "unix", Addr: path, Text: path}, ctlMaxClients)
-	if err != nil {
+// An upgrade's new image serves the socket it inherited instead.
+func openControl(path string, events chan<- event, log *slog.Logger, inherited *upgrade.Socket) (*ctlServer, error) {
+	spec := sock.Spec{Name: "control", Network: "unix", Addr: path, Text: path}
+	var l *sock.Listener
+	var err error
+	if inherited != nil {
+		l = sock.Restore(spec, inherited.FD, path, inherited.Path)
+	} else if l, err = sock.BindUnix(spec, ctlMaxClients); err != nil {
 		return nil, fmt.Errorf("--control %s: %w", path, err)
 	}
-	if l.Path() != "" {
+	if l.Path() != "" && inherited == nil {
 		// The peer check is what keeps others out; the mode says so to a reader.
 		if err := os.Chmod(path, 0o600); err != nil {
 			sock.Close(l)
@@ -421,6 +437,28 @@ func openControl(path string, events chan<- event, log *slog.Logger) (*ctlServer
 		quit: make(chan struct{}), sem: make(chan struct{}, ctlMaxClients)}
 	go c.serve()
 	return c, nil
+}
+
+// fd is the listening socket's descriptor, for an upgrade to keep.
+func (c *ctlServer) fd() int { return rawFD(c.ln.(*net.UnixListener)) }
+
+// rawFD is the descriptor under a socket of Go's poller; -1 if none.
+func rawFD(c syscall.Conn) int {
+	fd := -1
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(f uintptr) { fd = int(f) })
+	}
+	return fd
+}
+
+// answerFD writes one response line on a client connection handed over by
+// an upgrade, and closes it.
+func answerFD(fd int, r ctlResponse) {
+	f := os.NewFile(uintptr(fd), "control client")
+	defer f.Close()
+	r.Server = ctlServerName
+	b, _ := json.Marshal(r)
+	f.Write(append(b, '\n'))
 }
 
 // close stops accepting and removes the socket file; clients still connected
@@ -521,7 +559,7 @@ func (c *ctlServer) client(conn *net.UnixConn) {
 	// minutes) shows until its answer is written, so every answer is written.
 	reply := make(chan ctlResponse, 1)
 	select {
-	case c.events <- ctlEvent{req, reply}:
+	case c.events <- ctlEvent{req, reply, conn}:
 	case <-c.quit:
 		return
 	}

@@ -23,7 +23,7 @@ func (s *supervisor) spawn(sl *slot) (*worker, error) {
 	s.workers[p.pid] = w
 	p.link.attach(w)
 	if p.notify != nil {
-		go p.notify.read(p.pid, func(m map[string]string) { s.events <- notifyEvent{w, m} })
+		p.notify.start(p.pid, s.notifyTo(w))
 	}
 	if s.c.ready == readyOnNotify {
 		w.timer = s.env.after(s.c.readyTimeout, readyTimeoutEvent{w})
@@ -32,6 +32,11 @@ func (s *supervisor) spawn(sl *slot) (*worker, error) {
 	}
 	s.log.Debug("worker started", "slot", sl.index, "pid", p.pid, "generation", s.gen)
 	return w, nil
+}
+
+// notifyTo delivers what w sends on its notify socket to the owner.
+func (s *supervisor) notifyTo(w *worker) func(map[string]string) {
+	return func(m map[string]string) { s.events <- notifyEvent{w, m} }
 }
 
 // startProcess is env.start: the worker's channel, its notify socket, and its
