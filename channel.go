@@ -10,10 +10,11 @@ package main
 
 import (
 	"fmt"
-	"github.com/prefork/prefork/internal/sock"
 	"strconv"
 	"strings"
 	"syscall"
+
+	"github.com/prefork/prefork/internal/sock"
 )
 
 // workerChannel prepares, for each new worker, what it inherits and the link

@@ -122,7 +122,8 @@ func onPathNotExecutable(name, dir string) string {
 
 // checkExecutable finds what execve would refuse, without running anything:
 // a missing file or #! interpreter (127), a directory, a file without the x
-// bit, or a file in no format the kernel runs (126).
+// bit, a file or interpreter on a filesystem mounted noexec, or a file in no
+// format the kernel runs (126).
 func checkExecutable(path string) (int, error) {
 	fi, err := os.Stat(path)
 	switch {
@@ -134,6 +135,8 @@ func checkExecutable(path string) (int, error) {
 		return exitNoExec, errors.New("is a directory")
 	case fi.Mode()&0o111 == 0:
 		return exitNoExec, errors.New("permission denied (not executable)")
+	case noexecMount(path):
+		return exitNoExec, errors.New("permission denied (its filesystem is mounted noexec)")
 	}
 	head := readHead(path)
 	if head == nil {
@@ -149,6 +152,8 @@ func checkExecutable(path string) (int, error) {
 			return exitNotFound, fmt.Errorf("interpreter %s not found", interp)
 		case err == nil && (ifi.IsDir() || ifi.Mode()&0o111 == 0):
 			return exitNoExec, fmt.Errorf("interpreter %s is not executable", interp)
+		case err == nil && noexecMount(interp):
+			return exitNoExec, fmt.Errorf("interpreter %s: permission denied (its filesystem is mounted noexec)", interp)
 		}
 		return 0, nil
 	}

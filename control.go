@@ -4,29 +4,24 @@
 // one JSON answer line): its commands, declared once in ctlCommands; its
 // owner-goroutine side, where a request arrives as a ctlEvent and the answer
 // goes back on its reply channel, at once or when the reload or scale it waits
-// for ends; and its server, a unix stream socket, mode 0600, that serves peers
-// of prefork's own uid or root only (their credentials are checked, not just
-// the file mode), one goroutine per client. ctl.go is the client; status.go
-// renders the metrics.
+// for ends; and what its server (internal/ctl: a unix stream socket that
+// admits prefork's own uid and root) does with a request line. ctl.go is the
+// client; status.go renders the metrics.
 package main
 
 import (
-	"bufio"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"github.com/prefork/prefork/internal/procstat"
-	"github.com/prefork/prefork/internal/rr"
-	"github.com/prefork/prefork/internal/sock"
-	"github.com/prefork/prefork/internal/upgrade"
-	"io"
-	"log/slog"
-	"net"
 	"os"
 	"slices"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/internal/ctl"
+	"github.com/prefork/prefork/internal/procstat"
+	"github.com/prefork/prefork/internal/rr"
+	"github.com/prefork/prefork/internal/sock"
 )
 
 // ctlRequest is what a client sends: one JSON line.
@@ -55,8 +50,9 @@ type ctlStatus struct {
 	Reloading      int         `json:"reloading,omitempty"` // the generation a reload in progress brings in
 	Reloads        int         `json:"reloads"`
 	ReloadFailures int         `json:"reload_failures"`
-	RR             *rrTotals   `json:"rr,omitempty"`
+	RR             *rr.Totals  `json:"rr,omitempty"`
 	Queues         []ctlQueue  `json:"listen_queues,omitempty"`
+	OutputDropped  *uint64     `json:"output_dropped_lines,omitempty"` // --worker-output prefix or json
 	Sampled        time.Time   `json:"sampled"`
 	slots          []slotCount // restarts per slot, for the metrics
 }
@@ -85,13 +81,13 @@ type slotCount struct{ slot, restarts int }
 type ctlEvent struct {
 	req   ctlRequest
 	reply chan ctlResponse // buffered (1): the owner never blocks on it
-	conn  *net.UnixConn    // the client's connection (an upgrade hands it to the new image); nil for the metrics file
+	conn  syscall.Conn     // the client's connection (an upgrade hands it to the new image); nil for the metrics file
 }
 
 // ctlState is the owner goroutine's part of the control socket: the clients
 // waiting for a reload or a scale to finish.
 type ctlState struct {
-	server         *ctlServer
+	server         *ctl.Server
 	metrics        *metricsWriter
 	reloads        []ctlWaiter
 	scales         []ctlWaiter
@@ -295,8 +291,12 @@ func (s *supervisor) ctlSnapshot() *ctlStatus {
 	for _, sl := range s.slots {
 		st.slots = append(st.slots, slotCount{sl.index, sl.restarts})
 	}
+	if s.out != nil {
+		n := s.out.Dropped()
+		st.OutputDropped = &n
+	}
 	if s.rr != nil {
-		t := rrTotalsOf(s.rr)
+		t := s.rr.Totals()
 		st.RR = &t
 		byPID := map[int]rr.WorkerStats{}
 		for _, ws := range s.rr.Stats() {
@@ -347,7 +347,11 @@ func sampleUsage(st *ctlStatus) {
 // ctlSummary is the one-line description of prefork a status table starts with.
 func ctlSummary(st *ctlStatus) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "prefork pid %d, mode %s, generation %d", st.PID, st.Mode, st.Generation)
+	fmt.Fprintf(&b, "prefork pid %d, mode %s", st.PID, st.Mode)
+	if st.Balance != "" {
+		fmt.Fprintf(&b, ", balance %s", st.Balance)
+	}
+	fmt.Fprintf(&b, ", generation %d", st.Generation)
 	if st.Reloading > 0 {
 		b.WriteString(" (reload in progress)")
 	}
@@ -362,17 +366,19 @@ func ctlSummary(st *ctlStatus) string {
 func (s *supervisor) openControl() error {
 	var err error
 	if s.c.control != "" {
-		var inherited *upgrade.Socket
-		if s.adopt != nil {
-			inherited = s.adopt.st.Control
+		var inherited *sock.Listener // an upgrade's new image serves the socket it inherited
+		if st := s.adopt.state(); st != nil && st.Control != nil {
+			inherited = sock.Restore(sock.Spec{Name: "control", Network: "unix", Addr: s.c.control, Text: s.c.control},
+				st.Control.FD, s.c.control, st.Control.Path)
 		}
-		if s.ctl.server, err = openControl(s.c.control, s.events, s.log, inherited); err != nil {
-			return err
+		if s.ctl.server, err = ctl.Open(ctl.Config{Path: s.c.control, Log: s.log,
+			Handle: s.ctlHandle, Refuse: ctlRefuse, Inherited: inherited}); err != nil {
+			return fmt.Errorf("--control %s: %w", s.c.control, err)
 		}
 	}
 	if s.c.metricsFile != "" {
 		if s.ctl.metrics, err = startMetricsFile(s.c.metricsFile, s.events, s.log); err != nil {
-			s.ctl.server.close()
+			s.ctl.server.Close()
 			return fmt.Errorf("--metrics-file %s: %w", s.c.metricsFile, err)
 		}
 	}
@@ -382,65 +388,18 @@ func (s *supervisor) openControl() error {
 // closeControl removes the control socket and the metrics file.
 func (s *supervisor) closeControl() {
 	s.ctl.metrics.close()
-	s.ctl.server.close()
+	s.ctl.server.Close()
 }
 
-const (
-	ctlRequestTimeout = 5 * time.Second // a client must send its request this soon
-	ctlWriteTimeout   = 5 * time.Second // and read the answer this soon
-	ctlMaxClients     = 64              // served at once; more are told to retry
-	ctlMaxRequest     = 64 << 10
-	ctlServerName     = "prefork" // every answer carries it: a client knows it reached prefork
-)
+const ctlServerName = "prefork" // every answer carries it: a client knows it reached prefork
 
-// ctlServer accepts and serves control clients.
-type ctlServer struct {
-	sock   *sock.Listener // the socket file, removed on close
-	ln     net.Listener
-	uid    int
-	events chan<- event
-	log    *slog.Logger
-	quit   chan struct{}
-	sem    chan struct{}
-
-	lastRefusal time.Time // the accept loop's: when a refusal was last logged
+func ctlAnswer(r ctlResponse) []byte {
+	r.Server = ctlServerName
+	b, _ := json.Marshal(r)
+	return b
 }
 
-// openControl serves the control socket at path: a stale socket file there is
-// replaced, a live one is an error, as for the unix listeners.
-// An upgrade's new image serves the socket it inherited instead.
-func openControl(path string, events chan<- event, log *slog.Logger, inherited *upgrade.Socket) (*ctlServer, error) {
-	spec := sock.Spec{Name: "control", Network: "unix", Addr: path, Text: path}
-	var l *sock.Listener
-	var err error
-	if inherited != nil {
-		l = sock.Restore(spec, inherited.FD, path, inherited.Path)
-	} else if l, err = sock.BindUnix(spec, ctlMaxClients); err != nil {
-		return nil, fmt.Errorf("--control %s: %w", path, err)
-	}
-	if l.Path() != "" && inherited == nil {
-		// The peer check is what keeps others out; the mode says so to a reader.
-		if err := os.Chmod(path, 0o600); err != nil {
-			sock.Close(l)
-			return nil, fmt.Errorf("--control %s: %w", path, err)
-		}
-	}
-	f := os.NewFile(uintptr(l.FD), path)
-	ln, err := net.FileListener(f) // a close-on-exec duplicate in Go's poller
-	f.Close()
-	l.FD = -1
-	if err != nil {
-		sock.Close(l)
-		return nil, fmt.Errorf("--control %s: %w", path, err)
-	}
-	c := &ctlServer{sock: l, ln: ln, uid: os.Getuid(), events: events, log: log,
-		quit: make(chan struct{}), sem: make(chan struct{}, ctlMaxClients)}
-	go c.serve()
-	return c, nil
-}
-
-// fd is the listening socket's descriptor, for an upgrade to keep.
-func (c *ctlServer) fd() int { return rawFD(c.ln.(*net.UnixListener)) }
+func ctlRefuse(msg string) []byte { return ctlAnswer(ctlResponse{Error: msg}) }
 
 // rawFD is the descriptor under a socket of Go's poller; -1 if none.
 func rawFD(c syscall.Conn) int {
@@ -451,123 +410,38 @@ func rawFD(c syscall.Conn) int {
 	return fd
 }
 
-// answerFD writes one response line on a client connection handed over by
-// an upgrade, and closes it.
+// answerFD writes one answer line on a client connection handed over by an
+// upgrade, and closes it.
 func answerFD(fd int, r ctlResponse) {
 	f := os.NewFile(uintptr(fd), "control client")
 	defer f.Close()
-	r.Server = ctlServerName
-	b, _ := json.Marshal(r)
-	f.Write(append(b, '\n'))
+	f.Write(append(ctlAnswer(r), '\n'))
 }
 
-// close stops accepting and removes the socket file; clients still connected
-// see their connection close when prefork exits.
-func (c *ctlServer) close() {
-	if c == nil {
-		return
-	}
-	c.ln.Close()
-	sock.Close(c.sock)
-	close(c.quit) // then waiting clients (stop) see their connection close
-}
-
-func (c *ctlServer) serve() {
-	for {
-		conn, err := c.ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			c.log.Warn("control socket: accept failed", "err", err) // EMFILE and the like
-			select {
-			case <-c.quit:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			continue
-		}
-		select {
-		case c.sem <- struct{}{}:
-			go func() {
-				defer func() { <-c.sem }()
-				c.client(conn.(*net.UnixConn))
-			}()
-		default:
-			if now := time.Now(); now.Sub(c.lastRefusal) > time.Minute { // once a minute at most
-				c.log.Warn("control socket: too many clients at once; refusing them", "max", ctlMaxClients)
-				c.lastRefusal = now
-			}
-			go func() {
-				defer conn.Close()
-				c.answer(conn, ctlResponse{Error: "too many control clients at once; try again"})
-			}()
-		}
-	}
-}
-
-// answer writes one response line, bounded in time.
-func (c *ctlServer) answer(conn net.Conn, r ctlResponse) error {
-	r.Server = ctlServerName
-	b, _ := json.Marshal(r)
-	conn.SetWriteDeadline(time.Now().Add(ctlWriteTimeout))
-	_, err := conn.Write(append(b, '\n'))
-	return err
-}
-
-// client serves one connection: check the peer, read one request, hand it to
-// the owner goroutine and write its answer.
-func (c *ctlServer) client(conn *net.UnixConn) {
-	defer conn.Close()
-	uid, err := connPeerUID(conn)
-	if err != nil {
-		c.log.Warn("control socket: cannot read the peer's credentials; closing", "err", err)
-		return
-	}
-	if uid != c.uid && uid != 0 {
-		c.log.Warn("control socket: refused a client of another user", "uid", uid)
-		c.answer(conn, ctlResponse{Error: fmt.Sprintf("permission denied: uid %d is neither prefork's (%d) nor root", uid, c.uid)})
-		return
-	}
-	conn.SetReadDeadline(time.Now().Add(ctlRequestTimeout))
-	line, err := bufio.NewReader(io.LimitReader(conn, ctlMaxRequest)).ReadBytes('\n')
-	if err != nil && !(errors.Is(err, io.EOF) && len(line) > 0) {
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			c.log.Debug("control socket: a client sent no request in time; closing", "timeout", ctlRequestTimeout)
-			c.answer(conn, ctlResponse{Error: fmt.Sprintf("no request within %v", ctlRequestTimeout)})
-		}
-		return
-	}
-	conn.SetReadDeadline(time.Time{})
-	if len(line) >= ctlMaxRequest && line[len(line)-1] != '\n' {
-		c.answer(conn, ctlResponse{Error: fmt.Sprintf("request too long (more than %d bytes)", ctlMaxRequest)})
-		return
-	}
+// ctlHandle answers one client's request line, in the client's goroutine
+// (internal/ctl): the owner goroutine decides, the client's goroutine samples
+// usage and renders.
+func (s *supervisor) ctlHandle(line []byte, conn syscall.Conn, quit <-chan struct{}) ([]byte, bool) {
 	var req ctlRequest
 	if err := json.Unmarshal(line, &req); err != nil {
-		c.answer(conn, ctlResponse{Error: "malformed request: " + err.Error()})
-		return
+		return ctlRefuse("malformed request: " + err.Error()), false
 	}
 	cmd := ctlLookup(req.Cmd)
 	if cmd == nil {
-		c.answer(conn, ctlResponse{Error: fmt.Sprintf("unknown command %q", req.Cmd)})
-		return
+		return ctlRefuse(fmt.Sprintf("unknown command %q", req.Cmd)), false
 	}
-	c.log.Debug("control request", "cmd", req.Cmd)
-	// A half-close (EOF: nc -N) ends the request, not the conversation; it is
-	// also all that a client which hangs up while it waits (a reload can take
-	// minutes) shows until its answer is written, so every answer is written.
+	s.log.Debug("control request", "cmd", req.Cmd)
 	reply := make(chan ctlResponse, 1)
 	select {
-	case c.events <- ctlEvent{req, reply, conn}:
-	case <-c.quit:
-		return
+	case s.events <- ctlEvent{req, reply, conn}:
+	case <-quit:
+		return nil, false
 	}
 	var r ctlResponse
 	select {
 	case r = <-reply:
-	case <-c.quit:
-		return
+	case <-quit:
+		return nil, false
 	}
 	if r.Status != nil {
 		sampleUsage(r.Status)
@@ -575,20 +449,5 @@ func (c *ctlServer) client(conn *net.UnixConn) {
 			r.Metrics, r.Status = string(renderMetrics(r.Status)), nil
 		}
 	}
-	if c.answer(conn, r) == nil && cmd.stays && r.OK {
-		<-c.quit // stop: the connection stays open until prefork exits, so the client can wait for that
-	}
-}
-
-// connPeerUID reads the uid of a connection's peer.
-func connPeerUID(conn *net.UnixConn) (int, error) {
-	rc, err := conn.SyscallConn()
-	if err != nil {
-		return -1, err
-	}
-	uid, perr := -1, error(nil)
-	if err := rc.Control(func(fd uintptr) { uid, perr = peerUID(int(fd)) }); err != nil {
-		return -1, err
-	}
-	return uid, perr
+	return ctlAnswer(r), cmd.stays && r.OK
 }

@@ -22,10 +22,12 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prefork/prefork/internal/ctl"
 )
 
-// ctl runs `prefork --ctl sock args...` and returns its exit status and output.
-func ctl(sock string, args ...string) (code int, stdout, stderr string) {
+// ctlCall runs `prefork --ctl sock args...` and returns its exit status and output.
+func ctlCall(sock string, args ...string) (code int, stdout, stderr string) {
 	var out, errb bytes.Buffer
 	code = run(append([]string{"--ctl", sock}, args...), &out, &errb)
 	return code, out.String(), errb.String()
@@ -34,7 +36,7 @@ func ctl(sock string, args ...string) (code int, stdout, stderr string) {
 // mustCtl runs a control command that must succeed.
 func mustCtl(t *testing.T, sock string, args ...string) string {
 	t.Helper()
-	code, out, errs := ctl(sock, args...)
+	code, out, errs := ctlCall(sock, args...)
 	if code != 0 {
 		t.Fatalf("prefork --ctl %s %s: exit %d\nstdout: %s\nstderr: %s", sock, strings.Join(args, " "), code, out, errs)
 	}
@@ -179,7 +181,7 @@ func TestControlReloadAbandoned(t *testing.T) {
 	in, old, _ := startHeldReload(t, sock, 2, "--ready-timeout", "2s", "--grace", "1s")
 
 	start := time.Now()
-	code, out, errs := ctl(sock, "reload")
+	code, out, errs := ctlCall(sock, "reload")
 	took := time.Since(start)
 	if code != 1 {
 		t.Fatalf("reload of a generation that never gets ready: exit %d, want 1\n%s%s", code, out, errs)
@@ -218,7 +220,7 @@ func TestControlReloadJoins(t *testing.T) {
 	}
 	results := make(chan result, 2)
 	ask := func() {
-		code, out, errs := ctl(sock, "reload", "--timeout", "30s")
+		code, out, errs := ctlCall(sock, "reload", "--timeout", "30s")
 		results <- result{code, out, errs}
 	}
 	go ask()
@@ -254,7 +256,7 @@ func TestControlScaleFails(t *testing.T) {
 		"--control", sock, "--backoff-min", "500ms", "--backoff-max", "500ms")
 	in.readyWorkers(1, 10*time.Second)
 	os.WriteFile(broken, nil, 0o644) // new workers exit 4 at start
-	code, out, errs := ctl(sock, "scale", "2", "--timeout", "20s")
+	code, out, errs := ctlCall(sock, "scale", "2", "--timeout", "20s")
 	if code != 1 || !strings.Contains(errs, "slot 1") || !strings.Contains(errs, "status 4") {
 		t.Fatalf("scale 2 with a worker that cannot start: exit %d %q %q; want 1, slot 1, status 4", code, out, errs)
 	}
@@ -270,7 +272,7 @@ func TestControlScaleWithinPoolBounds(t *testing.T) {
 	sock := ctlSock(t)
 	in := startPrefork(t, "http", nil, "-l", "127.0.0.1:0", "-n", "1:3", "--control", sock)
 	in.readyWorkers(1, 10*time.Second)
-	if code, _, errs := ctl(sock, "scale", "5"); code != 1 || !strings.Contains(errs, "give 1 to 3") {
+	if code, _, errs := ctlCall(sock, "scale", "5"); code != 1 || !strings.Contains(errs, "give 1 to 3") {
 		t.Errorf("scale 5 with -n 1:3: exit %d %q; want 1 and the bounds", code, errs)
 	}
 	if out := mustCtl(t, sock, "scale", "3"); !strings.Contains(out, "3 workers up") {
@@ -300,13 +302,13 @@ func TestControlStuckClient(t *testing.T) {
 		return len(s.Workers) == 1 && s.Workers[0].PID != st.Workers[0].PID && s.Workers[0].State == "ready"
 	})
 	mustCtl(t, sock, "status")
-	if time.Since(connected) >= ctlRequestTimeout {
+	if time.Since(connected) >= ctl.RequestTimeout {
 		t.Fatalf("the test took %v; it must finish before the stuck client is dropped", time.Since(connected))
 	}
 	_ = old
 
 	// The stuck client is told why and dropped.
-	stuck.SetReadDeadline(time.Now().Add(ctlRequestTimeout + 5*time.Second))
+	stuck.SetReadDeadline(time.Now().Add(ctl.RequestTimeout + 5*time.Second))
 	b := make([]byte, 512)
 	n, _ := stuck.Read(b)
 	if !strings.Contains(string(b[:n]), "no request within") {
@@ -348,7 +350,7 @@ func TestControlRequestTooLong(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	go c.Write([]byte(`{"cmd":"status","pad":"` + strings.Repeat("x", ctlMaxRequest) + "\"}\n"))
+	go c.Write([]byte(`{"cmd":"status","pad":"` + strings.Repeat("x", ctl.MaxRequest) + "\"}\n"))
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	b := make([]byte, 512)
 	n, _ := c.Read(b)

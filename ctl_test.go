@@ -32,7 +32,7 @@ func TestControlClientErrors(t *testing.T) {
 		{[]string{"status", "--bogus"}, 2, "unexpected argument"},
 	}
 	for _, c := range cases {
-		code, _, errs := ctl(missing, c.args...)
+		code, _, errs := ctlCall(missing, c.args...)
 		if code != c.code || !strings.Contains(errs, c.want) {
 			t.Errorf("--ctl %v: exit %d %q; want %d and %q", c.args, code, errs, c.code, c.want)
 		}
@@ -50,7 +50,7 @@ func TestControlClientErrors(t *testing.T) {
 	}
 	l.SetUnlinkOnClose(false)
 	l.Close()
-	if code, _, errs := ctl(stale, "status"); code != 1 || !strings.Contains(errs, "nothing answers") {
+	if code, _, errs := ctlCall(stale, "status"); code != 1 || !strings.Contains(errs, "nothing answers") {
 		t.Errorf("stale socket: exit %d %q", code, errs)
 	}
 
@@ -72,7 +72,7 @@ func TestControlClientErrors(t *testing.T) {
 			c.Close()
 		}
 	}()
-	if code, _, errs := ctl(other, "status"); code != 1 || !strings.Contains(errs, "does not answer as prefork's control socket") {
+	if code, _, errs := ctlCall(other, "status"); code != 1 || !strings.Contains(errs, "does not answer as prefork's control socket") {
 		t.Errorf("foreign socket: exit %d %q", code, errs)
 	}
 }
@@ -84,7 +84,7 @@ func TestControlReloadTimeoutAndPreforkGone(t *testing.T) {
 	in, _, _ := startHeldReload(t, sock, 1, "--ready-timeout", "60s", "--grace", "2s")
 
 	start := time.Now()
-	code, _, errs := ctl(sock, "reload", "--timeout", "300ms")
+	code, _, errs := ctlCall(sock, "reload", "--timeout", "300ms")
 	if code != exitTimeout || !strings.Contains(errs, "goes on in prefork") {
 		t.Errorf("reload --timeout 300ms: exit %d %q; want %d", code, errs, exitTimeout)
 	}
@@ -97,7 +97,7 @@ func TestControlReloadTimeoutAndPreforkGone(t *testing.T) {
 
 	done := make(chan string, 1)
 	go func() {
-		code, _, errs := ctl(sock, "reload") // joins the reload under way
+		code, _, errs := ctlCall(sock, "reload") // joins the reload under way
 		done <- fmt.Sprintf("%d %s", code, errs)
 	}()
 	time.Sleep(300 * time.Millisecond)
@@ -111,7 +111,7 @@ func TestControlReloadTimeoutAndPreforkGone(t *testing.T) {
 		t.Fatal("the reload client still waits after prefork stopped")
 	}
 	in.wait(10 * time.Second)
-	if code, _, errs := ctl(sock, "status"); code != 1 {
+	if code, _, errs := ctlCall(sock, "status"); code != 1 {
 		t.Errorf("status after prefork exited: exit %d %q, want 1", code, errs)
 	}
 }
@@ -125,7 +125,7 @@ func TestControlPreforkKilledMidReload(t *testing.T) {
 	in, _, _ := startHeldReload(t, sock, 1)
 	done := make(chan string, 1)
 	go func() {
-		code, _, errs := ctl(sock, "reload")
+		code, _, errs := ctlCall(sock, "reload")
 		done <- fmt.Sprintf("%d %s", code, errs)
 	}()
 	in.waitFor("the new worker", 10*time.Second, func(st statusFile) bool { return len(st.Workers) == 2 })
@@ -149,7 +149,7 @@ func TestControlStopTimeout(t *testing.T) {
 	in := startPrefork(t, "http", []string{"TESTWORKER_IGNORE_TERM=1"}, "-l", "127.0.0.1:0", "-n", "1",
 		"--control", sock, "--grace", "2s")
 	in.readyWorkers(1, 10*time.Second)
-	code, _, errs := ctl(sock, "stop", "--timeout", "300ms")
+	code, _, errs := ctlCall(sock, "stop", "--timeout", "300ms")
 	if code != exitTimeout || !strings.Contains(errs, "still runs") {
 		t.Errorf("stop --timeout 300ms with a worker ignoring TERM: exit %d %q; want %d", code, errs, exitTimeout)
 	}

@@ -6,7 +6,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -22,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prefork/prefork/internal/demo"
+	"github.com/prefork/prefork/internal/testfd"
 	"github.com/prefork/prefork/internal/upgrade"
 	pw "github.com/prefork/prefork/worker"
 	"github.com/prefork/prefork/worker/httpserve"
@@ -34,8 +35,8 @@ func TestMain(m *testing.M) {
 		os.Exit(answerUpgradeCheck())
 	case os.Getenv(shimEnv) != "":
 		os.Exit(runShim(os.Args[1:]))
-	case len(os.Args) > 1 && os.Args[1] == demoWorkerArg:
-		os.Exit(runDemoWorker())
+	case len(os.Args) > 1 && os.Args[1] == demo.Arg:
+		os.Exit(demo.Run())
 	case os.Getenv(roleEnv) == "prefork":
 		upgradeTestBuild()
 		os.Exit(onMainThread(func() int { return run(os.Args[1:], os.Stdout, os.Stderr) }))
@@ -153,23 +154,8 @@ func testWorker(role string) int {
 // sdNotify is how test workers talk to prefork: the worker package's own.
 var sdNotify = pw.Notify
 
-// syncBuffer collects prefork's stderr for assertions.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer collects output that goroutines write at once.
+type syncBuffer = testfd.Buffer
 
 // instance is one prefork under test.
 type instance struct {

@@ -155,7 +155,7 @@ func TestStopRightAfterStart(t *testing.T) {
 func TestStopKillsEscapedDescendants(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "escaped")
 	script := `setsid sh -c 'echo $$ >"$PIDFILE"; exec sleep 60' & sleep 60`
-	in := startPrefork(t, "", []string{"PIDFILE=" + pidFile}, "-l", "127.0.0.1:0", "-n", "1", "--ready-delay", "200ms",
+	in := startPrefork(t, "", []string{"PIDFILE=" + pidFile}, "-l", "127.0.0.1:0", "-n", "1", "--ready", "delay", "--ready-delay", "200ms",
 		"--grace", "500ms", "--", "sh", "-c", script)
 	in.readyWorkers(1, 10*time.Second)
 	var escaped int
@@ -180,5 +180,86 @@ func TestStopKillsEscapedDescendants(t *testing.T) {
 	}
 	if !strings.Contains(in.stderr.String(), "killed them") {
 		t.Errorf("no word of the killed descendants:\n%s", in.stderr.String())
+	}
+}
+
+// noexecDir mounts a tmpfs with -o noexec for the test (root only) and
+// unmounts it in cleanup.
+func noexecDir(t *testing.T) string {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Skip("mounting a noexec tmpfs needs root; skipped")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "noexec,mode=755", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a noexec tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	return dir
+}
+
+// Issue 18.8: a command, or its absolute #! interpreter, on a filesystem
+// mounted noexec is refused before any worker starts (126, "mounted noexec"),
+// and a reload to one is abandoned with the old workers serving.
+func TestNoexecCommandRefused(t *testing.T) {
+	dir := noexecDir(t)
+	sh := filepath.Join(dir, "sh")
+	b, err := os.ReadFile("/bin/sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(sh, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	onNoexec := filepath.Join(dir, "server")
+	writeScript(t, onNoexec, "#!/bin/sh\nexec "+os.Args[0]+"\n")
+	viaInterp := filepath.Join(t.TempDir(), "server")
+	writeScript(t, viaInterp, "#!"+sh+"\nexec "+os.Args[0]+"\n")
+	for _, c := range []struct{ name, cmd string }{{"command", onNoexec}, {"interpreter", viaInterp}} {
+		t.Run(c.name, func(t *testing.T) {
+			code, out, _ := runPrefork(t, nil, preforkEnv("http"), nil, "-l", "127.0.0.1:0", "-n", "2", "--", c.cmd)
+			if code != 126 || !strings.Contains(out, "mounted noexec") || strings.Contains(out, "worker started") {
+				t.Errorf("status %d, want 126, \"mounted noexec\" and no worker started:\n%s", code, out)
+			}
+		})
+	}
+	for _, mode := range modes() {
+		t.Run("reload/"+mode, func(t *testing.T) {
+			link := filepath.Join(t.TempDir(), "server")
+			good := filepath.Join(t.TempDir(), "server")
+			writeScript(t, good, "#!/bin/sh\nexec "+os.Args[0]+"\n")
+			if err := os.Symlink(good, link); err != nil {
+				t.Fatal(err)
+			}
+			in := startPrefork(t, "", []string{workerEnv + "=http"}, "--mode", mode, "-l", "127.0.0.1:0", "-n", "2",
+				"--ready", "notify", "--", link)
+			st := in.readyWorkers(2, 15*time.Second)
+			old := map[int]bool{st.Workers[0].PID: true, st.Workers[1].PID: true}
+			for _, target := range []string{onNoexec, viaInterp} {
+				os.Remove(link)
+				if err := os.Symlink(target, link); err != nil {
+					t.Fatal(err)
+				}
+				in.signal(syscall.SIGHUP)
+				in.waitLog("mounted noexec", 10*time.Second)
+				time.Sleep(200 * time.Millisecond)
+				st, _ := in.readStatus()
+				for _, w := range st.Workers {
+					if !old[w.PID] || w.State != "ready" {
+						t.Fatalf("after a reload to a noexec command the workers are %+v; want the old ones serving", st.Workers)
+					}
+				}
+				if rep, err := get(in.addr()); err != nil || !old[rep.PID] {
+					t.Fatalf("after the reload: %v, answered by %d", err, rep.PID)
+				}
+			}
+			if n := strings.Count(in.stderr.String(), "reload abandoned"); n != 2 {
+				t.Errorf("%d reloads abandoned, want 2:\n%s", n, in.stderr.String())
+			}
+			in.signal(syscall.SIGTERM)
+			if code := in.wait(20 * time.Second); code != 0 {
+				t.Fatalf("exit status %d, want 0", code)
+			}
+		})
 	}
 }

@@ -89,13 +89,24 @@ func TestCtlClientKeepsDefaultSignals(t *testing.T) {
 func TestKillMode(t *testing.T) {
 	for _, c := range []struct{ mode, want string }{{"group", "child-dead"}, {"mixed", "child-alive"}} {
 		t.Run(c.mode, func(t *testing.T) {
-			marks := filepath.Join(t.TempDir(), "marks")
+			dir := t.TempDir()
+			marks, armed := filepath.Join(dir, "marks"), filepath.Join(dir, "armed")
 			script := `sleep 30 & child=$!
 trap 'sleep 0.3; if kill -0 $child 2>/dev/null; then echo child-alive; else echo child-dead; fi >>"$MARKS"; kill $child; exit 0' TERM
+: >"$ARMED"
 wait`
-			in := startPrefork(t, "", []string{"MARKS=" + marks}, "--kill-mode", c.mode, "-l", "127.0.0.1:0", "-n", "1",
-				"--ready-delay", "300ms", "--grace", "10s", "--", "sh", "-c", script)
+			in := startPrefork(t, "", []string{"MARKS=" + marks, "ARMED=" + armed}, "--kill-mode", c.mode, "-l", "127.0.0.1:0", "-n", "1",
+				"--ready", "delay", "--ready-delay", "300ms", "--grace", "10s", "--", "sh", "-c", script)
 			in.readyWorkers(1, 10*time.Second)
+			// Up by the delay is not the trap set: on a busy machine the
+			// shell may not have got there yet.
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				if _, err := os.Stat(armed); err == nil {
+					break
+				} else if time.Now().After(deadline) {
+					t.Fatal("the worker never set its TERM trap")
+				}
+			}
 			in.signal(syscall.SIGTERM)
 			if code := in.wait(15 * time.Second); code != 0 {
 				t.Fatalf("exit status %d, want 0", code)

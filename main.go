@@ -11,8 +11,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"github.com/prefork/prefork/internal/sock"
-	"github.com/prefork/prefork/internal/upgrade"
 	"io"
 	"os"
 	"runtime/debug"
@@ -20,6 +18,13 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/internal/demo"
+	"github.com/prefork/prefork/internal/listenwait"
+	"github.com/prefork/prefork/internal/output"
+	"github.com/prefork/prefork/internal/pool"
+	"github.com/prefork/prefork/internal/sock"
+	"github.com/prefork/prefork/internal/upgrade"
 )
 
 var usage = `usage: prefork [options] [--] command [args...]
@@ -46,6 +51,10 @@ Workers:
       --max-lifetime DUR     replace each worker after DUR, less up to 10% jitter
       --mode MODE            shared, reuseport or rr (default shared)
       --rr-window N          rr mode: unacked connections per worker (default 32)
+      --balance POLICY       which worker gets a connection: least (rr default:
+                             fewest unacked, ties in turn), roundrobin (strict
+                             turns) or source (the client's address picks the
+                             slot; rr, or reuseport on Linux); not in shared mode
       --user USER[:GROUP]    run workers as this user
       --demo                 run the built-in demo HTTP worker
 Node.js:
@@ -55,9 +64,12 @@ Node.js:
       --node-send-server MSG send each worker every listener as
                              process.send(MSG, server) does
 Lifecycle:
-      --ready delay|notify   when a new worker counts as up (default delay)
-      --ready-delay DUR      delay mode: up once alive this long (default 1s)
-      --ready-timeout DUR    notify mode: not ready by then is a failed start (default 60s)
+      --ready RULE           when a new worker counts as up: auto (READY=1, Node's
+                             listening, or seen waiting for connections; else by
+                             the delay rule), delay, notify or listen (default auto)
+      --ready-delay DUR      the delay rule: up once alive this long (default 1s)
+      --ready-timeout DUR    notify, listen: not up by then is a failed start;
+                             auto: the longest wait to be seen (default 60s)
       --min-uptime DUR       exiting sooner is a failed start (default 1s)
       --backoff-min DUR      first restart delay after a failed start (default 100ms)
       --backoff-max DUR      restart delay cap (default 30s)
@@ -75,6 +87,9 @@ Output:
       --control PATH         serve the control socket (for prefork --ctl) at PATH
       --metrics-file PATH    Prometheus text metrics, rewritten every 5s
       --log-format text|json prefork's own log lines on stderr (default text)
+      --worker-output MODE   workers' stdout and stderr: inherit (prefork's own,
+                             the default), prefix ("SLOT.PID| " before each line)
+                             or json (one object a line); relayed lines never mix
   -q, --quiet                only warnings and errors
   -v, --verbose              debug logging
   -h, --help                 show this help
@@ -134,13 +149,16 @@ type config struct {
 	metricsFile  string
 	ctl          string // --ctl: be the control client of the prefork at this socket
 	logFormat    logFormat
-	verbosity    int // -1 quiet, 0 normal, 1 verbose
+	workerOutput output.Mode // --worker-output (internal/output)
+	verbosity    int         // -1 quiet, 0 normal, 1 verbose
 	command      []string
 
 	poolMin, poolMax int // -n MIN:MAX; poolMax 0 = a fixed pool
 	idleTimeout      time.Duration
 	idleTimeoutSet   bool
 	rrWindowSet      bool
+	balance          balance // --balance (rr.go)
+	balanceSet       bool
 	maxRSS           int64 // bytes; 0 = off
 	maxLifetime      time.Duration
 	maxLifetimeSet   bool
@@ -213,7 +231,7 @@ var options = []option{
 	{long: "backlog", set: intOpt(func(c *config) *int { return &c.backlog }, 1, 1<<20)},
 	{long: "workers", short: "n", set: func(c *config, v string) error {
 		if strings.Contains(v, ":") {
-			lo, hi, err := parsePoolRange(v)
+			lo, hi, err := pool.ParseRange(v, maxWorkers)
 			c.workers, c.poolMin, c.poolMax = lo, lo, hi
 			return err
 		}
@@ -227,7 +245,7 @@ var options = []option{
 		return err
 	}},
 	{long: "max-rss", set: func(c *config, v string) error {
-		n, err := parseSize(v)
+		n, err := pool.ParseSize(v)
 		c.maxRSS = n
 		return err
 	}},
@@ -240,6 +258,10 @@ var options = []option{
 	{long: "rr-window", set: func(c *config, v string) error {
 		c.rrWindowSet = true
 		return intOpt(func(c *config) *int { return &c.rrWindow }, 1, maxRRWindow)(c, v)
+	}},
+	{long: "balance", set: func(c *config, v string) error {
+		c.balanceSet = true
+		return choiceOpt(func(c *config) *balance { return &c.balance }, balanceNames)(c, v)
 	}},
 	{long: "user", set: func(c *config, v string) error { c.user = v; return nil }},
 	{long: "demo", boolean: true, set: func(c *config, _ string) error { c.demo = true; return nil }},
@@ -267,6 +289,7 @@ var options = []option{
 	{long: "metrics-file", set: func(c *config, v string) error { c.metricsFile = v; return nil }},
 	{long: "ctl", set: func(c *config, v string) error { c.ctl = v; return nil }},
 	{long: "log-format", set: choiceOpt(func(c *config) *logFormat { return &c.logFormat }, logFormatNames)},
+	{long: "worker-output", set: choiceOpt(func(c *config) *output.Mode { return &c.workerOutput }, output.Names)},
 	{long: "quiet", short: "q", boolean: true, set: func(c *config, _ string) error { c.verbosity = -1; return nil }},
 	{long: "verbose", short: "v", boolean: true, set: func(c *config, _ string) error { c.verbosity = 1; return nil }},
 }
@@ -367,10 +390,18 @@ func (c *config) validate() error {
 		return usagef("--backoff-min %v is above --backoff-max %v", c.backoffMin, c.backoffMax)
 	case c.readyTimeout <= 0: // --ready notify, and Node workers under --ready delay
 		return usagef("--ready-timeout must be above 0")
+	case c.ready == readyOnListen && !listenwait.Supported:
+		return usagef("--ready listen needs Linux's /proc/PID/syscall: choose --ready auto, delay or notify")
 	case c.watchdog < 0:
 		return usagef("--watchdog must not be negative")
 	case c.rrWindowSet && c.mode != modeRR:
 		return usagef("--rr-window applies to --mode rr only")
+	case c.balanceSet && c.mode == modeShared:
+		return usagef("--balance does not apply to --mode shared: the kernel wakes the worker that accepts (use --mode rr, or reuseport with --balance source)")
+	case c.balanceSet && c.mode == modeReuseport && c.balance != balanceSource:
+		return usagef("--balance %s needs --mode rr: in reuseport mode the kernel places connections, by its hash or by --balance source", c.balance)
+	case c.balanceSet && c.mode == modeReuseport && !sock.SourceBalanceSupported:
+		return usagef("--balance source in reuseport mode needs Linux (a classic BPF program on the SO_REUSEPORT group); use --mode rr --balance source")
 	case c.nodeSendServer != "" && c.nodeCluster == nodeOff:
 		return usagef("--node-send-server needs the Node cluster channel: drop --node-cluster off")
 	}
@@ -447,8 +478,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == demoWorkerArg {
-		os.Exit(runDemoWorker())
+	if len(os.Args) > 1 && os.Args[1] == demo.Arg {
+		os.Exit(demo.Run())
 	}
 	if os.Getenv(shimEnv) != "" {
 		os.Exit(runShim(os.Args[1:]))

@@ -8,10 +8,12 @@
 package main
 
 import (
+	"errors"
 	"log/slog"
 	"path/filepath"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/prefork/prefork/internal/nodecluster"
 	"github.com/prefork/prefork/internal/rr"
@@ -83,6 +85,10 @@ func (c nodeChannel) prepare(sl *slot) ([]int, []string, link, error) {
 	return fds, env, &nodeLink{s: c.s, nc: c.nc, master: master, child: child, slot: sl.index, socks: socks}, nil
 }
 
+// channelGoneGrace is how long an rr worker whose channel closed may take to
+// exit before it counts as broken.
+const channelGoneGrace = time.Second
+
 // nodeLinkEvent is what a Node worker's reader or timers hand the owner
 // goroutine: the owner gives it to the worker's link while w is alive.
 type nodeLinkEvent struct {
@@ -116,6 +122,7 @@ func (l *nodeLink) attach(w *worker) {
 	l.nw = nw
 	if s.rr != nil {
 		s.rr.Attach(w.pid, nw, -1)
+		s.rr.SetSlot(w.pid, l.slot)
 	}
 }
 
@@ -124,17 +131,27 @@ func (l *nodeLink) event(w *worker, e nodecluster.Event) {
 	out, err := l.nw.Handle(e)
 	switch out {
 	case nodecluster.Ready:
-		if l.s.c.ready == readyOnDelay { // with --ready notify the worker says READY=1 itself
-			l.s.notified(w, map[string]string{"READY": "1"})
+		if l.s.c.ready != readyOnNotify { // with --ready notify the worker says READY=1 itself
+			l.s.markReady(w, upListening)
 		}
 	case nodecluster.Stopping:
 		l.s.notified(w, map[string]string{"STOPPING": "1"})
 	case nodecluster.Ended:
-		if err != nil {
-			l.s.log.Debug("node channel error", "pid", w.pid, "err", err)
-		}
-		if l.stopSig != 0 {
+		switch {
+		case l.stopSig != 0:
 			l.s.c.killMode.stop(l.pid, l.stopSig)
+		case errors.Is(err, nodecluster.ErrLineTooLong):
+			l.s.handle(brokenEvent{w.pid, err})
+		case l.s.rr != nil && w.state != stateStopping:
+			// In rr mode a worker gets its connections on the channel only: one
+			// that closed it and keeps running serves nothing. Its unacked
+			// connections went to the others already (nodecluster's Shut). A
+			// worker that dies closes its channel too, a moment before the
+			// reaper reports its exit: it is broken only if it is still there
+			// after channelGoneGrace.
+			l.s.env.after(channelGoneGrace, brokenEvent{w.pid, errors.New("it closed its node cluster channel and kept running")})
+		case err != nil:
+			l.s.log.Debug("node channel error", "pid", w.pid, "err", err)
 		}
 	case nodecluster.Unheeded:
 		l.s.c.killMode.stop(l.pid, l.stopSig)

@@ -9,7 +9,6 @@ package main
 
 import (
 	"fmt"
-	"github.com/prefork/prefork/internal/procstat"
 	"io"
 	"net"
 	"os"
@@ -23,6 +22,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prefork/prefork/internal/pool"
+	"github.com/prefork/prefork/internal/procstat"
 	pw "github.com/prefork/prefork/worker"
 )
 
@@ -366,7 +367,7 @@ func TestPoolMaxRSSReplacesALeakingWorker(t *testing.T) {
 			st := in.readyWorkers(2, 10*time.Second)
 			first := map[int]bool{st.Workers[0].PID: true, st.Workers[1].PID: true}
 			load := startLoad(in.addr(), 2)
-			st = replacedBy(in, reasonMaxRSS, 2, 30*time.Second)
+			st = replacedBy(in, pool.ReasonMaxRSS, 2, 30*time.Second)
 			total, failed, pids := load.end()
 			if len(failed) > 0 {
 				t.Fatalf("%d of %d requests failed, first: %v", len(failed), total, failed[0])
@@ -392,7 +393,7 @@ func TestPoolMaxLifetimeReplacesOldWorkers(t *testing.T) {
 			st := in.readyWorkers(2, 10*time.Second)
 			first := map[int]bool{st.Workers[0].PID: true, st.Workers[1].PID: true}
 			load := startLoad(in.addr(), 4)
-			st = replacedBy(in, reasonMaxLifetime, 2, 20*time.Second)
+			st = replacedBy(in, pool.ReasonMaxLifetime, 2, 20*time.Second)
 			time.Sleep(time.Second) // and more, under load
 			total, failed, pids := load.end()
 			if len(failed) > 0 {
@@ -447,7 +448,7 @@ func TestPoolFailedReplacementKeepsTheOldWorker(t *testing.T) {
 			}
 			// Once a new worker can start, the replacement goes through.
 			os.Remove(broken)
-			replacedBy(in, reasonMaxLifetime, 1, 10*time.Second)
+			replacedBy(in, pool.ReasonMaxLifetime, 1, 10*time.Second)
 		})
 	}
 }

@@ -16,12 +16,17 @@
 //	(internal/rr)                                                    batch; snapshots by request and reply
 //	Node readers           parsing one worker's cluster channel      nodeLinkEvent; the loop owns every Node
 //	                                                                 worker's state (internal/nodecluster)
+//	output relay           each worker's stdout and stderr pipes     nothing: a pair per worker, made and
+//	(internal/output)      (a reader each), prefork's stdout and     started by the loop; they never wait
+//	                       stderr (a writer each)                    for it, and it drops what cannot wait
 //	pool (pool.go)         its samples of queues and memory          poolEvent to the loop; the loop's
 //	                                                                 published view (s.pool)
 //	control server         its clients' connections                  ctlEvent with a reply channel
 //	metrics file writer    the file                                  ctlEvent{metrics}, like a client
 //	listen watch           nothing: it rebinds a listener that a     (sock, at start)
 //	                       worker shut down
+//	listenwait watcher     the starting workers it looks at, their   Watch, Forget (messages); it sends
+//	(internal/listenwait)  back-off                                  listenEvent when one is seen waiting
 //
 // What the loop decides about a slot is the slot table (slots.go); what it
 // asks of the world outside (processes, signals, the clock, timers) goes
@@ -30,8 +35,6 @@ package main
 
 import (
 	"fmt"
-	"github.com/prefork/prefork/internal/nodecluster"
-	"github.com/prefork/prefork/internal/sock"
 	"io"
 	"log/slog"
 	"os"
@@ -40,7 +43,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prefork/prefork/internal/listenwait"
+	"github.com/prefork/prefork/internal/nodecluster"
+	"github.com/prefork/prefork/internal/output"
 	"github.com/prefork/prefork/internal/rr"
+	"github.com/prefork/prefork/internal/sock"
 )
 
 // workerState is where a worker is in its life; the status file shows its name.
@@ -69,6 +76,9 @@ type worker struct {
 	failed   bool   // it quit young: its exit is a failed start
 	why      string // a replacement: why it replaces the slot's worker
 	status   string // last STATUS= it sent
+	upBy     upBy   // how it came up
+	seenIn   listenwait.Way
+	unwatch  func() // stops watching whether it waits for connections (workers.go); nil when not watched
 	notify   *notifySocket
 	link     link        // its channel: see channel.go
 	timer    func() bool // stops its timer: ready delay or ready timeout, then the grace period
@@ -108,6 +118,7 @@ func (poolEvent) isEvent()         {}
 func (ctlEvent) isEvent()          {}
 func (nodeLinkEvent) isEvent()     {}
 func (upgradeCheckEvent) isEvent() {}
+func (listenEvent) isEvent()       {}
 
 // The supervisor's own events: its timers, notify sockets and channels.
 type (
@@ -146,13 +157,17 @@ type supervisor struct {
 	up        *upstream
 	rr        *rr.Dispatcher
 	ch        workerChannel
-	pool      *pool                // the pool goroutine's view and readings (pool.go); nil when not needed
+	pool      *poolHandle          // the pool goroutine's view and readings (pool.go); nil when not needed
 	ctl       ctlState             // the control socket's waiting clients (control.go)
 	nc        *nodecluster.Cluster // --node-cluster: the listeners Node workers share (node.go)
 	sigs      chan os.Signal       // the signals the loop handles
 	self      selfBinary           // the binary an upgrade checks and executes (reload.go)
 	upg       *upgradeRun          // the upgrade under way; nil when none
 	adopt     *adoption            // the state this image took over from the last; nil when none
+	lw        *listenwait.Watcher  // --ready auto|listen: looks whether starting workers wait for connections (workers.go)
+	seeing    seeing               // what --ready auto and listen learned about seeing workers (workers.go)
+	out       *output.Relay        // --worker-output prefix or json: the workers' lines; nil for inherit
+	retired   []*slot              // reuseport mode: removed slots whose sockets are still open, by index (slots.go)
 
 	workers       map[int]*worker
 	slots         []*slot
@@ -228,7 +243,8 @@ func supervise(c *config, stderr io.Writer, adopt *adoption) int {
 		for i, l := range s.listeners {
 			fds[i] = l.FD
 		}
-		s.rr, err = newDispatcher(fds, c.rrWindow, log, func(pid int, err error) { s.events <- brokenEvent{pid, err} })
+		s.rr, err = newDispatcher(fds, c.rrWindow, log, func(pid int, err error) { s.events <- brokenEvent{pid, err} },
+			rrBalancer(c.balance), c.readyTimeout)
 		if err != nil {
 			return fail(exitFailure, "rr dispatcher: %v", err)
 		}
@@ -239,6 +255,10 @@ func supervise(c *config, stderr io.Writer, adopt *adoption) int {
 		defer s.nc.Close()
 	}
 	s.ch = s.newChannel()
+	if c.workerOutput != output.Inherit {
+		s.out = output.New(c.workerOutput, os.Stdout, os.Stderr, log)
+		defer s.out.Close(time.Second) // after the loop: every worker is gone
+	}
 	if c.pidfile != "" {
 		if err := os.WriteFile(c.pidfile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644); err != nil {
 			return fail(exitFailure, "pidfile: %v", err)
@@ -257,6 +277,10 @@ func supervise(c *config, stderr io.Writer, adopt *adoption) int {
 	}
 	s.baseEnv = cleanEnv(os.Environ())
 	s.spawner = newSpawner()
+	if s.watchesListen() {
+		s.lw = listenwait.New(func(r listenwait.Report) { s.events <- listenEvent{r} })
+		defer s.lw.Close()
+	}
 	s.env = s.realEnv()
 	s.reaper = startReaper(s.events)
 	if adopt == nil && stopBeforeStart(sigs) {
@@ -398,7 +422,7 @@ func (s *supervisor) handle(ev event) {
 			s.notified(e.w, e.msg)
 		}
 	case brokenEvent:
-		if w := s.workers[e.pid]; w != nil && !w.retiring {
+		if w := s.workers[e.pid]; w != nil && !w.retiring && w.state != stateStopping {
 			s.log.Error("worker channel broken; stopping it", "slot", w.slot.index, "pid", w.pid, "err", e.err)
 			s.step(slotInput{sl: w.slot, w: w, ev: evBroken, why: whyBroken})
 		}
@@ -414,6 +438,8 @@ func (s *supervisor) handle(ev event) {
 		}
 	case upgradeCheckEvent:
 		s.upgradeChecked(e)
+	case listenEvent:
+		s.seen(e.Report)
 	}
 }
 

@@ -1,7 +1,8 @@
 //go:build linux || darwin
 
 // This file holds the rolling reload (HUP) and the stop (TERM, INT, QUIT): the
-// supervisor's two walks over every worker; and the in-place upgrade (prefork
+// supervisor's two walks over every worker; scaling (TTIN, TTOU, --ctl scale,
+// the pool), which adds and removes slots; and the in-place upgrade (prefork
 // --ctl PATH upgrade), the old image's side: the check of the new binary,
 // the state written, the exec. startup.go holds the new image's side.
 package main
@@ -15,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prefork/prefork/internal/output"
 	"github.com/prefork/prefork/internal/upgrade"
 )
 
@@ -179,6 +181,10 @@ func (s *supervisor) upgradeRefusal() string {
 		return fmt.Sprintf("a reload to generation %d is under way; upgrade once it is done", s.reloadGen)
 	case len(s.ctl.scales) > 0:
 		return "a scale is under way; upgrade once it is done"
+	case s.c.workerOutput != output.Inherit:
+		return fmt.Sprintf("upgrade is not supported with --worker-output %s yet", s.c.workerOutput)
+	case len(s.retired) > 0:
+		return "a removed slot's sockets are still open; upgrade once its workers are gone"
 	case s.self.err != nil:
 		return fmt.Sprintf("prefork's own binary: %v", s.self.err)
 	}
@@ -190,6 +196,9 @@ func (s *supervisor) upgradeRefusal() string {
 	for _, w := range s.workers {
 		if w.state == stateStopping {
 			return fmt.Sprintf("worker pid %d is stopping; upgrade once it is gone", w.pid)
+		}
+		if w.state == stateStarting && s.c.ready != readyOnDelay && s.c.ready != readyOnNotify {
+			return fmt.Sprintf("worker pid %d is starting (--ready %s); upgrade once it is up", w.pid, s.c.ready)
 		}
 	}
 	return ""
@@ -379,6 +388,7 @@ func (s *supervisor) upgradeState(held []event) *upgrade.State {
 		if w := sl.cur; w != nil {
 			pw := upgrade.Worker{PID: w.pid, Slot: sl.index, Generation: w.gen, Ready: w.state == stateReady,
 				Age: now.Sub(w.started), WasReady: w.wasReady, Failed: w.failed, Why: w.why, Status: w.status,
+				UpBy: w.upBy.String(), SeenIn: uint8(w.seenIn),
 				PingAge: -1, NotifyPath: w.notify.path, NotifyFD: rawFD(w.notify.conn)}
 			if !w.lastPing.IsZero() {
 				pw.PingAge = now.Sub(w.lastPing)
@@ -387,7 +397,7 @@ func (s *supervisor) upgradeState(held []event) *upgrade.State {
 		}
 	}
 	if s.ctl.server != nil {
-		st.Control = &upgrade.Socket{Path: s.ctl.server.sock.Path(), FD: s.ctl.server.fd()}
+		st.Control = &upgrade.Socket{Path: s.ctl.server.SocketPath(), FD: s.ctl.server.FD()}
 	}
 	for _, ev := range held {
 		switch e := ev.(type) {
@@ -400,4 +410,129 @@ func (s *supervisor) upgradeState(held []event) *upgrade.State {
 		}
 	}
 	return st
+}
+
+// addSlot adds a slot (and, in reuseport mode, its own sockets) without starting
+// it; if a socket cannot be opened, or the balance policy cannot take one more
+// slot, no slot is added.
+func (s *supervisor) addSlot() (*slot, error) {
+	sl := &slot{index: len(s.slots), lastExit: -1}
+	var reused *slot
+	if len(s.retired) > 0 && s.retired[0].index == sl.index {
+		// A removed slot of this index still holds its place in the groups:
+		// its sockets are this slot's (see releaseSlot).
+		reused, s.retired = s.retired[0], s.retired[1:]
+		sl.socks, reused.socks = reused.socks, nil
+	} else if s.c.mode == modeReuseport {
+		for _, l := range s.listeners {
+			fd := l.FD
+			if sl.index > 0 {
+				var err error
+				if fd, err = l.ReuseportSocket(s.c.backlog); err != nil {
+					closeFds(sl.socks)
+					return nil, fmt.Errorf("cannot open another SO_REUSEPORT socket: %w", err)
+				}
+			}
+			sl.socks = append(sl.socks, fd)
+		}
+	}
+	if err := s.balanceSlots(len(s.slots) + 1); err != nil {
+		if reused != nil {
+			reused.socks, s.retired = sl.socks, append([]*slot{reused}, s.retired...)
+		} else if sl.index > 0 {
+			closeFds(sl.socks)
+		}
+		s.balanceSlots(len(s.slots))
+		return nil, err
+	}
+	s.slots = append(s.slots, sl)
+	return sl, nil
+}
+
+// keepsGroupOrder says the slots' sockets must keep their places in each
+// listener's SO_REUSEPORT group: --balance source's program picks a socket
+// by its place, which is the order the sockets joined, and a socket that
+// leaves the group gets the last one moved into its place. So a removed
+// slot's sockets close from the top of the group down, and a slot added
+// again while they are open takes them.
+func (s *supervisor) keepsGroupOrder() bool {
+	return s.c.mode == modeReuseport && s.c.balanceSet && s.c.balance == balanceSource
+}
+
+// scaleTo adds or removes slots until there are n; new slots start at once.
+func (s *supervisor) scaleTo(n int) error {
+	for len(s.slots) < n {
+		sl, err := s.addSlot()
+		if err != nil {
+			return err
+		}
+		s.startIn(sl)
+	}
+	for len(s.slots) > n && len(s.slots) > 1 {
+		s.removeSlot()
+	}
+	return nil
+}
+
+// removeSlot scales down by one: the last slot's workers stop gracefully.
+func (s *supervisor) removeSlot() {
+	if len(s.slots) <= 1 {
+		s.log.Info("already at one worker")
+		return
+	}
+	sl := s.slots[len(s.slots)-1]
+	s.slots = s.slots[:len(s.slots)-1]
+	if err := s.balanceSlots(len(s.slots)); err != nil {
+		s.log.Error("cannot balance over the remaining slots", "err", err)
+	}
+	s.step(slotInput{sl: sl, ev: evRemove})
+	sl.removed = true
+	if s.keepsGroupOrder() {
+		s.retired = append([]*slot{sl}, s.retired...) // below every retired one
+	}
+	s.releaseSlot(sl)
+	s.advanceReload() // a reload may have waited on the removed slot
+}
+
+// releaseSlot closes a removed slot's own sockets once none of its workers is
+// left; where the group order counts (keepsGroupOrder), only once every
+// retired slot above it has closed its own.
+func (s *supervisor) releaseSlot(sl *slot) {
+	if !sl.removed || sl.index == 0 {
+		return
+	}
+	if !s.keepsGroupOrder() {
+		if !s.hasWorkers(sl) {
+			closeFds(sl.socks)
+			sl.socks = nil
+		}
+		return
+	}
+	for len(s.retired) > 0 {
+		top := s.retired[len(s.retired)-1]
+		if s.hasWorkers(top) {
+			return
+		}
+		closeFds(top.socks)
+		top.socks = nil
+		s.retired = s.retired[:len(s.retired)-1]
+	}
+}
+
+// hasWorkers reports whether a worker of sl is left.
+func (s *supervisor) hasWorkers(sl *slot) bool {
+	for _, w := range s.workers {
+		if w.slot == sl {
+			return true
+		}
+	}
+	return false
+}
+
+func closeFds(fds []int) {
+	for _, fd := range fds {
+		if fd >= 0 {
+			syscall.Close(fd)
+		}
+	}
 }

@@ -22,11 +22,14 @@
 package main
 
 import (
+	"fmt"
 	"log/slog"
 	"syscall"
+	"time"
 
 	"github.com/prefork/prefork/internal/rr"
 	"github.com/prefork/prefork/internal/rrwire"
+	"github.com/prefork/prefork/internal/sock"
 )
 
 // rrDefaultWindow is the default W: connections a worker may hold unacked.
@@ -38,8 +41,52 @@ var rrSys = rr.Sys{Accept: acceptConn, AcceptNonblock: acceptConnNonblock, Close
 // newDispatcher starts the rr dispatcher on prefork's listeners lfds, with W =
 // window. onBroken is called on a goroutine of its own when a worker's channel
 // is closed for a protocol or I/O error; the supervisor kills that worker.
-func newDispatcher(lfds []int, window int, log *slog.Logger, onBroken func(id int, err error)) (*rr.Dispatcher, error) {
-	return rr.New(lfds, rr.Config{Window: window, Log: log, Sys: rrSys, OnBroken: onBroken})
+// bal is the --balance policy (nil: least); a connection source holds back
+// for its slot's restarting worker waits up to wait.
+func newDispatcher(lfds []int, window int, log *slog.Logger, onBroken func(id int, err error), bal rr.Balancer, wait time.Duration) (*rr.Dispatcher, error) {
+	return rr.New(lfds, rr.Config{Window: window, Log: log, Sys: rrSys, OnBroken: onBroken, Balancer: bal, Wait: wait})
+}
+
+// rrBalancer is the dispatcher's policy for --balance.
+func rrBalancer(b balance) rr.Balancer {
+	switch b {
+	case balanceRoundRobin:
+		return &rr.RoundRobin{}
+	case balanceSource:
+		return &rr.Source{}
+	}
+	return &rr.Least{}
+}
+
+// balanceSlots tells the policy that there are n slots: the rr dispatcher,
+// and with --balance source in reuseport mode the kernel, whose program on
+// each listener's group picks socket key % n (internal/sock). reload.go keeps
+// the slots' sockets in their group in slot order.
+func (s *supervisor) balanceSlots(n int) error {
+	if s.rr != nil {
+		s.rr.SetSlots(n)
+	}
+	if s.c.mode != modeReuseport || !s.c.balanceSet || s.c.balance != balanceSource {
+		return nil
+	}
+	for _, l := range s.listeners {
+		if err := sock.AttachSourceBalance(l.FD, n); err != nil {
+			return fmt.Errorf("--balance source on %s: %w", l.Bound(), err)
+		}
+	}
+	return nil
+}
+
+// balanceName is the policy as the status shows it: --balance in rr mode,
+// "source" or the kernel's "hash" in reuseport mode, none in shared mode.
+func (s *supervisor) balanceName() string {
+	switch {
+	case s.c.mode == modeRR || s.c.balanceSet:
+		return s.c.balance.String()
+	case s.c.mode == modeReuseport:
+		return "hash"
+	}
+	return ""
 }
 
 // handoffSender is the protocol's sender on prefork's end of a handoff socket:
@@ -59,7 +106,7 @@ func (c handoffChannel) prepare(sl *slot) ([]int, []string, link, error) {
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	return []int{worker}, nil, &handoffLink{d: c.s.rr, master: master, worker: worker, killMode: c.s.c.killMode}, nil
+	return []int{worker}, nil, &handoffLink{d: c.s.rr, master: master, worker: worker, slot: sl.index, killMode: c.s.c.killMode}, nil
 }
 
 // handoffLink is one rr worker as the dispatcher knows it.
@@ -67,6 +114,7 @@ type handoffLink struct {
 	d              *rr.Dispatcher
 	master, worker int // socket pair ends; worker is closed once the process has it
 	pid            int
+	slot           int      // its slot's index, for --balance source
 	killMode       killMode // where the stop signal goes
 }
 
@@ -74,6 +122,7 @@ func (l *handoffLink) attach(w *worker) {
 	l.pid = w.pid
 	syscall.Close(l.worker)
 	l.d.Attach(w.pid, handoffSender(l.master), l.master)
+	l.d.SetSlot(w.pid, l.slot)
 }
 
 func (l *handoffLink) abort()          { closeFds([]int{l.master, l.worker}) }
@@ -87,17 +136,3 @@ func (l *handoffLink) stop(sig syscall.Signal) {
 }
 
 func (l *handoffLink) detach() { l.d.Detach(l.pid) }
-
-// rrTotals counts the rr dispatcher's connections over its whole life, as
-// the status and the metrics show them.
-type rrTotals struct {
-	Handed        uint64 `json:"handed"`        // sent to a worker, requeued ones again
-	Acked         uint64 `json:"acked"`         // taken by a worker
-	Redistributed uint64 `json:"redistributed"` // unacked when their worker went, requeued
-	Pending       int    `json:"pending"`       // waiting for a worker now
-}
-
-func rrTotalsOf(d *rr.Dispatcher) rrTotals {
-	t := d.Totals()
-	return rrTotals{Handed: t.Handed, Acked: t.Acked, Redistributed: t.Redistributed, Pending: t.Pending}
-}

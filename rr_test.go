@@ -25,6 +25,7 @@ import (
 
 	"github.com/prefork/prefork/internal/rr"
 	"github.com/prefork/prefork/internal/rrwire"
+	"github.com/prefork/prefork/internal/testfd"
 	pw "github.com/prefork/prefork/worker"
 )
 
@@ -291,7 +292,7 @@ func BenchmarkChurnShared(b *testing.B) {
 // BenchmarkChurnRR: the same two Go workers behind the dispatcher (--mode rr).
 func BenchmarkChurnRR(b *testing.B) {
 	lfd, addr := rawTCPListener(b)
-	d, err := newDispatcher([]int{lfd}, rrDefaultWindow, slog.New(slog.DiscardHandler), nil)
+	d, err := newDispatcher([]int{lfd}, rrDefaultWindow, slog.New(slog.DiscardHandler), nil, nil, 0)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -336,7 +337,7 @@ func newRRFixture(t *testing.T, nl, window int) *rrFixture {
 		lfds = append(lfds, fd)
 		f.addrs = append(f.addrs, addr)
 	}
-	d, err := newDispatcher(lfds, window, testLogger(t), nil)
+	d, err := newDispatcher(lfds, window, testLogger(t), nil, nil, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -366,41 +367,8 @@ func (f *rrFixture) waitStat(id int, what string, ok func(rr.WorkerStats) bool) 
 	}
 }
 
-// rawTCPListener binds a blocking, close-on-exec TCP listener on 127.0.0.1:0 the
-// way the supervisor does, closed at the end of the test.
-func rawTCPListener(t testing.TB) (fd int, addr string) {
-	t.Helper()
-	syscall.ForkLock.RLock()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err == nil {
-		syscall.CloseOnExec(fd)
-	}
-	syscall.ForkLock.RUnlock()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 128); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fd, "127.0.0.1:" + strconv.Itoa(sa.(*syscall.SockaddrInet4).Port)
-}
-
-// testLogger logs through t; what logs with it stops before the test ends.
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
-}
+// The shared fixtures (internal/testfd).
+var (
+	rawTCPListener = testfd.TCPListener
+	testLogger     = testfd.Logger
+)

@@ -28,6 +28,8 @@
 //	running,replacing  cur       ready delay passed                 count it up → (same)
 //	replacing          next      ready delay passed                 stop cur gracefully unless it is leaving; next is cur → running
 //	running,replacing  cur       ready timeout        Node, delay   count it up (a Node worker that never listens) → (same)
+//	running,replacing  cur       ready timeout        auto, unseen  count it up by the delay rule, with one warning → (same)
+//	replacing          next      ready timeout        auto, unseen  by the delay rule, with one warning: stop cur gracefully; next is cur → running
 //	replacing          next      ready timeout                      next stopped; cur keeps serving → running
 //	running,replacing  cur       ready timeout                      cur stopped gracefully; its exit is a failed start → (same)
 //	replacing          next      STOPPING=1                         next dropped; cur keeps serving → running
@@ -49,15 +51,15 @@
 // young: never up, or a replacement (or a restart after a failed start) up for
 // less than --min-uptime. failed start: it quit young, was never up, or ran for
 // less than --min-uptime. says it: it reports being up itself (a Node worker's
-// listening). Node, delay: a Node worker under --ready delay (in a reload, as
-// next, it fails instead, and the old worker keeps serving). An old worker's
-// slot is in any state for the table.
+// listening). Node, delay: a Node worker under --ready delay or auto (in a
+// reload, as next, it fails instead, and the old worker keeps serving). auto,
+// unseen: any other worker under --ready auto, not seen waiting for
+// connections (workers.go: upByDelay). An old worker's slot is in any state
+// for the table.
 package main
 
 import (
 	"fmt"
-	"os"
-	"strconv"
 	"syscall"
 	"time"
 )
@@ -112,7 +114,7 @@ const (
 	evRestart      slotEvent = iota // a new slot, or the backoff after a failed start passed
 	evReplace                       // a reload, STOPPING=1, the watchdog, the pool's limits
 	evRemove                        // scale down
-	evReady                         // READY=1, or a Node worker's listening
+	evReady                         // READY=1, a Node worker's listening, or seen waiting for connections
 	evReadyDelay                    // --ready-delay passed
 	evReadyTimeout                  // --ready-timeout passed
 	evStopping                      // STOPPING=1
@@ -128,6 +130,7 @@ const (
 	always cond = iota
 	ifSaysReady
 	ifNodeDelay
+	ifAutoUnseen
 	ifYoung
 	ifRetired
 	ifFailedStart
@@ -172,6 +175,8 @@ func slotRows() []transition {
 		{slotRunning | slotReplacing, ofCur, evReadyDelay, always, "count it up", same, (*supervisor).countUp},
 		{slotReplacing, ofNext, evReadyDelay, always, "stop cur gracefully unless it is leaving; next is cur", slotRunning, (*supervisor).takeOver},
 		{slotRunning | slotReplacing, ofCur, evReadyTimeout, ifNodeDelay, "count it up (a Node worker that never listens)", same, (*supervisor).neverListened},
+		{slotRunning | slotReplacing, ofCur, evReadyTimeout, ifAutoUnseen, "count it up by the delay rule, with one warning", same, (*supervisor).upByDelay},
+		{slotReplacing, ofNext, evReadyTimeout, ifAutoUnseen, "by the delay rule, with one warning: stop cur gracefully; next is cur", slotRunning, (*supervisor).upByDelay},
 		{slotReplacing, ofNext, evReadyTimeout, always, "next stopped; cur keeps serving", slotRunning, func(s *supervisor, in slotInput) { s.notReady(in); s.dropNext(in) }},
 		{slotRunning | slotReplacing, ofCur, evReadyTimeout, always, "cur stopped gracefully; its exit is a failed start", same, func(s *supervisor, in slotInput) { s.notReady(in); s.quitYoung(in) }},
 		{slotReplacing, ofNext, evStopping, always, "next dropped; cur keeps serving", slotRunning, (*supervisor).dropNext},
@@ -218,7 +223,9 @@ func (s *supervisor) holds(c cond, in slotInput) bool {
 	case ifSaysReady:
 		return w.link.saysReady()
 	case ifNodeDelay:
-		return s.c.ready == readyOnDelay && w.link.saysReady()
+		return (s.c.ready == readyOnDelay || s.c.ready == readyAuto) && w.link.saysReady()
+	case ifAutoUnseen:
+		return s.c.ready == readyAuto && !w.link.saysReady()
 	case ifYoung:
 		return !w.wasReady || (w.why != "" || in.sl.failures > 0) && s.env.now().Sub(w.started) < s.c.minUptime
 	case ifRetired:
@@ -236,78 +243,6 @@ const (
 	whyWatchdog = "watchdog"
 	whyBroken   = "channel broken"
 )
-
-// addSlot adds a slot (and, in reuseport mode, its own sockets) without starting
-// it; if a socket cannot be opened, no slot is added.
-func (s *supervisor) addSlot() (*slot, error) {
-	sl := &slot{index: len(s.slots), lastExit: -1}
-	if s.c.mode == modeReuseport {
-		for _, l := range s.listeners {
-			fd := l.FD
-			if sl.index > 0 {
-				var err error
-				if fd, err = l.ReuseportSocket(s.c.backlog); err != nil {
-					closeFds(sl.socks)
-					return nil, fmt.Errorf("cannot open another SO_REUSEPORT socket: %w", err)
-				}
-			}
-			sl.socks = append(sl.socks, fd)
-		}
-	}
-	s.slots = append(s.slots, sl)
-	return sl, nil
-}
-
-// scaleTo adds or removes slots until there are n; new slots start at once.
-func (s *supervisor) scaleTo(n int) error {
-	for len(s.slots) < n {
-		sl, err := s.addSlot()
-		if err != nil {
-			return err
-		}
-		s.startIn(sl)
-	}
-	for len(s.slots) > n && len(s.slots) > 1 {
-		s.removeSlot()
-	}
-	return nil
-}
-
-// removeSlot scales down by one: the last slot's workers stop gracefully.
-func (s *supervisor) removeSlot() {
-	if len(s.slots) <= 1 {
-		s.log.Info("already at one worker")
-		return
-	}
-	sl := s.slots[len(s.slots)-1]
-	s.slots = s.slots[:len(s.slots)-1]
-	s.step(slotInput{sl: sl, ev: evRemove})
-	sl.removed = true
-	s.releaseSlot(sl)
-	s.advanceReload() // a reload may have waited on the removed slot
-}
-
-// releaseSlot closes a removed slot's own sockets once none of its workers is left.
-func (s *supervisor) releaseSlot(sl *slot) {
-	if !sl.removed || sl.index == 0 {
-		return
-	}
-	for _, w := range s.workers {
-		if w.slot == sl {
-			return
-		}
-	}
-	closeFds(sl.socks)
-	sl.socks = nil
-}
-
-func closeFds(fds []int) {
-	for _, fd := range fds {
-		if fd >= 0 {
-			syscall.Close(fd)
-		}
-	}
-}
 
 // startIn starts the slot's worker; a failed fork counts as a failed start.
 func (s *supervisor) startIn(sl *slot) {
@@ -404,19 +339,6 @@ func (s *supervisor) stopSlot(in slotInput) {
 	in.sl.cur, in.sl.next = nil, nil
 }
 
-// markReady makes a starting worker count as up; a replacement takes over.
-func (s *supervisor) markReady(w *worker) {
-	if w.state != stateStarting {
-		return
-	}
-	s.step(slotInput{sl: w.slot, w: w, ev: evReady})
-	if !s.upOnce && s.allReady() {
-		s.upOnce = true
-		s.log.Info("workers ready", "workers", len(s.slots))
-		s.up.send("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
-	}
-}
-
 // countUp makes a starting worker up: it gets work from now on.
 func (s *supervisor) countUp(in slotInput) {
 	w := in.w
@@ -425,6 +347,10 @@ func (s *supervisor) countUp(in slotInput) {
 		w.timer = nil
 	}
 	w.state, w.wasReady, w.lastPing = stateReady, true, s.env.now()
+	if w.upBy == upNot {
+		w.upBy = upDelay // --ready-delay passed
+	}
+	w.stopWatching()
 	w.link.ready()
 	s.log.Debug("worker ready", "slot", in.sl.index, "pid", w.pid, "generation", w.gen)
 }
@@ -455,7 +381,7 @@ func (s *supervisor) awaitReady(in slotInput) {
 func (s *supervisor) neverListened(in slotInput) {
 	s.log.Warn("node worker did not report listening within --ready-timeout; counting it up",
 		"slot", in.sl.index, "pid", in.w.pid, "ready_timeout", s.c.readyTimeout)
-	s.markReady(in.w)
+	s.markReady(in.w, upDelay)
 }
 
 // notReady: a worker not up by --ready-timeout is stopped as systemd stops a
@@ -540,60 +466,6 @@ func (s *supervisor) checkWatchdogs() {
 			s.step(slotInput{sl: w.slot, w: w, ev: evWatchdog})
 		}
 	}
-}
-
-// stopWorker asks a worker to stop gracefully and kills it after --grace.
-func (s *supervisor) stopWorker(w *worker) {
-	s.retire(w)
-	w.link.stop(s.c.stopSignal)
-}
-
-// retire makes a worker leave on purpose: its exit is not a crash.
-func (s *supervisor) retire(w *worker) {
-	if w.retiring {
-		return
-	}
-	w.retiring = true
-	s.leave(w)
-}
-
-// leave marks a worker as stopping: no more work, SIGKILL after --grace.
-// Unless it is also retired, its exit is a crash that the restart policy handles.
-func (s *supervisor) leave(w *worker) {
-	if w.state == stateStopping {
-		return
-	}
-	w.state = stateStopping
-	w.link.drain()
-	if w.timer != nil {
-		w.timer()
-	}
-	w.timer = s.env.after(s.c.grace, graceEvent{w})
-}
-
-// exited handles a reaped worker.
-func (s *supervisor) exited(w *worker, status int) {
-	delete(s.workers, w.pid)
-	s.env.kill(-w.pid, syscall.SIGKILL) // whatever the worker left in its process group
-	if w.timer != nil {
-		w.timer()
-	}
-	execErr := w.notify.execError() // the shim could not start the command (command.go)
-	w.notify.close()
-	w.link.detach()
-	sl := w.slot
-	sl.lastExit = status
-	s.log.Debug("worker exited", "slot", sl.index, "pid", w.pid, "status", status,
-		"uptime", s.env.now().Sub(w.started).Round(time.Millisecond))
-	if execErr != "" {
-		s.execFailed(w, status, execErr)
-	}
-	if s.stopping {
-		s.checkDone()
-		return
-	}
-	s.step(slotInput{sl: sl, w: w, ev: evExit, why: execErr, status: status})
-	s.releaseSlot(sl)
 }
 
 func (s *supervisor) nextExited(in slotInput) {

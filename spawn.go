@@ -10,6 +10,7 @@
 package main
 
 import (
+	"github.com/prefork/prefork/internal/listenwait"
 	"github.com/prefork/prefork/internal/upgrade"
 	"os"
 	"os/signal"
@@ -28,17 +29,29 @@ type env struct {
 	kill  func(pid int, sig syscall.Signal)           // kill(2): a negative pid is a process group
 	now   func() time.Time                            // the clock
 	after func(d time.Duration, ev event) func() bool // ev is sent to the owner after d; the result stops it
+	// watch starts looking whether pid waits for connections on socks (a
+	// listenEvent tells); the result stops it. nil where nothing can be seen.
+	watch func(pid int, socks []listenwait.Sock) func()
 }
 
 // proc is a started worker process as env.start returns it.
 type proc struct {
 	pid    int
-	link   link          // its channel (channel.go)
-	notify *notifySocket // its notify socket; nil in tests
+	link   link              // its channel (channel.go)
+	notify *notifySocket     // its notify socket; nil in tests
+	socks  []listenwait.Sock // what it inherited at fd 3, 4, …: where it waits for connections
 }
 
 func (s *supervisor) realEnv() env {
+	var watch func(int, []listenwait.Sock) func()
+	if s.lw != nil {
+		watch = func(pid int, socks []listenwait.Sock) func() {
+			s.lw.Watch(pid, socks)
+			return func() { s.lw.Forget(pid) }
+		}
+	}
 	return env{
+		watch: watch,
 		start: s.startProcess,
 		kill:  func(pid int, sig syscall.Signal) { syscall.Kill(pid, sig) },
 		now:   time.Now,

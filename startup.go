@@ -10,8 +10,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"github.com/prefork/prefork/internal/sock"
-	"github.com/prefork/prefork/internal/upgrade"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -19,10 +17,17 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/internal/demo"
+	"github.com/prefork/prefork/internal/listenwait"
+	"github.com/prefork/prefork/internal/output"
+	"github.com/prefork/prefork/internal/sock"
+	"github.com/prefork/prefork/internal/upgrade"
 )
 
 // handledSignals are the signals the supervisor acts on.
@@ -43,7 +48,7 @@ var earlySignals chan os.Signal
 var earlySignalsOff bool
 
 func init() {
-	if earlySignalsOff || os.Getenv(shimEnv) != "" || len(os.Args) > 1 && os.Args[1] == demoWorkerArg {
+	if earlySignalsOff || os.Getenv(shimEnv) != "" || len(os.Args) > 1 && os.Args[1] == demo.Arg {
 		return
 	}
 	if os.Getenv(upgrade.StateEnv) != "" {
@@ -294,7 +299,7 @@ func (s *supervisor) prepare(uid, gid *int) (int, error) {
 	var err error
 	s.argv = c.command
 	if c.demo {
-		s.argv = []string{"prefork-demo", demoWorkerArg}
+		s.argv = []string{"prefork-demo", demo.Arg}
 	}
 	if s.wd, err = newWorkdir(); err != nil {
 		return exitFailure, err
@@ -351,6 +356,14 @@ func (s *supervisor) prepare(uid, gid *int) (int, error) {
 // build's way to play a new binary that cannot take over. Nothing else sets it.
 var takeoverRefusal string
 
+// state is the state taken over; nil when none (a is nil: no upgrade).
+func (a *adoption) state() *upgrade.State {
+	if a == nil {
+		return nil
+	}
+	return a.st
+}
+
 // adoption is the state this image takes over from the one before it, or,
 // after a way back, takes back.
 type adoption struct {
@@ -405,6 +418,8 @@ func (a *adoption) check(c *config) error {
 		return errors.New(takeoverRefusal)
 	case c.mode == modeRR:
 		return errors.New("this prefork does not take over --mode rr")
+	case c.workerOutput != output.Inherit:
+		return fmt.Errorf("this prefork does not take over --worker-output %s", c.workerOutput)
 	case c.ctl != "":
 		return errors.New("the state's command line is a control client's")
 	case len(st.Slots) == 0:
@@ -522,6 +537,10 @@ func (s *supervisor) adoptWorkers() {
 		if u.Ready {
 			w.state = stateReady
 		}
+		if i := slices.Index(upByNames, u.UpBy); i > 0 {
+			w.upBy = upBy(i)
+		}
+		w.seenIn = listenwait.Way(u.SeenIn)
 		if u.PingAge >= 0 {
 			w.lastPing = now.Add(-u.PingAge)
 		}

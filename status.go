@@ -17,11 +17,14 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/prefork/prefork/internal/rr"
 )
 
 type statusFile struct {
 	PID        int      `json:"pid"`
 	Mode       string   `json:"mode"`
+	Balance    string   `json:"balance,omitempty"` // --balance: least, roundrobin, source; reuseport's default "hash"; none in shared mode
 	Generation int      `json:"generation"`
 	Stopping   bool     `json:"stopping"`
 	Listeners  []string `json:"listeners"`
@@ -41,17 +44,33 @@ type workerStatus struct {
 	Restarts   int       `json:"restarts"`
 	LastExit   *int      `json:"last_exit"`
 	Status     string    `json:"status,omitempty"`
+	// UpBy is how it came up: notify (READY=1), listening (Node), seen
+	// waiting (for connections: SeenIn says how, accept, recv, epoll, poll
+	// or select) or delay (the delay rule); absent while it is not up.
+	UpBy   string `json:"up_by,omitempty"`
+	SeenIn string `json:"seen_in,omitempty"`
 	// RSS (bytes, the process group's) and CPU (seconds) at the last sample,
 	// where /proc can be read; Replaced is why the slot's worker was last
 	// replaced (max-rss, max-lifetime, reload, STOPPING=1, watchdog, …).
 	RSS      int64   `json:"rss,omitempty"`
 	CPU      float64 `json:"cpu_seconds,omitempty"`
 	Replaced string  `json:"replaced,omitempty"`
+	// rr mode, as the file was last rewritten: connections handed to the
+	// worker (redistributed ones again) and those not yet acked.
+	RRHanded   *uint64 `json:"rr_handed,omitempty"`
+	RRInflight *int    `json:"rr_inflight,omitempty"`
 }
 
 func (s *supervisor) snapshot() statusFile {
-	st := statusFile{PID: os.Getpid(), Mode: s.c.mode.String(), Generation: s.gen, Stopping: s.stopping,
-		Listeners: []string{}, Workers: []workerStatus{}}
+	st := statusFile{PID: os.Getpid(), Mode: s.c.mode.String(), Balance: s.balanceName(), Generation: s.gen,
+		Stopping: s.stopping, Listeners: []string{}, Workers: []workerStatus{}}
+	var rrStats map[int]rr.WorkerStats
+	if s.rr != nil {
+		rrStats = map[int]rr.WorkerStats{}
+		for _, ws := range s.rr.Stats() {
+			rrStats[ws.ID] = ws
+		}
+	}
 	for i, l := range s.listeners {
 		st.Listeners = append(st.Listeners, l.Bound())
 		if s.pool != nil && i < len(s.pool.stats.queues) {
@@ -66,6 +85,7 @@ func (s *supervisor) snapshot() statusFile {
 		ws := workerStatus{Slot: w.slot.index, PID: w.pid, Generation: w.gen, State: w.state.String(),
 			Started: w.started.UTC().Truncate(time.Millisecond), Restarts: w.slot.restarts, Status: w.status}
 		ws.Replaced = w.slot.replaced
+		ws.UpBy, ws.SeenIn = w.upBy.String(), w.seenIn.String()
 		if s.pool != nil {
 			if u, ok := s.pool.stats.usage[w.pid]; ok {
 				ws.RSS, ws.CPU = u.RSS, u.CPU.Round(10*time.Millisecond).Seconds()
@@ -74,6 +94,9 @@ func (s *supervisor) snapshot() statusFile {
 		if w.slot.lastExit >= 0 {
 			last := w.slot.lastExit
 			ws.LastExit = &last
+		}
+		if r, ok := rrStats[w.pid]; ok {
+			ws.RRHanded, ws.RRInflight = &r.Handed, &r.Inflight
 		}
 		st.Workers = append(st.Workers, ws)
 	}
@@ -205,7 +228,7 @@ func formatValue(v float64) string {
 func renderMetrics(st *ctlStatus) []byte {
 	var p promText
 	p.family("prefork_info", "gauge", "Always 1; the labels say prefork's pid, mode and version.")
-	p.sample("prefork_info", 1, "pid", strconv.Itoa(st.PID), "mode", st.Mode, "version", strings.TrimPrefix(version(), "prefork "))
+	p.sample("prefork_info", 1, "pid", strconv.Itoa(st.PID), "mode", st.Mode, "balance", st.Balance, "version", strings.TrimPrefix(version(), "prefork "))
 	p.family("prefork_generation", "gauge", "The newest generation started: 1 at start, +1 at every reload, abandoned ones too; each worker's is in the status.")
 	p.sample("prefork_generation", float64(st.Generation))
 	p.family("prefork_worker_slots", "gauge", "Worker slots: the number of workers prefork keeps running.")
@@ -235,6 +258,16 @@ func renderMetrics(st *ctlStatus) []byte {
 	for _, w := range st.Workers {
 		p.sample("prefork_worker_start_time_seconds", float64(w.Started.UnixMilli())/1e3, workerLabels(w)...)
 	}
+	p.family("prefork_worker_up_by", "gauge", "1 for each worker that came up, labelled with how: notify (READY=1), listening (Node), seen waiting (for connections, in seen_in: accept, recv, epoll, poll, select) or delay.")
+	for _, w := range st.Workers {
+		labels := append(workerLabels(w), "up_by", w.UpBy)
+		if w.SeenIn != "" {
+			labels = append(labels, "seen_in", w.SeenIn)
+		}
+		if w.UpBy != "" {
+			p.sample("prefork_worker_up_by", 1, labels...)
+		}
+	}
 	p.family("prefork_worker_resident_memory_bytes", "gauge", "Resident memory of each worker's process group.")
 	for _, w := range st.Workers {
 		if w.RSS != nil {
@@ -257,12 +290,22 @@ func renderMetrics(st *ctlStatus) []byte {
 		p.sample("prefork_rr_connections_redistributed_total", float64(st.RR.Redistributed))
 		p.family("prefork_rr_connections_pending", "gauge", "rr mode: accepted connections waiting for a worker with room.")
 		p.sample("prefork_rr_connections_pending", float64(st.RR.Pending))
+		p.family("prefork_rr_worker_connections_handed_total", "counter", "rr mode: connections sent to each worker, redistributed ones counted again.")
+		for _, w := range st.Workers {
+			if w.RRHanded != nil {
+				p.sample("prefork_rr_worker_connections_handed_total", float64(*w.RRHanded), workerLabels(w)...)
+			}
+		}
 		p.family("prefork_rr_connections_inflight", "gauge", "rr mode: connections sent to each worker and not yet acknowledged.")
 		for _, w := range st.Workers {
 			if w.RRInflight != nil {
 				p.sample("prefork_rr_connections_inflight", float64(*w.RRInflight), workerLabels(w)...)
 			}
 		}
+	}
+	if st.OutputDropped != nil {
+		p.family("prefork_output_dropped_lines_total", "counter", "--worker-output prefix or json: worker output lines dropped because prefork's stdout or stderr was not read fast enough.")
+		p.sample("prefork_output_dropped_lines_total", float64(*st.OutputDropped))
 	}
 	if len(st.Queues) > 0 {
 		p.family("prefork_listen_queue_length", "gauge", "Connections waiting in a stream listener's accept queue (TCP or unix).")

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prefork/prefork/internal/rr"
 )
 
 // promSample is one parsed sample.
@@ -314,7 +316,7 @@ func TestRenderMetricsEscapesAndParses(t *testing.T) {
 				RSS: &rss, CPU: &cpu, RRInflight: &inflight},
 			{workerStatus: workerStatus{Slot: 0, PID: 99, Generation: 2, State: "stopping", Started: time.Unix(1600000000, 0)}},
 		},
-		Reloads: 2, ReloadFailures: 1, RR: &rrTotals{Handed: 10, Acked: 9, Redistributed: 1},
+		Reloads: 2, ReloadFailures: 1, RR: &rr.Totals{Handed: 10, Acked: 9, Redistributed: 1},
 		Queues: []ctlQueue{{Listener: "we\"ird\\name\n", Addr: "[::]:80", Length: 3}},
 		slots:  []slotCount{{0, 4}}}
 	samples, _, err := parseProm(string(renderMetrics(st)))
@@ -416,7 +418,7 @@ func TestControlMetricsRR(t *testing.T) {
 	if n := len(samples["prefork_rr_connections_inflight"]); n != 2 {
 		t.Errorf("%d in-flight samples, want one per worker", n)
 	}
-	if out := mustCtl(t, sock, "status"); !strings.Contains(out, "RR INFLIGHT/ACKED") {
+	if out := mustCtl(t, sock, "status"); !strings.Contains(out, "RR HANDED/INFLIGHT/ACKED") {
 		t.Errorf("the rr status table has no rr column:\n%s", out)
 	}
 }

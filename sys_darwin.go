@@ -63,6 +63,14 @@ func execFormatKnown(head []byte) bool {
 	return false
 }
 
+// noexecMount reports whether path lies on a filesystem mounted noexec
+// (statfs f_flags MNT_NOEXEC, 0x4), where execve fails with EACCES whatever
+// the file's mode.
+func noexecMount(path string) bool {
+	var st syscall.Statfs_t
+	return syscall.Statfs(path, &st) == nil && st.Flags&0x4 != 0
+}
+
 // Notify sockets (notify.go): a datagram on a unix socket carries no
 // credentials on macOS (LOCAL_PEERPID needs a connected stream socket), so
 // prefork cannot tell who sent it; only the private directory keeps others out.

@@ -114,6 +114,14 @@ func execFormatKnown(head []byte) bool {
 	return false
 }
 
+// noexecMount reports whether path lies on a filesystem mounted noexec
+// (statfs f_flags ST_NOEXEC, 0x8), where execve fails with EACCES whatever
+// the file's mode.
+func noexecMount(path string) bool {
+	var st syscall.Statfs_t
+	return syscall.Statfs(path, &st) == nil && st.Flags&0x8 != 0
+}
+
 // Notify sockets (notify.go): with SO_PASSCRED set on a notify socket, the
 // kernel attaches the sender's pid to every datagram (SCM_CREDENTIALS), so
 // prefork can tell who sent it.

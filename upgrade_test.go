@@ -144,13 +144,17 @@ func (u upgradable) sameWorkers(pids []int) statusFile {
 func TestUpgradeInPlace(t *testing.T) {
 	for _, mode := range []string{"shared", "reuseport"} {
 		t.Run(mode, func(t *testing.T) {
-			u := startUpgradable(t, mode, 3)
+			var extra []string
+			if mode == "reuseport" {
+				extra = []string{"--ready", "auto"} // the default; the others run --ready notify
+			}
+			u := startUpgradable(t, mode, 3, extra...)
 			pids := workerPIDs(u.readyWorkers(3, 10*time.Second))
 			addr := u.addr()
 			finish := loadInBackground(addr, 4, false)
 			time.Sleep(200 * time.Millisecond)
 			installCopy(t, u.bin, "", "")
-			code, out, errs := ctl(u.ctl, "upgrade", "--timeout", "60s")
+			code, out, errs := ctlCall(u.ctl, "upgrade", "--timeout", "60s")
 			if code != 0 || !strings.Contains(out, "workers kept") {
 				t.Fatalf("upgrade: exit %d, stdout %q, stderr %q; want 0", code, out, errs)
 			}
@@ -177,7 +181,7 @@ func TestUpgradeInPlace(t *testing.T) {
 			pids = workerPIDs(st)
 			installCopy(t, u.bin, "", "")
 			finish = loadInBackground(addr, 4, false)
-			if code, out, errs := ctl(u.ctl, "upgrade"); code != 0 {
+			if code, out, errs := ctlCall(u.ctl, "upgrade"); code != 0 {
 				t.Fatalf("second upgrade: exit %d, stdout %q, stderr %q", code, out, errs)
 			}
 			total, failed = finish()
@@ -219,7 +223,7 @@ func TestUpgradeRefused(t *testing.T) {
 	}
 	for _, c := range cases {
 		c.install()
-		code, out, errs := ctl(u.ctl, "upgrade", "--timeout", "60s")
+		code, out, errs := ctlCall(u.ctl, "upgrade", "--timeout", "60s")
 		if code != 1 || !strings.Contains(errs, c.want) {
 			t.Errorf("%s: exit %d, stdout %q, stderr %q; want 1 and %q", c.name, code, out, errs, c.want)
 		}
@@ -230,7 +234,7 @@ func TestUpgradeRefused(t *testing.T) {
 	}
 	// After all that, a real upgrade still works.
 	installCopy(t, u.bin, "", "")
-	if code, out, errs := ctl(u.ctl, "upgrade"); code != 0 {
+	if code, out, errs := ctlCall(u.ctl, "upgrade"); code != 0 {
 		t.Fatalf("upgrade after the refusals: exit %d, stdout %q, stderr %q", code, out, errs)
 	}
 	u.sameWorkers(pids)
@@ -238,7 +242,7 @@ func TestUpgradeRefused(t *testing.T) {
 
 func TestUpgradeRefusedInRRMode(t *testing.T) {
 	u := startUpgradable(t, "rr", 1)
-	code, _, errs := ctl(u.ctl, "upgrade")
+	code, _, errs := ctlCall(u.ctl, "upgrade")
 	if code != 1 || !strings.Contains(errs, "upgrade is not supported in --mode rr yet") {
 		t.Errorf("upgrade in rr mode: exit %d, stderr %q; want 1 and the reason", code, errs)
 	}
@@ -252,7 +256,7 @@ func TestUpgradeTellsSystemd(t *testing.T) {
 	pids := workerPIDs(u.readyWorkers(2, 10*time.Second))
 	up.waitCount(t, "READY=1", 1, 10*time.Second)
 	installCopy(t, u.bin, "", "")
-	if code, out, errs := ctl(u.ctl, "upgrade"); code != 0 {
+	if code, out, errs := ctlCall(u.ctl, "upgrade"); code != 0 {
 		t.Fatalf("upgrade: exit %d, stdout %q, stderr %q", code, out, errs)
 	}
 	up.waitCount(t, "READY=1", 2, 10*time.Second)
@@ -291,7 +295,7 @@ func TestUpgradeTimesOut(t *testing.T) {
 	if err := os.Rename(tmp, u.bin); err != nil {
 		t.Fatal(err)
 	}
-	code, _, errs := ctl(u.ctl, "upgrade", "--timeout", "500ms")
+	code, _, errs := ctlCall(u.ctl, "upgrade", "--timeout", "500ms")
 	if code != 3 || !strings.Contains(errs, "no outcome within") {
 		t.Errorf("upgrade --timeout 500ms: exit %d, stderr %q; want 3", code, errs)
 	}
@@ -315,7 +319,7 @@ func TestUpgradeUnderSignals(t *testing.T) {
 		installCopy(t, u.bin, "", "")
 		done := make(chan int, 1)
 		go func() {
-			code, _, _ := ctl(u.ctl, "upgrade", "--timeout", "60s")
+			code, _, _ := ctlCall(u.ctl, "upgrade", "--timeout", "60s")
 			done <- code
 		}()
 		for {

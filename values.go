@@ -1,8 +1,8 @@
 //go:build linux || darwin
 
 // This file holds the readers of option values that are more than a number:
-// durations, worker counts and signals. (Sizes are in pool.go, addresses in
-// internal/sock, next to what uses them.)
+// durations, worker counts and signals. (Sizes and -n MIN:MAX are in
+// internal/pool, addresses in internal/sock, next to what uses them.)
 package main
 
 import (
@@ -77,6 +77,7 @@ type (
 	killMode  uint8 // --kill-mode: where the stop signal goes
 	nodeRule  uint8 // --node-cluster: whether prefork is a Node cluster primary
 	logFormat uint8 // --log-format
+	balance   uint8 // --balance: which worker gets a connection
 )
 
 const (
@@ -86,8 +87,22 @@ const (
 )
 
 const (
-	readyOnDelay  readyRule = iota // up after --ready-delay (or READY=1 / Node listening)
+	readyAuto     readyRule = iota // up at READY=1, Node listening or seen waiting; else by the delay rule
+	readyOnDelay                   // up after --ready-delay (or READY=1 / Node listening)
 	readyOnNotify                  // up only at READY=1 (or Node listening)
+	readyOnListen                  // up only when seen waiting for connections (or Node listening)
+)
+
+// upBy is how a worker came up, as the status, the control socket and the
+// metrics say it.
+type upBy uint8
+
+const (
+	upNot       upBy = iota // not up (yet)
+	upNotify                // it sent READY=1
+	upListening             // a Node worker reported listening
+	upSeen                  // it was seen waiting for connections (internal/listenwait)
+	upDelay                 // the delay rule: alive --ready-delay, or not seen by --ready-timeout
 )
 
 const (
@@ -106,17 +121,27 @@ const (
 	logJSON
 )
 
+const (
+	balanceLeast      balance = iota // rr: the ready worker with the fewest connections unacked, ties in turn
+	balanceRoundRobin                // rr: strict turns
+	balanceSource                    // the client's address picks the slot (rr: at accept; reuseport: CBPF)
+)
+
 var (
 	modeNames      = []string{"shared", "reuseport", "rr"}
-	readyNames     = []string{"delay", "notify"}
+	readyNames     = []string{"auto", "delay", "notify", "listen"}
+	upByNames      = []string{"", "notify", "listening", "seen waiting", "delay"}
 	killModeNames  = []string{"group", "mixed"}
 	nodeRuleNames  = []string{"auto", "on", "off"}
 	logFormatNames = []string{"text", "json"}
+	balanceNames   = []string{"least", "roundrobin", "source"}
 )
 
 func (m mode) String() string      { return modeNames[m] }
 func (r readyRule) String() string { return readyNames[r] }
 func (k killMode) String() string  { return killModeNames[k] }
+func (u upBy) String() string      { return upByNames[u] }
+func (b balance) String() string   { return balanceNames[b] }
 
 // choiceOpt reads an option whose value is one of names; the index is the value.
 func choiceOpt[T ~uint8](field func(*config) *T, names []string) func(*config, string) error {

@@ -50,7 +50,7 @@ func readAcks(t *testing.T, ch int) []uint32 {
 	syscall.SetsockoptTimeval(ch, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
 	b := make([]byte, 1024)
 	oob := make([]byte, 64)
-	n, oobn, _, _, err := syscall.Recvmsg(ch, b, oob, 0)
+	n, oobn, _, _, err := recvmsg(ch, b, oob, 0)
 	if err != nil || oobn != 0 || n == 0 || n%4 != 0 {
 		t.Fatalf("ack message: %d bytes, %d of control, %v", n, oobn, err)
 	}
@@ -59,6 +59,17 @@ func readAcks(t *testing.T, ch int) []uint32 {
 		seqs = append(seqs, binary.BigEndian.Uint32(b[i:]))
 	}
 	return seqs
+}
+
+// recvmsg is syscall.Recvmsg again after EINTR: with SO_RCVTIMEO set the
+// kernel does not restart it after a signal (the runtime's preemption, SIGCHLD).
+func recvmsg(fd int, p, oob []byte, flags int) (n, oobn, recvflags int, from syscall.Sockaddr, err error) {
+	for {
+		n, oobn, recvflags, from, err = syscall.Recvmsg(fd, p, oob, flags)
+		if err != syscall.EINTR {
+			return
+		}
+	}
 }
 
 // handoffPair returns the prefork end and the worker end of a handoff channel.
@@ -148,7 +159,7 @@ func TestRRMode(t *testing.T) {
 
 	// Shutdown closes every listener: the reader stops and closes fd 3.
 	stopChild(t, cmd)
-	if n, _, _, _, err := syscall.Recvmsg(ch, make([]byte, 8), nil, 0); n != 0 || err != nil {
+	if n, _, _, _, err := recvmsg(ch, make([]byte, 8), nil, 0); n != 0 || err != nil {
 		t.Fatalf("handoff channel after the worker stopped: %d bytes, %v, want end of file", n, err)
 	}
 }
@@ -203,7 +214,7 @@ func TestRRAcceptAndClose(t *testing.T) {
 	var tv syscall.Timeval
 	tv.Usec = 200000
 	syscall.SetsockoptTimeval(ch, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
-	if n, _, _, _, err := syscall.Recvmsg(ch, make([]byte, 8), nil, 0); err == nil {
+	if n, _, _, _, err := recvmsg(ch, make([]byte, 8), nil, 0); err == nil {
 		t.Fatalf("an ack of %d bytes arrived before Accept", n)
 	}
 	got, err := ls[1].Accept()
@@ -238,7 +249,7 @@ func TestRRAcceptAndClose(t *testing.T) {
 	}
 	tv = syscall.NsecToTimeval((20 * time.Second).Nanoseconds())
 	syscall.SetsockoptTimeval(ch, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
-	if n, _, _, _, err := syscall.Recvmsg(ch, make([]byte, 8), nil, 0); n != 0 || err != nil {
+	if n, _, _, _, err := recvmsg(ch, make([]byte, 8), nil, 0); n != 0 || err != nil {
 		t.Fatalf("channel after every listener closed: %d bytes, %v, want end of file", n, err)
 	}
 }
@@ -284,7 +295,7 @@ func TestRRBadMessages(t *testing.T) {
 			}
 			defer syscall.Close(ch)
 			// nothing was acked, and the worker closed its end
-			if n, _, _, _, err := syscall.Recvmsg(ch, make([]byte, 8), nil, 0); n != 0 || err != nil {
+			if n, _, _, _, err := recvmsg(ch, make([]byte, 8), nil, 0); n != 0 || err != nil {
 				t.Fatalf("channel after a bad message: %d bytes, %v, want end of file", n, err)
 			}
 		})
@@ -310,7 +321,7 @@ func TestRRCloseLeavesQueuedConnectionsToPrefork(t *testing.T) {
 	ls[0].Close()
 	tv := syscall.NsecToTimeval((20 * time.Second).Nanoseconds())
 	syscall.SetsockoptTimeval(ch, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
-	n, _, _, _, err := syscall.Recvmsg(ch, make([]byte, 64), nil, 0)
+	n, _, _, _, err := recvmsg(ch, make([]byte, 64), nil, 0)
 	if n != 0 || err != nil {
 		t.Fatalf("got %d bytes (%v) after closing with queued connections, want end of file and no ack", n, err)
 	}

@@ -2,13 +2,14 @@
 package procstat
 
 import (
-	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prefork/prefork/internal/testfd"
 )
 
 // startGroup runs a shell script as the leader of its own process group.
@@ -195,24 +196,5 @@ func TestAcceptQueueRefusesUDP(t *testing.T) {
 	}
 }
 
-// rawTCPListener binds a blocking TCP listener on 127.0.0.1:0 with a backlog
-// of 128, closed at the end of the test.
-func rawTCPListener(t testing.TB) (fd int, addr string) {
-	t.Helper()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 128); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fd, fmt.Sprintf("127.0.0.1:%d", sa.(*syscall.SockaddrInet4).Port)
-}
+// rawTCPListener is the shared fixture (internal/testfd).
+var rawTCPListener = testfd.TCPListener

@@ -8,55 +8,14 @@ package rr
 import (
 	"encoding/binary"
 	"io"
-	"log/slog"
 	"net"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prefork/prefork/internal/rrwire"
+	"github.com/prefork/prefork/internal/testfd"
 )
-
-// rawTCPListener binds a blocking, close-on-exec TCP listener on 127.0.0.1:0 the
-// way the supervisor does, closed at the end of the test.
-func rawTCPListener(t testing.TB) (fd int, addr string) {
-	t.Helper()
-	syscall.ForkLock.RLock()
-	fd, err := syscall.Socket(syscall.AF_INET, syscall.SOCK_STREAM, 0)
-	if err == nil {
-		syscall.CloseOnExec(fd)
-	}
-	syscall.ForkLock.RUnlock()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { syscall.Close(fd) })
-	if err := syscall.Bind(fd, &syscall.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := syscall.Listen(fd, 128); err != nil {
-		t.Fatal(err)
-	}
-	sa, err := syscall.Getsockname(fd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fd, "127.0.0.1:" + strconv.Itoa(sa.(*syscall.SockaddrInet4).Port)
-}
-
-// testLogger logs through t; the dispatcher is closed before the test ends.
-func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-type tWriter struct{ t testing.TB }
-
-func (w tWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
-}
 
 type rrBrokenReport struct {
 	id  int
@@ -74,13 +33,20 @@ type rrFixture struct {
 
 func newRRFixture(t *testing.T, nl, window int) *rrFixture {
 	t.Helper()
+	return newRRFixtureWith(t, nl, Config{Window: window})
+}
+
+// newRRFixtureWith is newRRFixture with c's Window, Balancer and Wait.
+func newRRFixtureWith(t *testing.T, nl int, c Config) *rrFixture {
+	t.Helper()
+	window := c.Window
 	f := &rrFixture{t: t, broken: make(chan rrBrokenReport, 16)}
 	for i := 0; i < nl; i++ {
 		fd, addr := rawTCPListener(t)
 		f.lfds = append(f.lfds, fd)
 		f.addrs = append(f.addrs, addr)
 	}
-	d, err := New(f.lfds, Config{Window: window, Log: testLogger(t), Sys: testSys, OnBroken: func(id int, err error) {
+	d, err := New(f.lfds, Config{Window: window, Balancer: c.Balancer, Wait: c.Wait, Log: testLogger(t), Sys: testSys, OnBroken: func(id int, err error) {
 		f.broken <- rrBrokenReport{id, err}
 	}})
 	if err != nil {
@@ -234,7 +200,11 @@ func sameConn(t *testing.T, c net.Conn, fd int, b byte) {
 	tv := syscall.NsecToTimeval((5 * time.Second).Nanoseconds())
 	syscall.SetsockoptTimeval(fd, syscall.SOL_SOCKET, syscall.SO_RCVTIMEO, &tv)
 	got := make([]byte, 1)
-	if n, err := syscall.Read(fd, got); n != 1 || err != nil || got[0] != b {
+	n, err := syscall.Read(fd, got)
+	for err == syscall.EINTR { // not restarted under SO_RCVTIMEO
+		n, err = syscall.Read(fd, got)
+	}
+	if n != 1 || err != nil || got[0] != b {
 		t.Fatalf("read through the handed descriptor: %d %q %v, want %q", n, got[:max(n, 0)], err, b)
 	}
 	if _, err := syscall.Write(fd, []byte{b + 1}); err != nil {
@@ -341,3 +311,9 @@ func fcntl(fd, cmd, arg int) (int, error) {
 	}
 	return int(r), nil
 }
+
+// The shared fixtures (internal/testfd).
+var (
+	rawTCPListener = testfd.TCPListener
+	testLogger     = testfd.Logger
+)

@@ -29,10 +29,12 @@ func (d *Dispatcher) run() {
 	defer runtime.UnlockOSThread()
 	ready := make([]int, 64)
 	for {
-		timeout := -1 // milliseconds; while paused, until accepting resumes
+		// Milliseconds; -1 for none. A refused connection may wait for its
+		// backoff to end.
+		timeout := sooner(d.waitTimeout(), d.retryTimeout())
 		if d.paused {
 			if left := d.resume - time.Now().UnixNano(); left > 0 {
-				timeout = int((left + int64(time.Millisecond) - 1) / int64(time.Millisecond))
+				timeout = sooner(timeout, int(ms(left)))
 			} else {
 				d.paused = false
 				d.arm()
@@ -119,8 +121,15 @@ func (d *Dispatcher) accept(l *listener) {
 			d.resume = time.Now().Add(pauseFor).UnixNano()
 			return
 		}
-		if !d.place(fd, l.index) {
-			d.pending = append(d.pending, handoff{index: l.index, fd: fd})
+		h := handoff{index: l.index, fd: fd}
+		if d.keyed != nil {
+			h.key, h.keyed = d.keyed.Key(fd)
+		}
+		if !d.place(h) {
+			if h.keyed {
+				h.since = time.Now().UnixNano()
+			}
+			d.pending = append(d.pending, h)
 		}
 	}
 }
@@ -156,14 +165,26 @@ func (d *Dispatcher) eligibleFor(w *worker, index uint32) bool {
 	return d.eligible(w) && (w.filter == nil || w.filter.CanTake(index))
 }
 
-// place sends connection fd to the worker the Balancer picks; a worker whose
+// place sends connection h to the worker the Balancer picks; a worker whose
 // queue is full right now is passed over for this connection, one whose
-// channel fails is broken. It reports false when no worker could take it.
-func (d *Dispatcher) place(fd int, index uint32) bool {
+// channel fails is broken. It reports false when no worker could take it (or
+// a Keyed balancer holds it back for its own worker).
+func (d *Dispatcher) place(h handoff) bool {
+	return d.placeLate(h, false)
+}
+
+// placeLate is place, telling the Balancer whether the connection waited too long.
+func (d *Dispatcher) placeLate(h handoff, late bool) bool {
+	fd, index := h.fd, h.index
 	d.stamp++
-	d.view.index = index
+	d.view.index, d.view.key, d.view.keyed, d.view.late = index, h.key, h.keyed, late
+	d.view.avoid = d.avoiding(&h)
 	for {
 		k := d.bal.Pick(&d.view)
+		if k < 0 && d.view.avoid != nil {
+			d.view.avoid = nil // the worker that refused it is the only one that may take it now
+			k = d.bal.Pick(&d.view)
+		}
 		if k < 0 {
 			return false
 		}
@@ -171,7 +192,7 @@ func (d *Dispatcher) place(fd int, index uint32) bool {
 		w.tried = d.stamp
 		err := w.send.SendConn(d.seq, index, fd)
 		if err == nil {
-			w.inflight = append(w.inflight, handoff{seq: d.seq, index: index, fd: fd})
+			w.inflight = append(w.inflight, handoff{seq: d.seq, index: index, fd: fd, key: h.key, keyed: h.keyed, refused: h.refused})
 			w.handed++
 			d.total.Handed++
 			d.seq++
@@ -197,8 +218,21 @@ func (d *Dispatcher) pump() {
 	todo := d.pending
 	d.pending = nil
 	kept := todo[:0]
+	// A Keyed balancer's connections wait for their own worker, Config.Wait at
+	// most and Window of them at most: the oldest beyond that go anywhere.
+	var now int64
+	over := 0
+	if d.keyed != nil {
+		now = time.Now().UnixNano()
+		over = len(todo) - d.window
+	}
+	clock := time.Now().UnixNano()
 	for i, h := range todo {
-		if !d.place(h.fd, h.index) {
+		late := i < over || h.since != 0 && now-h.since >= d.wait
+		if h.notBefore > clock || !d.placeLate(h, late) {
+			if h.keyed && h.since == 0 {
+				h.since = now
+			}
 			kept = append(kept, h)
 			if d.full() {
 				kept = append(kept, todo[i+1:]...)
@@ -227,8 +261,11 @@ func (d *Dispatcher) acceptable(index uint32) bool {
 		return false
 	}
 	d.pump()
+	now := time.Now().UnixNano()
 	for _, h := range d.pending {
-		if h.index == index {
+		// A keyed one waits for its own worker only; a refused one in its
+		// backoff holds up no other.
+		if h.index == index && d.keyed == nil && h.notBefore <= now {
 			return false
 		}
 	}
@@ -238,4 +275,30 @@ func (d *Dispatcher) acceptable(index uint32) bool {
 		}
 	}
 	return false
+}
+
+// waitTimeout is how long the loop may sleep before a connection a Keyed
+// balancer holds back has waited its time: milliseconds, -1 for no limit.
+func (d *Dispatcher) waitTimeout() int {
+	if d.keyed == nil || len(d.pending) == 0 {
+		return -1
+	}
+	first := int64(0)
+	for _, h := range d.pending {
+		if h.since != 0 && (first == 0 || h.since < first) {
+			first = h.since
+		}
+	}
+	if first == 0 {
+		return -1
+	}
+	return int(ms(first + d.wait - time.Now().UnixNano()))
+}
+
+// ms is nanoseconds as whole milliseconds, rounded up, 0 for the past.
+func ms(ns int64) uint {
+	if ns <= 0 {
+		return 0
+	}
+	return uint((ns + int64(time.Millisecond) - 1) / int64(time.Millisecond))
 }

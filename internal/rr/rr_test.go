@@ -40,7 +40,7 @@ func TestRRRoundRobin(t *testing.T) {
 
 func TestRRWindowBackpressure(t *testing.T) {
 	const W = 2
-	f := newRRFixture(t, 1, W)
+	f := newRRFixtureWith(t, 1, Config{Window: W, Balancer: &RoundRobin{}})
 	a, b := f.worker(201, true), f.worker(202, true)
 
 	// a never acks: it gets exactly W, b (acking) gets the rest.
@@ -359,4 +359,42 @@ func TestRRRejectsDatagramListener(t *testing.T) {
 	if _, err := New([]int{fd}, Config{Window: 4, Log: testLogger(t), Sys: testSys}); err == nil {
 		t.Fatal("New took a UDP socket")
 	}
+}
+
+// Issue 18.6: a refused connection goes to another worker at once, not back
+// to the one that refused it; when each has refused it, it is offered again
+// only after a backoff, so that workers that all refuse cost no spin.
+func TestRRRefusedBackoff(t *testing.T) {
+	f := newRRFixture(t, 1, 4)
+	a, b := f.worker(201, true), f.worker(202, true)
+	c := f.dial(0)
+	defer c.Close()
+	m := a.must()
+	f.d.Ack(a.id, m.seq, false)
+	a.closeConn(m.conn)
+	m = b.must() // at once, and not to a
+	a.none()
+	start := time.Now()
+	f.d.Ack(b.id, m.seq, false)
+	b.closeConn(m.conn)
+	m = a.must() // b refused last: a, after the backoff
+	if d := time.Since(start); d < retryMin {
+		t.Errorf("offered again %v after the second refusal, want a backoff of at least %v", d, retryMin)
+	}
+	f.d.Ack(a.id, m.seq, false)
+	a.closeConn(m.conn)
+	var offers int
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); {
+		for _, w := range []*rrTestWorker{a, b} {
+			if m, ok := w.recv(20 * time.Millisecond); ok {
+				offers++
+				f.d.Ack(w.id, m.seq, false)
+				w.closeConn(m.conn)
+			}
+		}
+	}
+	if offers == 0 || offers > 10 {
+		t.Errorf("offered %d times in a second while every worker refused it", offers)
+	}
+	b.none()
 }

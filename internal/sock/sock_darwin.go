@@ -48,3 +48,12 @@ func somaxconn() int {
 func reuseportAvailable() error {
 	return errors.New("reuseport mode is not available on macOS: the BSD kernel does not balance connections across SO_REUSEPORT sockets; use --mode shared")
 }
+
+// SourceBalanceSupported: the BSD kernel has no program for a reuseport group.
+const SourceBalanceSupported = false
+
+// AttachSourceBalance is Linux's (source_linux.go); on macOS reuseport mode
+// itself is refused.
+func AttachSourceBalance(fd, n int) error {
+	return errors.New("--balance source in reuseport mode needs Linux")
+}

@@ -119,6 +119,8 @@ type Worker struct {
 	Failed     bool          `json:"failed"`
 	Why        string        `json:"why"`
 	Status     string        `json:"status"`
+	UpBy       string        `json:"up_by"`    // how it came up, as the status names it; "" not up
+	SeenIn     uint8         `json:"seen_in"`  // where it was seen waiting (internal/listenwait's Way); 0 not seen
 	PingAge    time.Duration `json:"ping_age"` // since its last WATCHDOG=1
 	NotifyPath string        `json:"notify_path"`
 	NotifyFD   int           `json:"notify_fd"`

@@ -1,6 +1,6 @@
-// This file holds the Linux side of control.go: the control socket's peer
+// This file holds the Linux side of the peer check: the control socket's peer
 // credentials, from SO_PEERCRED.
-package main
+package ctl
 
 import (
 	"os"

@@ -1,10 +1,11 @@
 //go:build linux || darwin
 
-// This file holds the built-in demo worker (--demo): a tiny HTTP/1.1 server that
-// answers every request with its worker number and pid, in every mode, and on
-// SIGTERM drains without dropping a request. It is written on package net alone
-// so that prefork itself does not link net/http (and stays small in memory).
-package main
+// Package demo is the built-in demo worker (prefork --demo): a tiny HTTP/1.1
+// server that answers every request with its worker number and pid, in every
+// mode, and on SIGTERM drains without dropping a request. It is written on
+// package net alone so that prefork itself does not link net/http (and stays
+// small in memory). prefork runs it as its own binary with Arg.
+package demo
 
 import (
 	"bufio"
@@ -22,7 +23,8 @@ import (
 	pw "github.com/prefork/prefork/worker"
 )
 
-const demoWorkerArg = "--demo-worker"
+// Arg, as the first argument, makes prefork's binary the demo worker.
+const Arg = "--demo-worker"
 
 // demoServer serves the demo answer; draining makes every answer close its
 // connection and idle connections close after a short linger.
@@ -34,7 +36,8 @@ type demoServer struct {
 	idle     map[net.Conn]bool // connections waiting for their next request
 }
 
-func runDemoWorker() int {
+// Run serves as the demo worker and returns its exit status.
+func Run() int {
 	ls, err := pw.Listeners()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "prefork demo: %v\n", err)

@@ -232,3 +232,12 @@ func TestUserDropsPrivileges(t *testing.T) {
 		})
 	}
 }
+
+// --worker-output with --user: the workers' pipes are theirs all the same.
+func TestWorkerOutputAsUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	_, bin := worldDir(t)
+	checkChatter(t, bin, "json", "--user", "nobody")
+}

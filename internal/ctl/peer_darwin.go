@@ -1,6 +1,6 @@
-// This file holds the macOS side of control.go: the control socket's peer
+// This file holds the macOS side of the peer check: the control socket's peer
 // credentials, from LOCAL_PEERCRED.
-package main
+package ctl
 
 import (
 	"fmt"
