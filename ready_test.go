@@ -30,7 +30,7 @@ func TestReadyByWhatTheWatcherReports(t *testing.T) {
 		"auto READY=1":      {rule: readyAuto, notify: true, want: []string{"unwatch 101"}, up: upNotify},
 		"auto cannot see": {rule: readyAuto, report: listenwait.Report{PID: 101, Err: listenwait.ErrCannotObserve},
 			pass: time.Second, want: []string{"timer 1s ready-delay 101"}, up: upDelay},
-		"listen seen": {rule: readyOnListen, report: listenwait.Report{PID: 101, Way: listenwait.Accept}, up: upSeen},
+		"listen seen":    {rule: readyOnListen, report: listenwait.Report{PID: 101, Way: listenwait.Accept}, up: upSeen},
 		"listen READY=1": {rule: readyOnListen, notify: true, up: upNot},
 		"listen cannot see": {rule: readyOnListen, report: listenwait.Report{PID: 101, Err: listenwait.ErrCannotObserve},
 			pass: 30 * time.Second, up: upNot},
