@@ -116,6 +116,7 @@ func (sweepDoneEvent) isEvent()    {}
 func (poolEvent) isEvent()         {}
 func (ctlEvent) isEvent()          {}
 func (nodeLinkEvent) isEvent()     {}
+func (nodeStopEvent) isEvent()     {}
 func (listenEvent) isEvent()       {}
 
 // The supervisor's own events: its timers, notify sockets and channels.
@@ -452,6 +453,10 @@ func (s *supervisor) handle(ev event) {
 	case nodeLinkEvent:
 		if s.alive(e.w) {
 			e.l.event(e.w, e.e)
+		}
+	case nodeStopEvent:
+		if s.alive(e.w) {
+			e.l.stopWaited()
 		}
 	case listenEvent:
 		s.seen(e.Report)
