@@ -118,6 +118,7 @@ func (poolEvent) isEvent()         {}
 func (ctlEvent) isEvent()          {}
 func (nodeLinkEvent) isEvent()     {}
 func (upgradeCheckEvent) isEvent() {}
+func (nodeStopEvent) isEvent()     {}
 func (listenEvent) isEvent()       {}
 
 // The supervisor's own events: its timers, notify sockets and channels.
@@ -438,6 +439,10 @@ func (s *supervisor) handle(ev event) {
 		}
 	case upgradeCheckEvent:
 		s.upgradeChecked(e)
+	case nodeStopEvent:
+		if s.alive(e.w) {
+			e.l.stopWaited()
+		}
 	case listenEvent:
 		s.seen(e.Report)
 	}

@@ -134,7 +134,7 @@ func (s *supervisor) notified(w *worker, msg map[string]string) {
 	if msg["WATCHDOG"] == "1" {
 		w.lastPing = s.env.now()
 	}
-	if msg["READY"] == "1" {
+	if msg["READY"] == "1" && s.c.ready != readyOnListen { // listen: only what is seen counts
 		s.markReady(w, upNotify)
 	}
 	if msg["STOPPING"] == "1" && !w.retiring && !s.stopping {
