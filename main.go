@@ -24,6 +24,7 @@ import (
 	"github.com/prefork/prefork/internal/output"
 	"github.com/prefork/prefork/internal/pool"
 	"github.com/prefork/prefork/internal/sock"
+	"github.com/prefork/prefork/internal/upgrade"
 )
 
 var usage = `usage: prefork [options] [--] command [args...]
@@ -95,9 +96,12 @@ Output:
       --version              print the version
 
 Control (talks to a prefork started with --control PATH; starts nothing):
-      --ctl PATH COMMAND     ` + ctlList(true) + `; exit 0 done,
-                             1 failed (reload abandoned, refused, prefork gone),
-                             2 usage, 3 timed out (the command goes on in prefork)
+      --ctl PATH COMMAND     ` + ctlList(true) + `;
+                             exit 0 done, 1 failed (reload abandoned, refused,
+                             upgrade rolled back, prefork gone), 2 usage,
+                             3 timed out (the command goes on in prefork)
+                             upgrade: re-execute prefork's newly installed
+                             binary in place: the same pid, the same workers
 
 Signals: TERM/INT stop, HUP rolling reload, TTIN/TTOU one worker more/fewer,
 USR1/USR2/WINCH passed on, QUIT fast stop. See prefork(1).
@@ -447,6 +451,9 @@ const usageHint = "prefork: run 'prefork --help' for usage"
 
 // run is main without os.Exit, for tests: it returns the exit status.
 func run(args []string, stdout, stderr io.Writer) int {
+	if fd, exeFD, ok, err := upgrade.Inherited(); ok { // an upgrade's new image, or its way back (startup.go)
+		return adoptMain(fd, exeFD, err, stderr)
+	}
 	c, err := parseArgs(args)
 	var ue *usageError
 	switch {
@@ -467,7 +474,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		releaseEarlySignals() // the client keeps the default actions: ^C ends it
 		return ctlMain(c.ctl, c.command, stdout, stderr)
 	}
-	return supervise(c, stderr)
+	return supervise(c, stderr, nil)
 }
 
 func main() {
@@ -477,5 +484,8 @@ func main() {
 	if os.Getenv(shimEnv) != "" {
 		os.Exit(runShim(os.Args[1:]))
 	}
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	if os.Getenv(upgrade.CheckEnv) != "" {
+		os.Exit(answerUpgradeCheck())
+	}
+	os.Exit(onMainThread(func() int { return run(os.Args[1:], os.Stdout, os.Stderr) }))
 }

@@ -276,6 +276,7 @@ func (s *supervisor) fill(sl *slot) {
 	}
 	s.log.Warn("worker failed to start; restarting after backoff", "slot", sl.index, "status", sl.lastExit,
 		"failures", sl.failures, "backoff", d.Round(time.Millisecond))
+	sl.restartDue = s.env.now().Add(d)
 	s.env.after(d, restartEvent{sl})
 }
 

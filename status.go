@@ -356,7 +356,7 @@ func (m *metricsWriter) run() {
 	for {
 		reply := make(chan ctlResponse, 1)
 		select {
-		case m.events <- ctlEvent{ctlRequest{Cmd: "metrics"}, reply}:
+		case m.events <- ctlEvent{req: ctlRequest{Cmd: "metrics"}, reply: reply}:
 		case <-m.quit:
 			return
 		}

@@ -29,11 +29,16 @@ func (s *supervisor) spawn(sl *slot) (*worker, error) {
 	s.workers[p.pid] = w
 	p.link.attach(w)
 	if p.notify != nil {
-		go p.notify.read(p.pid, func(m map[string]string) { s.events <- notifyEvent{w, m} })
+		p.notify.start(p.pid, s.notifyTo(w))
 	}
 	s.armReady(w, p.socks)
 	s.log.Debug("worker started", "slot", sl.index, "pid", p.pid, "generation", s.gen)
 	return w, nil
+}
+
+// notifyTo delivers what w sends on its notify socket to the owner.
+func (s *supervisor) notifyTo(w *worker) func(map[string]string) {
+	return func(m map[string]string) { s.events <- notifyEvent{w, m} }
 }
 
 // startProcess is env.start: the worker's channel, its notify socket, and its
