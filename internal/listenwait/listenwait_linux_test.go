@@ -274,3 +274,18 @@ func BenchmarkCheck(b *testing.B) {
 		}
 	}
 }
+
+// Where the kernel has no /proc/PID/task/TID/children, the family comes from
+// one pass over every process's parent.
+func TestCheckWithoutChildrenFiles(t *testing.T) {
+	if !Supported {
+		t.Skip("no /proc/PID/syscall here")
+	}
+	defer func(was bool) { childrenFiles = was }(childrenFiles)
+	childrenFiles = false
+	f, s := listener(t)
+	cmd := startWaiter(t, "child-epoll", f)
+	if got := seen(t, cmd.Process.Pid, []Sock{s}); got != Epoll {
+		t.Errorf("seen as %q, want %q", got, Epoll)
+	}
+}
