@@ -81,6 +81,14 @@ func (s *supervisor) snapshot() statusFile {
 			st.AcceptQueue = append(st.AcceptQueue, q)
 		}
 	}
+	if s.nc != nil { // what prefork bound for Node workers' listen() (the pool does not sample those)
+		for _, b := range s.nc.Bound() {
+			st.Listeners = append(st.Listeners, b.L.Bound())
+			if st.AcceptQueue != nil {
+				st.AcceptQueue = append(st.AcceptQueue, nil)
+			}
+		}
+	}
 	for _, w := range s.workers {
 		ws := workerStatus{Slot: w.slot.index, PID: w.pid, Generation: w.gen, State: w.state.String(),
 			Started: w.started.UTC().Truncate(time.Millisecond), Restarts: w.slot.restarts, Status: w.status}

@@ -115,6 +115,33 @@ func (nc *Cluster) Close() {
 	}
 }
 
+// Bound is a listener the cluster bound on a worker's request: prefork's
+// status shows it with its own, and its accept queue (the sum over Socks).
+type Bound struct {
+	L     *sock.Listener
+	Socks []int // its sockets: each slot's in reuseport mode, else the listener's
+}
+
+// Bound lists the listeners bound on the workers' requests, in the order
+// they were bound (owner).
+func (nc *Cluster) Bound() []Bound {
+	var bs []Bound
+	for _, nl := range nc.ls {
+		if nl == nil || nl.static {
+			continue
+		}
+		b := Bound{L: nl.l}
+		for _, fd := range nl.socks {
+			b.Socks = append(b.Socks, fd)
+		}
+		if len(b.Socks) == 0 {
+			b.Socks = []int{nl.l.FD}
+		}
+		bs = append(bs, b)
+	}
+	return bs
+}
+
 // Event is what a worker's reader goroutine, or one of its timers, hands
 // the owner: the owner gives it to the worker's handle.
 type Event struct {
