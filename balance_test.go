@@ -142,19 +142,20 @@ func startBalance(t *testing.T, n int, env []string, args ...string) (*instance,
 	return in, in.addr()
 }
 
-// busyLoad sends GET /busy, then, while that worker spins, fast requests
+// busyLoad asks busyPath, then, while that worker spins, fast requests
 // one after another from as many goroutines, 20 ms apart; it returns the pid
-// of the busy worker and how many fast requests each pid answered.
-func busyLoad(t *testing.T, addr string, fast int) (busyPID int, byPID map[int]int) {
+// of the busy worker and how many fast requests each pid answered. get asks
+// a path on a new connection and returns the pid that answered.
+func busyLoad(t *testing.T, get func(path string) (int, error), busyPath string, fast int) (busyPID int, byPID map[int]int) {
 	t.Helper()
 	busyDone := make(chan error, 1)
 	var busy atomic.Int64
 	go func() {
-		_, pid, err := balanceGet("", addr, "/busy")
+		pid, err := get(busyPath)
 		busy.Store(int64(pid))
 		busyDone <- err
 	}()
-	time.Sleep(300 * time.Millisecond) // it is spinning now (3 s)
+	time.Sleep(300 * time.Millisecond) // it is spinning now (2 s or more)
 	var mu sync.Mutex
 	byPID = map[int]int{}
 	var wg sync.WaitGroup
@@ -162,7 +163,7 @@ func busyLoad(t *testing.T, addr string, fast int) (busyPID int, byPID map[int]i
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, pid, err := balanceGet("", addr, "/")
+			pid, err := get("/")
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -179,14 +180,28 @@ func busyLoad(t *testing.T, addr string, fast int) (busyPID int, byPID map[int]i
 	return int(busy.Load()), byPID
 }
 
+// balancePID is a busyLoad get for the balance role.
+func balancePID(addr string) func(path string) (int, error) {
+	return func(path string) (int, error) {
+		_, pid, err := balanceGet("", addr, path)
+		return pid, err
+	}
+}
+
+// leastBusyMax is the most fast requests of busyLoad's 20 a busy worker may
+// answer under least. It acked the busy one and gets at most one more, which
+// it leaves unacked; from then on it has one in flight, and gets another only
+// in a tie, when the idle worker has not acked its latest yet either (a loaded
+// machine). Strict turns give it 10.
+const leastBusyMax = 3
+
 func TestBalanceLeastKeepsOffABusyWorker(t *testing.T) {
 	env := []string{"BALANCE_BUSY=3s"}
 	in, addr := startBalance(t, 2, env, "--mode", "rr") // least is the default
-	busyPID, byPID := busyLoad(t, addr, 20)
-	// The busy worker acked /busy and may get one more, which it leaves
-	// unacked: from then on it has more in flight than the idle one.
-	if byPID[busyPID] > 1 {
-		t.Errorf("least: the busy worker %d answered %d of 20 fast requests, want at most 1 (%v)", busyPID, byPID[busyPID], byPID)
+	busyPID, byPID := busyLoad(t, balancePID(addr), "/busy", 20)
+	t.Logf("least: the busy worker answered %d of 20 fast requests (%v)", byPID[busyPID], byPID)
+	if byPID[busyPID] > leastBusyMax {
+		t.Errorf("least: the busy worker %d answered %d of 20 fast requests, want at most %d (%v)", busyPID, byPID[busyPID], leastBusyMax, byPID)
 	}
 	st, _ := in.readStatus()
 	if st.Balance != "least" {
@@ -200,7 +215,8 @@ func TestBalanceLeastKeepsOffABusyWorker(t *testing.T) {
 
 	// The same load under roundrobin: the busy worker gets every other one.
 	_, addr = startBalance(t, 2, env, "--mode", "rr", "--balance", "roundrobin")
-	busyPID, byPID = busyLoad(t, addr, 20)
+	busyPID, byPID = busyLoad(t, balancePID(addr), "/busy", 20)
+	t.Logf("roundrobin: the busy worker answered %d of 20 fast requests (%v)", byPID[busyPID], byPID)
 	if byPID[busyPID] < 5 {
 		t.Errorf("roundrobin: the busy worker %d answered %d of 20, want about half (%v)", busyPID, byPID[busyPID], byPID)
 	}

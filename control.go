@@ -12,6 +12,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"syscall"
@@ -20,6 +21,7 @@ import (
 	"github.com/prefork/prefork/internal/ctl"
 	"github.com/prefork/prefork/internal/procstat"
 	"github.com/prefork/prefork/internal/rr"
+	"github.com/prefork/prefork/internal/sock"
 )
 
 // ctlRequest is what a client sends: one JSON line.
@@ -64,6 +66,7 @@ type ctlWorker struct {
 	RRInflight *int     `json:"rr_inflight,omitempty"`
 	RRHanded   *uint64  `json:"rr_handed,omitempty"`
 	RRAcked    *uint64  `json:"rr_acked,omitempty"`
+	RRUnread   bool     `json:"rr_unread,omitempty"` // it has acked none of its rr_inflight connections for seconds: it does not speak the rr protocol
 }
 
 // ctlQueue is one listener's accept queue at the time of the sample.
@@ -79,6 +82,7 @@ type slotCount struct{ slot, restarts int }
 type ctlEvent struct {
 	req   ctlRequest
 	reply chan ctlResponse // buffered (1): the owner never blocks on it
+	conn  syscall.Conn     // the client's connection (an upgrade hands it to the new image); nil for the metrics file
 }
 
 // ctlState is the owner goroutine's part of the control socket: the clients
@@ -120,6 +124,7 @@ var ctlCommands = []ctlCommand{
 	{name: "scale", usage: "scale N [--timeout DUR]", workers: true, timeout: true, waits: true, handle: (*supervisor).ctlScale, done: (*ctlRun).message},
 	{name: "stop", usage: "stop [--timeout DUR]", timeout: true, stays: true, handle: (*supervisor).ctlStop, done: (*ctlRun).stopped},
 	{name: "metrics", usage: "metrics", metrics: true, handle: (*supervisor).ctlSample, done: (*ctlRun).metrics},
+	{name: "upgrade", usage: "upgrade [--timeout DUR]", timeout: true, waits: true, handle: (*supervisor).ctlUpgrade, done: (*ctlRun).message},
 }
 
 func ctlLookup(name string) *ctlCommand {
@@ -141,13 +146,17 @@ func ctlList(usage bool) string {
 	return strings.Join(names[:len(names)-1], ", ") + " or " + names[len(names)-1]
 }
 
-// ctlSynopsis is the commands' usage lines for --help, two on the first line.
+// ctlSynopsis is the commands' usage lines for --help, two to a line.
 func ctlSynopsis() string {
-	u := make([]string, len(ctlCommands))
-	for i, c := range ctlCommands {
-		u[i] = c.usage
+	var lines []string
+	for i := 0; i < len(ctlCommands); i += 2 {
+		u := []string{ctlCommands[i].usage}
+		if i+1 < len(ctlCommands) {
+			u = append(u, ctlCommands[i+1].usage)
+		}
+		lines = append(lines, strings.Join(u, " | "))
 	}
-	return strings.Join(u[:2], " | ") + " |\n" + strings.Repeat(" ", 26) + strings.Join(u[2:], " | ")
+	return strings.Join(lines, " |\n"+strings.Repeat(" ", 26))
 }
 
 // controlRequest answers a client, in the owner goroutine.
@@ -298,6 +307,7 @@ func (s *supervisor) ctlSnapshot() *ctlStatus {
 			if ws, ok := byPID[st.Workers[i].PID]; ok {
 				inflight, handed, acked := ws.Inflight, ws.Handed, ws.Acked
 				st.Workers[i].RRInflight, st.Workers[i].RRHanded, st.Workers[i].RRAcked = &inflight, &handed, &acked
+				st.Workers[i].RRUnread = ws.Unread
 			}
 		}
 	}
@@ -358,8 +368,13 @@ func ctlSummary(st *ctlStatus) string {
 func (s *supervisor) openControl() error {
 	var err error
 	if s.c.control != "" {
+		var inherited *sock.Listener // an upgrade's new image serves the socket it inherited
+		if st := s.adopt.state(); st != nil && st.Control != nil {
+			inherited = sock.Restore(sock.Spec{Name: "control", Network: "unix", Addr: s.c.control, Text: s.c.control},
+				st.Control.FD, s.c.control, st.Control.Path)
+		}
 		if s.ctl.server, err = ctl.Open(ctl.Config{Path: s.c.control, Log: s.log,
-			Handle: s.ctlHandle, Refuse: ctlRefuse}); err != nil {
+			Handle: s.ctlHandle, Refuse: ctlRefuse, Inherited: inherited}); err != nil {
 			return fmt.Errorf("--control %s: %w", s.c.control, err)
 		}
 	}
@@ -388,10 +403,27 @@ func ctlAnswer(r ctlResponse) []byte {
 
 func ctlRefuse(msg string) []byte { return ctlAnswer(ctlResponse{Error: msg}) }
 
+// rawFD is the descriptor under a socket of Go's poller; -1 if none.
+func rawFD(c syscall.Conn) int {
+	fd := -1
+	if rc, err := c.SyscallConn(); err == nil {
+		rc.Control(func(f uintptr) { fd = int(f) })
+	}
+	return fd
+}
+
+// answerFD writes one answer line on a client connection handed over by an
+// upgrade, and closes it.
+func answerFD(fd int, r ctlResponse) {
+	f := os.NewFile(uintptr(fd), "control client")
+	defer f.Close()
+	f.Write(append(ctlAnswer(r), '\n'))
+}
+
 // ctlHandle answers one client's request line, in the client's goroutine
 // (internal/ctl): the owner goroutine decides, the client's goroutine samples
 // usage and renders.
-func (s *supervisor) ctlHandle(line []byte, quit <-chan struct{}) ([]byte, bool) {
+func (s *supervisor) ctlHandle(line []byte, conn syscall.Conn, quit <-chan struct{}) ([]byte, bool) {
 	var req ctlRequest
 	if err := json.Unmarshal(line, &req); err != nil {
 		return ctlRefuse("malformed request: " + err.Error()), false
@@ -403,7 +435,7 @@ func (s *supervisor) ctlHandle(line []byte, quit <-chan struct{}) ([]byte, bool)
 	s.log.Debug("control request", "cmd", req.Cmd)
 	reply := make(chan ctlResponse, 1)
 	select {
-	case s.events <- ctlEvent{req, reply}:
+	case s.events <- ctlEvent{req, reply, conn}:
 	case <-quit:
 		return nil, false
 	}

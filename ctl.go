@@ -188,7 +188,7 @@ func writeStatusTable(w io.Writer, st *ctlStatus) {
 	for _, ws := range st.Workers {
 		hasStatus = hasStatus || ws.Status != ""
 	}
-	head := "SLOT\tPID\tGEN\tSTATE\tUPTIME\tRESTARTS\tLAST EXIT\tRSS\tCPU"
+	head := "SLOT\tPID\tGEN\tSTATE\tUP BY\tUPTIME\tRESTARTS\tLAST EXIT\tRSS\tCPU"
 	if st.RR != nil {
 		head += "\tRR HANDED/INFLIGHT/ACKED"
 	}
@@ -197,7 +197,13 @@ func writeStatusTable(w io.Writer, st *ctlStatus) {
 	}
 	fmt.Fprintln(tw, head)
 	for _, ws := range st.Workers {
-		last, rss, cpu := "-", "-", "-"
+		last, rss, cpu, upBy := "-", "-", "-", "-"
+		if ws.UpBy != "" {
+			upBy = ws.UpBy
+		}
+		if ws.SeenIn != "" {
+			upBy += " (" + ws.SeenIn + ")"
+		}
 		if ws.LastExit != nil {
 			last = strconv.Itoa(*ws.LastExit)
 		}
@@ -208,12 +214,15 @@ func writeStatusTable(w io.Writer, st *ctlStatus) {
 			cpu = strconv.FormatFloat(*ws.CPU, 'f', 2, 64) + "s"
 		}
 		up := st.Sampled.Sub(ws.Started)
-		line := fmt.Sprintf("%d\t%d\t%d\t%s\t%s\t%d\t%s\t%s\t%s", ws.Slot, ws.PID, ws.Generation, ws.State,
+		line := fmt.Sprintf("%d\t%d\t%d\t%s\t%s\t%s\t%d\t%s\t%s\t%s", ws.Slot, ws.PID, ws.Generation, ws.State, upBy,
 			humanDuration(up), ws.Restarts, last, rss, cpu)
 		if st.RR != nil {
 			rr := "-"
 			if ws.RRHanded != nil && ws.RRInflight != nil && ws.RRAcked != nil {
 				rr = fmt.Sprintf("%d/%d/%d", *ws.RRHanded, *ws.RRInflight, *ws.RRAcked)
+				if ws.RRUnread {
+					rr += " unread" // its connections wait: it does not read its handoff channel
+				}
 			}
 			line += "\t" + rr
 		}

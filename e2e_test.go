@@ -23,18 +23,23 @@ import (
 
 	"github.com/prefork/prefork/internal/demo"
 	"github.com/prefork/prefork/internal/testfd"
+	"github.com/prefork/prefork/internal/upgrade"
 	pw "github.com/prefork/prefork/worker"
 	"github.com/prefork/prefork/worker/httpserve"
 )
 
 func TestMain(m *testing.M) {
 	switch {
+	case os.Getenv(upgrade.CheckEnv) != "": // upgrade_test.go
+		upgradeTestBuild()
+		os.Exit(answerUpgradeCheck())
 	case os.Getenv(shimEnv) != "":
 		os.Exit(runShim(os.Args[1:]))
 	case len(os.Args) > 1 && os.Args[1] == demo.Arg:
 		os.Exit(demo.Run())
 	case os.Getenv(roleEnv) == "prefork":
-		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+		upgradeTestBuild()
+		os.Exit(onMainThread(func() int { return run(os.Args[1:], os.Stdout, os.Stderr) }))
 	case os.Getenv(workerEnv) == "notify":
 		os.Exit(notifyWorker()) // notify_test.go
 	case os.Getenv(workerEnv) != "":
@@ -179,6 +184,13 @@ func preforkEnv(role string, extra ...string) []string {
 // command is the test binary again, in the given role. extraEnv goes to both.
 func startPrefork(t *testing.T, role string, extraEnv []string, args ...string) *instance {
 	t.Helper()
+	return startPreforkBinary(t, os.Args[0], role, extraEnv, args...)
+}
+
+// startPreforkBinary is startPrefork with prefork run from bin, a copy of the
+// test binary (upgrade_test.go); the workers are the test binary itself.
+func startPreforkBinary(t *testing.T, bin, role string, extraEnv []string, args ...string) *instance {
+	t.Helper()
 	in := newInstance(t)
 	full := []string{"--status-file", in.status, "-v"}
 	if role == "http" && !strings.Contains(strings.Join(args, " "), "--ready ") {
@@ -188,7 +200,7 @@ func startPrefork(t *testing.T, role string, extraEnv []string, args ...string) 
 	if role != "" {
 		full = append(full, "--", os.Args[0])
 	}
-	in.cmd = exec.Command(os.Args[0], full...)
+	in.cmd = exec.Command(bin, full...)
 	in.cmd.Env = preforkEnv(role, extraEnv...)
 	in.cmd.Stderr = in.stderr
 	in.cmd.Stdout = in.stderr

@@ -46,7 +46,7 @@ func TestDescriptorLimit(t *testing.T) {
 
 			marks := t.TempDir()
 			in := startPreforkWrapped(t, []string{prlimit, "--nofile=64:4096", "--"}, nil, "-v", "--mode", mode, "-l", "127.0.0.1:0",
-				"-n", "40", "--ready-delay", "100ms", "--", "/bin/sh", "-c", `ulimit -Sn > "$0/$$.tmp"; mv "$0/$$.tmp" "$0/$$"; exec sleep 60`, marks)
+				"-n", "40", "--ready", "delay", "--ready-delay", "100ms", "--", "/bin/sh", "-c", `ulimit -Sn > "$0/$$.tmp"; mv "$0/$$.tmp" "$0/$$"; exec sleep 60`, marks)
 			st := in.readyWorkers(40, 30*time.Second)
 			for _, w := range st.Workers {
 				var b []byte

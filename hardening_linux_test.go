@@ -155,7 +155,7 @@ func TestStopRightAfterStart(t *testing.T) {
 func TestStopKillsEscapedDescendants(t *testing.T) {
 	pidFile := filepath.Join(t.TempDir(), "escaped")
 	script := `setsid sh -c 'echo $$ >"$PIDFILE"; exec sleep 60' & sleep 60`
-	in := startPrefork(t, "", []string{"PIDFILE=" + pidFile}, "-l", "127.0.0.1:0", "-n", "1", "--ready-delay", "200ms",
+	in := startPrefork(t, "", []string{"PIDFILE=" + pidFile}, "-l", "127.0.0.1:0", "-n", "1", "--ready", "delay", "--ready-delay", "200ms",
 		"--grace", "500ms", "--", "sh", "-c", script)
 	in.readyWorkers(1, 10*time.Second)
 	var escaped int

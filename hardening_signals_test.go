@@ -96,7 +96,7 @@ trap 'sleep 0.3; if kill -0 $child 2>/dev/null; then echo child-alive; else echo
 : >"$ARMED"
 wait`
 			in := startPrefork(t, "", []string{"MARKS=" + marks, "ARMED=" + armed}, "--kill-mode", c.mode, "-l", "127.0.0.1:0", "-n", "1",
-				"--ready-delay", "300ms", "--grace", "10s", "--", "sh", "-c", script)
+				"--ready", "delay", "--ready-delay", "300ms", "--grace", "10s", "--", "sh", "-c", script)
 			in.readyWorkers(1, 10*time.Second)
 			// Up by the delay is not the trap set: on a busy machine the
 			// shell may not have got there yet.

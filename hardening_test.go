@@ -115,7 +115,7 @@ func TestListenerShutDownByAWorker(t *testing.T) {
 		t.Skip("needs python3")
 	}
 	script := "import socket, time\ns = socket.socket(fileno=3)\ns.shutdown(socket.SHUT_RDWR)\ntime.sleep(60)\n"
-	in := startPrefork(t, "", nil, "-l", "127.0.0.1:0", "-n", "1", "--ready-delay", "300ms", "--grace", "1s",
+	in := startPrefork(t, "", nil, "-l", "127.0.0.1:0", "-n", "1", "--ready", "delay", "--ready-delay", "300ms", "--grace", "1s",
 		"--", "python3", "-c", script)
 	in.readyWorkers(1, 10*time.Second)
 	addr := in.addr()

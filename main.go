@@ -20,9 +20,11 @@ import (
 	"time"
 
 	"github.com/prefork/prefork/internal/demo"
+	"github.com/prefork/prefork/internal/listenwait"
 	"github.com/prefork/prefork/internal/output"
 	"github.com/prefork/prefork/internal/pool"
 	"github.com/prefork/prefork/internal/sock"
+	"github.com/prefork/prefork/internal/upgrade"
 )
 
 var usage = `usage: prefork [options] [--] command [args...]
@@ -62,9 +64,12 @@ Node.js:
       --node-send-server MSG send each worker every listener as
                              process.send(MSG, server) does
 Lifecycle:
-      --ready delay|notify   when a new worker counts as up (default delay)
-      --ready-delay DUR      delay mode: up once alive this long (default 1s)
-      --ready-timeout DUR    notify mode: not ready by then is a failed start (default 60s)
+      --ready RULE           when a new worker counts as up: auto (READY=1, Node's
+                             listening, or seen waiting for connections; else by
+                             the delay rule), delay, notify or listen (default auto)
+      --ready-delay DUR      the delay rule: up once alive this long (default 1s)
+      --ready-timeout DUR    notify, listen: not up by then is a failed start;
+                             auto: the longest wait to be seen (default 60s)
       --min-uptime DUR       exiting sooner is a failed start (default 1s)
       --backoff-min DUR      first restart delay after a failed start (default 100ms)
       --backoff-max DUR      restart delay cap (default 30s)
@@ -91,9 +96,12 @@ Output:
       --version              print the version
 
 Control (talks to a prefork started with --control PATH; starts nothing):
-      --ctl PATH COMMAND     ` + ctlList(true) + `; exit 0 done,
-                             1 failed (reload abandoned, refused, prefork gone),
-                             2 usage, 3 timed out (the command goes on in prefork)
+      --ctl PATH COMMAND     ` + ctlList(true) + `;
+                             exit 0 done, 1 failed (reload abandoned, refused,
+                             upgrade rolled back, prefork gone), 2 usage,
+                             3 timed out (the command goes on in prefork)
+                             upgrade: re-execute prefork's newly installed
+                             binary in place: the same pid, the same workers
 
 Signals: TERM/INT stop, HUP rolling reload, TTIN/TTOU one worker more/fewer,
 USR1/USR2/WINCH passed on, QUIT fast stop. See prefork(1).
@@ -382,6 +390,8 @@ func (c *config) validate() error {
 		return usagef("--backoff-min %v is above --backoff-max %v", c.backoffMin, c.backoffMax)
 	case c.readyTimeout <= 0: // --ready notify, and Node workers under --ready delay
 		return usagef("--ready-timeout must be above 0")
+	case c.ready == readyOnListen && !listenwait.Supported:
+		return usagef("--ready listen needs Linux's /proc/PID/syscall: choose --ready auto, delay or notify")
 	case c.watchdog < 0:
 		return usagef("--watchdog must not be negative")
 	case c.rrWindowSet && c.mode != modeRR:
@@ -441,6 +451,9 @@ const usageHint = "prefork: run 'prefork --help' for usage"
 
 // run is main without os.Exit, for tests: it returns the exit status.
 func run(args []string, stdout, stderr io.Writer) int {
+	if fd, exeFD, ok, err := upgrade.Inherited(); ok { // an upgrade's new image, or its way back (startup.go)
+		return adoptMain(fd, exeFD, err, stderr)
+	}
 	c, err := parseArgs(args)
 	var ue *usageError
 	switch {
@@ -461,7 +474,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		releaseEarlySignals() // the client keeps the default actions: ^C ends it
 		return ctlMain(c.ctl, c.command, stdout, stderr)
 	}
-	return supervise(c, stderr)
+	return supervise(c, stderr, nil)
 }
 
 func main() {
@@ -471,5 +484,8 @@ func main() {
 	if os.Getenv(shimEnv) != "" {
 		os.Exit(runShim(os.Args[1:]))
 	}
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	if os.Getenv(upgrade.CheckEnv) != "" {
+		os.Exit(answerUpgradeCheck())
+	}
+	os.Exit(onMainThread(func() int { return run(os.Args[1:], os.Stdout, os.Stderr) }))
 }

@@ -119,11 +119,29 @@ type nodeLink struct {
 	socks         []int
 	pid           int
 	nw            *nodecluster.Worker
+	w             *worker
+	stopping      bool           // stop was called
 	stopSig       syscall.Signal // to send once the worker closes the channel after disconnect
+	stopDue       func() bool    // stops the timer that sends stopSig if the channel stays open (nodeStopWait)
 }
 
+// nodeStopEvent is the end of a Node worker's nodeStopWait: its channel is
+// still open after disconnect.
+type nodeStopEvent struct {
+	w *worker
+	l *nodeLink
+}
+
+// nodeStopWait is how long a stopping Node worker has, after disconnect, to
+// close its channel before it gets --stop-signal: half of --grace, at most
+// 5 s. disconnect closes its servers and waits for its connections to end,
+// and long-lived ones (WebSocket, server-sent events) never do; the signal
+// runs the app's own shutdown (a ws server closing its clients with 1001)
+// well before SIGKILL at --grace.
+func nodeStopWait(grace time.Duration) time.Duration { return min(grace/2, 5*time.Second) }
+
 func (l *nodeLink) attach(w *worker) {
-	l.pid = w.pid
+	l.pid, l.w = w.pid, w
 	syscall.Close(l.child)
 	s := l.s
 	post := func(e nodecluster.Event) { s.events <- nodeLinkEvent{w, l, e} }
@@ -144,15 +162,15 @@ func (l *nodeLink) event(w *worker, e nodecluster.Event) {
 	out, err := l.nw.Handle(e)
 	switch out {
 	case nodecluster.Ready:
-		if l.s.c.ready == readyOnDelay { // with --ready notify the worker says READY=1 itself
-			l.s.notified(w, map[string]string{"READY": "1"})
+		if l.s.c.ready != readyOnNotify { // with --ready notify the worker says READY=1 itself
+			l.s.markReady(w, upListening)
 		}
 	case nodecluster.Stopping:
 		l.s.notified(w, map[string]string{"STOPPING": "1"})
 	case nodecluster.Ended:
 		switch {
 		case l.stopSig != 0:
-			l.s.c.killMode.stop(l.pid, l.stopSig)
+			l.signal()
 		case errors.Is(err, nodecluster.ErrLineTooLong):
 			l.s.handle(brokenEvent{w.pid, err})
 		case l.s.rr != nil && w.state != stateStopping:
@@ -167,7 +185,28 @@ func (l *nodeLink) event(w *worker, e nodecluster.Event) {
 			l.s.log.Debug("node channel error", "pid", w.pid, "err", err)
 		}
 	case nodecluster.Unheeded:
+		l.signal()
+	}
+}
+
+// signal sends the stop signal once: the channel closed after disconnect,
+// disconnect could not be sent, or nodeStopWait passed with the channel open.
+func (l *nodeLink) signal() {
+	if l.stopDue != nil {
+		l.stopDue()
+	}
+	if l.stopSig != 0 {
 		l.s.c.killMode.stop(l.pid, l.stopSig)
+		l.stopSig = 0 // a second one would end an app that handles only the first
+	}
+}
+
+// stopWaited: nodeStopWait passed since the stop began, the channel still open.
+func (l *nodeLink) stopWaited() {
+	if l.stopSig != 0 {
+		l.s.log.Info("node worker still connected after disconnect; sending the stop signal", "slot", l.slot, "pid", l.pid,
+			"waited", nodeStopWait(l.s.c.grace), "signal", l.stopSig.String())
+		l.signal()
 	}
 }
 
@@ -201,20 +240,28 @@ func (l *nodeLink) drain() {
 // stop sends disconnect (in rr mode once what the worker was handed has
 // settled: nodecluster.Worker.Stop), so that Node closes its servers and
 // finishes what is in flight; the stop signal follows once the worker closes
-// the channel.
+// the channel, or nodeStopWait on if it has not.
 func (l *nodeLink) stop(sig syscall.Signal) {
 	l.drain()
 	if l.nw == nil {
 		l.s.c.killMode.stop(l.pid, sig)
 		return
 	}
-	l.stopSig = sig
-	if !l.nw.Stop() { // it never spoke the protocol, or its channel is closed
-		l.s.c.killMode.stop(l.pid, sig)
+	if l.stopping {
+		return // told already
 	}
+	l.stopping, l.stopSig = true, sig
+	if !l.nw.Stop() { // it never spoke the protocol, or its channel is closed
+		l.signal()
+		return
+	}
+	l.stopDue = l.s.env.after(nodeStopWait(l.s.c.grace), nodeStopEvent{l.w, l})
 }
 
 func (l *nodeLink) detach() {
+	if l.stopDue != nil {
+		l.stopDue()
+	}
 	if l.nw != nil {
 		l.nw.Detach()
 	}

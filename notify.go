@@ -65,6 +65,7 @@ type notifySocket struct {
 	path string
 	conn *net.UnixConn
 	log  *slog.Logger
+	done chan struct{} // closed when its reader returns
 }
 
 func (d *notifyDir) open(slot int) (*notifySocket, error) {
@@ -100,6 +101,28 @@ func (d *notifyDir) open(slot int) (*notifySocket, error) {
 		}
 	}
 	return &notifySocket{path: path, conn: conn, log: d.log}, nil
+}
+
+// start runs the reader of worker pid's socket on its own goroutine.
+func (n *notifySocket) start(pid int, deliver func(map[string]string)) {
+	n.done = make(chan struct{})
+	go func() {
+		defer close(n.done)
+		n.read(pid, deliver)
+	}()
+}
+
+// pause stops the reader (an upgrade's); what is not read yet stays queued
+// in the socket. The channel closes once the reader returned.
+func (n *notifySocket) pause() <-chan struct{} {
+	n.conn.SetReadDeadline(time.Unix(1, 0))
+	return n.done
+}
+
+// resume restarts a paused reader.
+func (n *notifySocket) resume(pid int, deliver func(map[string]string)) {
+	n.conn.SetReadDeadline(time.Time{})
+	n.start(pid, deliver)
 }
 
 // read delivers every datagram from worker pid (or its process group), parsed,

@@ -25,6 +25,8 @@
 //	metrics file writer    the file                                  ctlEvent{metrics}, like a client
 //	listen watch           nothing: it rebinds a listener that a     (sock, at start)
 //	                       worker shut down
+//	listenwait watcher     the starting workers it looks at, their   Watch, Forget (messages); it sends
+//	(internal/listenwait)  back-off                                  listenEvent when one is seen waiting
 //
 // What the loop decides about a slot is the slot table (slots.go); what it
 // asks of the world outside (processes, signals, the clock, timers) goes
@@ -41,7 +43,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/prefork/prefork/internal/demo"
+	"github.com/prefork/prefork/internal/listenwait"
 	"github.com/prefork/prefork/internal/nodecluster"
 	"github.com/prefork/prefork/internal/output"
 	"github.com/prefork/prefork/internal/rr"
@@ -74,6 +76,9 @@ type worker struct {
 	failed   bool   // it quit young: its exit is a failed start
 	why      string // a replacement: why it replaces the slot's worker
 	status   string // last STATUS= it sent
+	upBy     upBy   // how it came up
+	seenIn   listenwait.Way
+	unwatch  func() // stops watching whether it waits for connections (workers.go); nil when not watched
 	notify   *notifySocket
 	link     link        // its channel: see channel.go
 	timer    func() bool // stops its timer: ready delay or ready timeout, then the grace period
@@ -90,6 +95,8 @@ type slot struct {
 	replaced string // why its worker was last replaced
 	socks    []int  // reuseport mode: this slot's own sockets, kept across restarts
 	removed  bool   // scaled down: its sockets close once its workers are gone
+
+	restartDue time.Time // empty after a failed start: when its restart is due
 }
 
 // event is what the owner goroutine receives on s.events; every kind is listed
@@ -110,6 +117,9 @@ func (sweepDoneEvent) isEvent()    {}
 func (poolEvent) isEvent()         {}
 func (ctlEvent) isEvent()          {}
 func (nodeLinkEvent) isEvent()     {}
+func (upgradeCheckEvent) isEvent() {}
+func (nodeStopEvent) isEvent()     {}
+func (listenEvent) isEvent()       {}
 
 // The supervisor's own events: its timers, notify sockets and channels.
 type (
@@ -151,6 +161,12 @@ type supervisor struct {
 	pool      *poolHandle          // the pool goroutine's view and readings (pool.go); nil when not needed
 	ctl       ctlState             // the control socket's waiting clients (control.go)
 	nc        *nodecluster.Cluster // --node-cluster: the listeners Node workers share (node.go)
+	sigs      chan os.Signal       // the signals the loop handles
+	self      selfBinary           // the binary an upgrade checks and executes (reload.go)
+	upg       *upgradeRun          // the upgrade under way; nil when none
+	adopt     *adoption            // the state this image took over from the last; nil when none
+	lw        *listenwait.Watcher  // --ready auto|listen: looks whether starting workers wait for connections (workers.go)
+	seeing    seeing               // what --ready auto and listen learned about seeing workers (workers.go)
 	out       *output.Relay        // --worker-output prefix or json: the workers' lines; nil for inherit
 	retired   []*slot              // reuseport mode: removed slots whose sockets are still open, by index (slots.go)
 
@@ -169,13 +185,17 @@ type supervisor struct {
 	published     time.Time // when publish last ran (status.go)
 }
 
-// supervise binds, starts the workers and runs until a stop; it returns the exit status.
-func supervise(c *config, stderr io.Writer) int {
+// supervise binds, starts the workers and runs until a stop; it returns the
+// exit status. After an upgrade's exec it takes over the state of the image
+// before instead (adopt), and a failure before its loop runs hands the state
+// back to that image (startup.go).
+func supervise(c *config, stderr io.Writer, adopt *adoption) int {
 	sigs := takeSignals()
 	defer releaseSignals(sigs)
 	log := newLogger(stderr, c.logFormat, c.verbosity)
 	fail := func(code int, format string, a ...any) int {
-		if code == exitUsage { // a usage error found only now: a listener's address
+		adopt.handBack(log, fmt.Sprintf(format, a...)) // returns only when it cannot
+		if code == exitUsage {                         // a usage error found only now: a listener's address
 			log.Error(fmt.Sprintf(format, a...), "hint", "run 'prefork --help' for usage")
 		} else {
 			log.Error(fmt.Sprintf(format, a...))
@@ -184,74 +204,37 @@ func supervise(c *config, stderr io.Writer) int {
 	}
 	setCloseOnExecAll() // nothing prefork inherited may leak into a worker
 	s := &supervisor{c: c, log: log, policy: newRestartPolicy(c), up: takeUpstream(),
-		workers: map[int]*worker{}, events: make(chan event, 1024), gen: 1}
+		workers: map[int]*worker{}, events: make(chan event, 1024), gen: 1, sigs: sigs, adopt: adopt}
 	var err error
 	if s.shim, err = selfExe(); err != nil {
 		return fail(exitFailure, "cannot find prefork's own binary: %v", err)
 	}
-	s.argv = c.command
-	if c.demo {
-		s.argv = []string{"prefork-demo", demo.Arg}
-	}
-	if s.wd, err = newWorkdir(); err != nil {
-		return fail(exitFailure, "%v", err)
-	}
-	if code, err := s.resolve(); err != nil {
-		return fail(code, "%v", err)
-	}
+	s.self = openSelfBinary(adopt)
+	defer s.self.close()
 	uid, gid := -1, -1
-	if c.user != "" {
-		if s.cred, uid, gid, err = lookupUser(c.user); err != nil {
-			return fail(exitUsage, "--user %s: %v", c.user, err)
-		}
-	}
-	if c.workers == 0 {
-		c.workers = autoWorkers()
-	}
-	if c.pidfile != "" {
-		if err := checkPidfile(c.pidfile); err != nil {
-			return fail(exitFailure, "--pidfile %s: %v", c.pidfile, err)
-		}
-	}
-	if c.statusFile != "" {
-		if err := checkWritable(c.statusFile); err != nil {
-			return fail(exitFailure, "--status-file %s: %v", c.statusFile, err)
-		}
-	}
-	if len(c.specs) == 0 {
-		if s.listeners, err = sock.Adopt(); err != nil {
-			return fail(exitFailure, "socket activation: %v", err)
-		}
-		if len(s.listeners) == 0 && !nodeClusterOn(c, s.path) {
-			return fail(exitUsage, "no listeners: give -p PORT or -l ADDR, or start prefork by socket activation")
-		}
-		if len(s.listeners) == 0 && c.nodeSendServer != "" { // handle-passing workers ask for nothing to bind
-			return fail(exitUsage, "--node-send-server sends prefork's listeners: give -p PORT or -l ADDR")
-		}
-		for _, l := range s.listeners {
-			if c.mode == modeRR && l.Spec.Network == "udp" {
-				return fail(exitUsage, "--mode rr hands over stream connections: adopted socket %s is UDP", l.Spec.Name)
-			}
-		}
-	} else if s.listeners, err = sock.Bind(c.specs, c.backlog, c.mode == modeReuseport); err != nil {
-		return fail(exitFailure, "%v", err)
+	if adopt != nil {
+		uid, gid = s.inherit() // the command, --user, the workers, the listeners (startup.go)
+	} else if code, err := s.prepare(&uid, &gid); err != nil {
+		return fail(code, "%v", err)
 	}
 	defer sock.Close(s.listeners...)
 	for _, l := range s.listeners {
-		if uid >= 0 && l.Spec.Network == "unix" {
+		if uid >= 0 && l.Spec.Network == "unix" && adopt == nil {
 			os.Chown(l.Spec.Addr, uid, gid)
 		}
 		log.Info("listening", "name", l.Spec.Name, "addr", l.Bound())
 	}
 	defer sock.Watch(s.listeners, c.backlog, log)() // stopped before the listeners close
-	if warn, err := checkDescriptors(c, len(s.listeners)); err != nil {
+	if warn, err := checkDescriptors(c, len(s.listeners)); err != nil && adopt == nil {
 		fail(exitFailure, "%v", err)
 		log.Info(err.(*fdLimitError).hint())
 		return exitFailure
-	} else if warn != "" {
+	} else if warn != "" && adopt == nil {
 		log.Warn(warn)
 	}
-	if s.notify, err = newNotifyDir(uid, gid); err != nil {
+	if adopt != nil {
+		s.notify = adopt.notifyDir()
+	} else if s.notify, err = newNotifyDir(uid, gid); err != nil {
 		return fail(exitFailure, "%v", err)
 	}
 	defer s.notify.remove()
@@ -295,9 +278,13 @@ func supervise(c *config, stderr io.Writer) int {
 	}
 	s.baseEnv = cleanEnv(os.Environ())
 	s.spawner = newSpawner()
+	if s.watchesListen() {
+		s.lw = listenwait.New(func(r listenwait.Report) { s.events <- listenEvent{r} })
+		defer s.lw.Close()
+	}
 	s.env = s.realEnv()
 	s.reaper = startReaper(s.events)
-	if stopBeforeStart(sigs) {
+	if adopt == nil && stopBeforeStart(sigs) {
 		log.Info("stopped during start-up; no worker was started")
 		return exitOK
 	}
@@ -333,23 +320,10 @@ func (s *supervisor) loop(sigs chan os.Signal) int {
 		defer t.Stop()
 		upPing = t.C
 	}
-	s.log.Info("starting workers", "workers", s.c.workers, "mode", s.c.mode, "command", strings.Join(s.argv, " "))
-	for i := 0; i < s.c.workers; i++ {
-		if _, err := s.addSlot(); err != nil {
-			s.log.Error(fmt.Sprintf("cannot start %d workers: slot %d: %v", s.c.workers, i, err))
-			if isFdLimit(err) {
-				s.log.Info("hint: raise the descriptor limit (ulimit -n) or run fewer workers (-n)")
-			}
-			for _, sl := range s.slots {
-				if sl.index > 0 {
-					closeFds(sl.socks)
-				}
-			}
-			return exitFailure
-		}
-	}
-	for _, sl := range s.slots {
-		s.startIn(sl)
+	if s.adopt != nil {
+		s.adoptWorkers() // the workers of the image before (startup.go)
+	} else if !s.startSlots() {
+		return exitFailure
 	}
 	s.startPool()
 	defer s.stopPool()
@@ -375,6 +349,29 @@ func (s *supervisor) loop(sigs chan os.Signal) int {
 	}
 	s.log.Info("stopped")
 	return s.exitCode
+}
+
+// startSlots starts the workers, all or none.
+func (s *supervisor) startSlots() bool {
+	s.log.Info("starting workers", "workers", s.c.workers, "mode", s.c.mode, "command", strings.Join(s.argv, " "))
+	for i := 0; i < s.c.workers; i++ {
+		if _, err := s.addSlot(); err != nil {
+			s.log.Error(fmt.Sprintf("cannot start %d workers: slot %d: %v", s.c.workers, i, err))
+			if isFdLimit(err) {
+				s.log.Info("hint: raise the descriptor limit (ulimit -n) or run fewer workers (-n)")
+			}
+			for _, sl := range s.slots {
+				if sl.index > 0 {
+					closeFds(sl.socks)
+				}
+			}
+			return false
+		}
+	}
+	for _, sl := range s.slots {
+		s.startIn(sl)
+	}
+	return true
 }
 
 func (s *supervisor) handle(ev event) {
@@ -440,6 +437,14 @@ func (s *supervisor) handle(ev event) {
 		if s.alive(e.w) {
 			e.l.event(e.w, e.e)
 		}
+	case upgradeCheckEvent:
+		s.upgradeChecked(e)
+	case nodeStopEvent:
+		if s.alive(e.w) {
+			e.l.stopWaited()
+		}
+	case listenEvent:
+		s.seen(e.Report)
 	}
 }
 

@@ -1,14 +1,23 @@
 //go:build linux || darwin
 
 // This file holds the rolling reload (HUP) and the stop (TERM, INT, QUIT): the
-// supervisor's two walks over every worker; and scaling (TTIN, TTOU, --ctl
-// scale, the pool), which adds and removes slots.
+// supervisor's two walks over every worker; scaling (TTIN, TTOU, --ctl scale,
+// the pool), which adds and removes slots; and the in-place upgrade (prefork
+// --ctl PATH upgrade), the old image's side: the check of the new binary,
+// the state written, the exec. startup.go holds the new image's side.
 package main
 
 import (
 	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"slices"
 	"syscall"
 	"time"
+
+	"github.com/prefork/prefork/internal/output"
+	"github.com/prefork/prefork/internal/upgrade"
 )
 
 // advanceReload replaces the next slot's worker of an older generation, one
@@ -91,6 +100,316 @@ func (s *supervisor) checkDone() {
 	s.reaper.wantEmpty.Store(true)
 	s.reaper.check()
 	s.env.after(s.c.grace, sweepDoneEvent{})
+}
+
+// The in-place upgrade, the old image's side. The owner goroutine checks the
+// new binary in a process of its own (the check answers with the state
+// formats it reads), then, with nothing else under way, stops the reaper and
+// the notify readers, writes the state and executes the new binary in place
+// of itself on the spawner's thread (spawn.go). An exec that fails changes
+// nothing: the readers and the reaper go on, and what they had delivered is
+// handled as it would have been.
+
+// upgradeCheckTimeout bounds the check of the new binary.
+const upgradeCheckTimeout = 10 * time.Second
+
+// heldSignals are blocked in the thread that executes the new image: a
+// signal sent during the exec waits for the new image to catch it.
+// fatalSignals are also ignored across the exec: the Go runtime of the new
+// image unblocks them before prefork catches them, and their default action
+// would end prefork, and with it every worker (their parent-death signal).
+var (
+	heldSignals  = []syscall.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH}
+	fatalSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT}
+)
+
+// selfBinary is what an upgrade executes: the path prefork was started from,
+// and the binary this image runs, kept open for the way back.
+type selfBinary struct {
+	path string // os.Executable at the first start
+	fd   int    // close-on-exec but during the exec; -1 when it could not be opened
+	err  error  // why not
+}
+
+func openSelfBinary(a *adoption) selfBinary {
+	b := selfBinary{fd: -1}
+	if a != nil {
+		b.path = a.st.Exe
+	} else {
+		b.path, b.err = os.Executable()
+	}
+	if b.err == nil {
+		b.fd, b.err = upgrade.OpenSelf()
+	}
+	return b
+}
+
+func (b selfBinary) close() {
+	if b.fd >= 0 {
+		syscall.Close(b.fd)
+	}
+}
+
+// upgradeRun is the check of the new binary, under way.
+type upgradeRun struct {
+	e    ctlEvent
+	pid  int
+	stop func() bool // its timer
+}
+
+// upgradeCheckEvent is the check's answer (what it printed), or its timeout.
+type upgradeCheckEvent struct {
+	run      *upgradeRun
+	out      []byte
+	timedOut bool
+}
+
+// upgradeRefusal says why an upgrade cannot run now; "" when it can.
+func (s *supervisor) upgradeRefusal() string {
+	switch {
+	case !upgrade.Supported:
+		return "upgrade needs Linux in this version"
+	case s.c.mode == modeRR:
+		return "upgrade is not supported in --mode rr yet"
+	case s.nc != nil:
+		return "upgrade is not supported with Node.js workers (--node-cluster) yet"
+	case s.stopping:
+		return "prefork is stopping"
+	case s.upg != nil:
+		return "an upgrade is under way"
+	case s.reloadGen != 0:
+		return fmt.Sprintf("a reload to generation %d is under way; upgrade once it is done", s.reloadGen)
+	case len(s.ctl.scales) > 0:
+		return "a scale is under way; upgrade once it is done"
+	case s.c.workerOutput != output.Inherit:
+		return fmt.Sprintf("upgrade is not supported with --worker-output %s yet", s.c.workerOutput)
+	case len(s.retired) > 0:
+		return "a removed slot's sockets are still open; upgrade once its workers are gone"
+	case s.self.err != nil:
+		return fmt.Sprintf("prefork's own binary: %v", s.self.err)
+	}
+	for _, sl := range s.slots {
+		if sl.next != nil {
+			return fmt.Sprintf("slot %d's worker is being replaced; upgrade once its replacement is up", sl.index)
+		}
+	}
+	for _, w := range s.workers {
+		if w.state == stateStopping {
+			return fmt.Sprintf("worker pid %d is stopping; upgrade once it is gone", w.pid)
+		}
+		if w.state == stateStarting && s.c.ready != readyOnDelay && s.c.ready != readyOnNotify {
+			return fmt.Sprintf("worker pid %d is starting (--ready %s); upgrade once it is up", w.pid, s.c.ready)
+		}
+	}
+	return ""
+}
+
+// ctlUpgrade starts the check of the binary at the path prefork was started from.
+func (s *supervisor) ctlUpgrade(e ctlEvent) {
+	if why := s.upgradeRefusal(); why != "" {
+		e.fail("%s; nothing changed", why)
+		return
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		e.fail("upgrade check: %v; nothing changed", err)
+		return
+	}
+	defer w.Close()
+	env := append(slices.Clone(s.baseEnv), upgrade.CheckEnv+"=1")
+	pid, err := s.spawner.start(s.self.path, []string{s.self.path}, env, []uintptr{0, w.Fd(), 2})
+	if err != nil {
+		r.Close()
+		s.log.Error("upgrade refused", "binary", s.self.path, "err", explainCheckStart(s.self.path, err))
+		e.fail("%s; nothing changed", explainCheckStart(s.self.path, err))
+		return
+	}
+	s.log.Info("upgrade asked for on the control socket; checking the new binary", "binary", s.self.path)
+	run := &upgradeRun{e: e, pid: pid}
+	run.stop = s.env.after(upgradeCheckTimeout, upgradeCheckEvent{run: run, timedOut: true})
+	s.upg = run
+	go func() {
+		out, _ := io.ReadAll(io.LimitReader(r, 4096))
+		r.Close()
+		s.events <- upgradeCheckEvent{run: run, out: out}
+	}()
+}
+
+func explainCheckStart(path string, err error) string {
+	switch err {
+	case syscall.ENOENT:
+		return fmt.Sprintf("%s does not exist", path)
+	case syscall.EACCES:
+		return fmt.Sprintf("%s is not executable (permission denied)", path)
+	case syscall.ENOEXEC:
+		return fmt.Sprintf("%s is not a prefork binary (exec format error)", path)
+	}
+	return fmt.Sprintf("cannot run %s: %v", path, err)
+}
+
+// upgradeChecked judges the check's answer and, when the new binary reads
+// this image's state, executes it.
+func (s *supervisor) upgradeChecked(ev upgradeCheckEvent) {
+	run := ev.run
+	if s.upg != run {
+		return
+	}
+	s.upg = nil
+	if ev.timedOut {
+		kill(run.pid, syscall.SIGKILL)
+		s.log.Error("upgrade refused: the new binary did not answer the upgrade check in time", "binary", s.self.path, "timeout", upgradeCheckTimeout)
+		run.e.fail("%s did not answer the upgrade check within %v (not a prefork?); nothing changed", s.self.path, upgradeCheckTimeout)
+		return
+	}
+	run.stop()
+	a, err := upgrade.ParseCheck(ev.out)
+	if err == nil {
+		err = a.Reads()
+	}
+	if err != nil {
+		s.log.Error("upgrade refused", "binary", s.self.path, "err", err)
+		run.e.fail("%s: %v; nothing changed", s.self.path, err)
+		return
+	}
+	if why := s.upgradeRefusal(); why != "" { // what changed while the check ran
+		run.e.fail("%s; nothing changed", why)
+		return
+	}
+	s.execUpgrade(run.e, a)
+}
+
+// execUpgrade writes the state and executes the new image; it returns only
+// when the exec failed, and then this image goes on as it was.
+func (s *supervisor) execUpgrade(e ctlEvent, a upgrade.Answer) {
+	s.log.Info("upgrading in place", "binary", s.self.path, "to", a.Version, "workers", len(s.workers))
+	s.up.send("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec())
+	held, resume := s.quiesce()
+	st := s.upgradeState(held)
+	if e.conn != nil {
+		st.Client = rawFD(e.conn)
+	}
+	held = slices.DeleteFunc(held, func(ev event) bool {
+		c, ok := ev.(ctlEvent)
+		if ok { // a request that came meanwhile: its connection ends with this image
+			c.fail("prefork is upgrading in place; try again")
+		}
+		return ok
+	})
+	signal.Ignore(fatalSignals...)
+	for len(s.sigs) > 0 {
+		st.Signals = append(st.Signals, int((<-s.sigs).(syscall.Signal)))
+	}
+	fd, err := upgrade.Write(st)
+	keep := append(st.FDs(), fd)
+	if err == nil {
+		err = upgrade.Keep(keep)
+	}
+	if err == nil {
+		env := append(upgrade.Clean(os.Environ()), upgrade.StateEnv+"="+upgrade.EnvValue(fd, st.ExeFD))
+		err = s.spawner.exec(s.self.path, os.Args, env)
+	}
+	upgrade.Release(slices.DeleteFunc(keep, func(fd int) bool { return fd < 0 }))
+	if fd >= 0 {
+		syscall.Close(fd)
+	}
+	signal.Notify(s.sigs, handledSignals...)
+	for _, sig := range st.Signals {
+		select {
+		case s.sigs <- syscall.Signal(sig):
+		default:
+		}
+	}
+	close(resume)
+	s.reaper.check()
+	for _, w := range s.workers {
+		w.notify.resume(w.pid, s.notifyTo(w))
+	}
+	for _, ev := range held {
+		s.handle(ev)
+	}
+	s.up.send("READY=1")
+	s.log.Error("upgrade failed; this prefork goes on", "binary", s.self.path, "err", err)
+	e.fail("exec %s: %v; nothing changed", s.self.path, err)
+}
+
+// quiesce stops the reaper and every notify reader, and returns what they
+// delivered meanwhile; closing resume lets the reaper go on.
+func (s *supervisor) quiesce() (held []event, resume chan struct{}) {
+	resume = make(chan struct{})
+	for sent := false; !sent; {
+		select {
+		case s.reaper.hold <- resume:
+			sent = true
+		case ev := <-s.events:
+			held = append(held, ev)
+		}
+	}
+	for _, w := range s.workers {
+		for done := w.notify.pause(); done != nil; {
+			select {
+			case <-done:
+				done = nil
+			case ev := <-s.events:
+				held = append(held, ev)
+			}
+		}
+	}
+	for {
+		select {
+		case ev := <-s.events:
+			held = append(held, ev)
+		default:
+			return held, resume
+		}
+	}
+}
+
+// upgradeState is this image's state as the new one takes it over.
+func (s *supervisor) upgradeState(held []event) *upgrade.State {
+	now := s.env.now()
+	st := &upgrade.State{Writer: version(), Args: os.Args, Exe: s.self.path, ExeFD: s.self.fd,
+		Command: s.path, Argv: s.argv, WorkDir: s.wd.path, RealDir: s.wd.dir, Cred: s.cred, UID: s.notify.uid, GID: s.notify.gid,
+		Workers: s.c.workers, Generation: s.gen, ReloadFailures: s.ctl.reloadFailures, UpOnce: s.upOnce, LastStatus: s.lastStatus,
+		Notify: upgrade.NotifyDir{Path: s.notify.path, UID: s.notify.uid, GID: s.notify.gid, Seq: s.notify.seq.Load()}, Client: -1}
+	if s.up != nil {
+		st.Upstream = s.up.addr
+	}
+	for _, l := range s.listeners {
+		st.Listeners = append(st.Listeners, upgrade.Listener{Name: l.Spec.Name, Network: l.Spec.Network, Addr: l.Spec.Addr,
+			Text: l.Spec.Text, Bound: l.Bound(), UnixPath: l.Path(), FD: l.FD})
+	}
+	for _, sl := range s.slots {
+		u := upgrade.Slot{Index: sl.index, Failures: sl.failures, Restarts: sl.restarts, LastExit: sl.lastExit,
+			Replaced: sl.replaced, Socks: sl.socks}
+		if sl.cur == nil {
+			u.RestartIn = max(sl.restartDue.Sub(now), 0)
+		}
+		st.Slots = append(st.Slots, u)
+		if w := sl.cur; w != nil {
+			pw := upgrade.Worker{PID: w.pid, Slot: sl.index, Generation: w.gen, Ready: w.state == stateReady,
+				Age: now.Sub(w.started), WasReady: w.wasReady, Failed: w.failed, Why: w.why, Status: w.status,
+				UpBy: w.upBy.String(), SeenIn: uint8(w.seenIn),
+				PingAge: -1, NotifyPath: w.notify.path, NotifyFD: rawFD(w.notify.conn)}
+			if !w.lastPing.IsZero() {
+				pw.PingAge = now.Sub(w.lastPing)
+			}
+			st.Procs = append(st.Procs, pw)
+		}
+	}
+	if s.ctl.server != nil {
+		st.Control = &upgrade.Socket{Path: s.ctl.server.SocketPath(), FD: s.ctl.server.FD()}
+	}
+	for _, ev := range held {
+		switch e := ev.(type) {
+		case exitEvent:
+			st.Pending = append(st.Pending, upgrade.Pending{PID: e.pid, Exit: true, Status: e.status})
+		case notifyEvent:
+			if s.alive(e.w) {
+				st.Pending = append(st.Pending, upgrade.Pending{PID: e.w.pid, Msg: e.msg})
+			}
+		}
+	}
+	return st
 }
 
 // addSlot adds a slot (and, in reuseport mode, its own sockets) without starting

@@ -28,6 +28,8 @@
 //	running,replacing  cur       ready delay passed                 count it up → (same)
 //	replacing          next      ready delay passed                 stop cur gracefully unless it is leaving; next is cur → running
 //	running,replacing  cur       ready timeout        Node, delay   count it up (a Node worker that never listens) → (same)
+//	running,replacing  cur       ready timeout        auto, unseen  count it up by the delay rule, with one warning → (same)
+//	replacing          next      ready timeout        auto, unseen  by the delay rule, with one warning: stop cur gracefully; next is cur → running
 //	replacing          next      ready timeout                      next stopped; cur keeps serving → running
 //	running,replacing  cur       ready timeout                      cur stopped gracefully; its exit is a failed start → (same)
 //	replacing          next      STOPPING=1                         next dropped; cur keeps serving → running
@@ -49,9 +51,11 @@
 // young: never up, or a replacement (or a restart after a failed start) up for
 // less than --min-uptime. failed start: it quit young, was never up, or ran for
 // less than --min-uptime. says it: it reports being up itself (a Node worker's
-// listening). Node, delay: a Node worker under --ready delay (in a reload, as
-// next, it fails instead, and the old worker keeps serving). An old worker's
-// slot is in any state for the table.
+// listening). Node, delay: a Node worker under --ready delay or auto (in a
+// reload, as next, it fails instead, and the old worker keeps serving). auto,
+// unseen: any other worker under --ready auto, not seen waiting for
+// connections (workers.go: upByDelay). An old worker's slot is in any state
+// for the table.
 package main
 
 import (
@@ -110,7 +114,7 @@ const (
 	evRestart      slotEvent = iota // a new slot, or the backoff after a failed start passed
 	evReplace                       // a reload, STOPPING=1, the watchdog, the pool's limits
 	evRemove                        // scale down
-	evReady                         // READY=1, or a Node worker's listening
+	evReady                         // READY=1, a Node worker's listening, or seen waiting for connections
 	evReadyDelay                    // --ready-delay passed
 	evReadyTimeout                  // --ready-timeout passed
 	evStopping                      // STOPPING=1
@@ -126,6 +130,7 @@ const (
 	always cond = iota
 	ifSaysReady
 	ifNodeDelay
+	ifAutoUnseen
 	ifYoung
 	ifRetired
 	ifFailedStart
@@ -170,6 +175,8 @@ func slotRows() []transition {
 		{slotRunning | slotReplacing, ofCur, evReadyDelay, always, "count it up", same, (*supervisor).countUp},
 		{slotReplacing, ofNext, evReadyDelay, always, "stop cur gracefully unless it is leaving; next is cur", slotRunning, (*supervisor).takeOver},
 		{slotRunning | slotReplacing, ofCur, evReadyTimeout, ifNodeDelay, "count it up (a Node worker that never listens)", same, (*supervisor).neverListened},
+		{slotRunning | slotReplacing, ofCur, evReadyTimeout, ifAutoUnseen, "count it up by the delay rule, with one warning", same, (*supervisor).upByDelay},
+		{slotReplacing, ofNext, evReadyTimeout, ifAutoUnseen, "by the delay rule, with one warning: stop cur gracefully; next is cur", slotRunning, (*supervisor).upByDelay},
 		{slotReplacing, ofNext, evReadyTimeout, always, "next stopped; cur keeps serving", slotRunning, func(s *supervisor, in slotInput) { s.notReady(in); s.dropNext(in) }},
 		{slotRunning | slotReplacing, ofCur, evReadyTimeout, always, "cur stopped gracefully; its exit is a failed start", same, func(s *supervisor, in slotInput) { s.notReady(in); s.quitYoung(in) }},
 		{slotReplacing, ofNext, evStopping, always, "next dropped; cur keeps serving", slotRunning, (*supervisor).dropNext},
@@ -216,7 +223,9 @@ func (s *supervisor) holds(c cond, in slotInput) bool {
 	case ifSaysReady:
 		return w.link.saysReady()
 	case ifNodeDelay:
-		return s.c.ready == readyOnDelay && w.link.saysReady()
+		return (s.c.ready == readyOnDelay || s.c.ready == readyAuto) && w.link.saysReady()
+	case ifAutoUnseen:
+		return s.c.ready == readyAuto && !w.link.saysReady()
 	case ifYoung:
 		return !w.wasReady || (w.why != "" || in.sl.failures > 0) && s.env.now().Sub(w.started) < s.c.minUptime
 	case ifRetired:
@@ -267,6 +276,7 @@ func (s *supervisor) fill(sl *slot) {
 	}
 	s.log.Warn("worker failed to start; restarting after backoff", "slot", sl.index, "status", sl.lastExit,
 		"failures", sl.failures, "backoff", d.Round(time.Millisecond))
+	sl.restartDue = s.env.now().Add(d)
 	s.env.after(d, restartEvent{sl})
 }
 
@@ -337,6 +347,10 @@ func (s *supervisor) countUp(in slotInput) {
 		w.timer = nil
 	}
 	w.state, w.wasReady, w.lastPing = stateReady, true, s.env.now()
+	if w.upBy == upNot {
+		w.upBy = upDelay // --ready-delay passed
+	}
+	w.stopWatching()
 	w.link.ready()
 	s.log.Debug("worker ready", "slot", in.sl.index, "pid", w.pid, "generation", w.gen)
 }
@@ -367,7 +381,7 @@ func (s *supervisor) awaitReady(in slotInput) {
 func (s *supervisor) neverListened(in slotInput) {
 	s.log.Warn("node worker did not report listening within --ready-timeout; counting it up",
 		"slot", in.sl.index, "pid", in.w.pid, "ready_timeout", s.c.readyTimeout)
-	s.markReady(in.w)
+	s.markReady(in.w, upDelay)
 }
 
 // notReady: a worker not up by --ready-timeout is stopped as systemd stops a

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prefork/prefork/internal/listenwait"
 )
 
 const markerEnv = "TESTWORKER_MARKER"
@@ -193,6 +195,12 @@ func (f *fakeWorld) env() env {
 	}
 }
 
+// watch is env.watch: the start and the end of a watch are written down.
+func (f *fakeWorld) watch(pid int, socks []listenwait.Sock) func() {
+	f.note("watch %d", pid)
+	return func() { f.note("unwatch %d", pid) }
+}
+
 func timerName(ev event) string {
 	switch e := ev.(type) {
 	case readyDelayEvent:
@@ -245,7 +253,7 @@ func scene(s *supervisor, f *fakeWorld, st slotState, curUp bool) *slot {
 	if st != slotEmpty {
 		s.startIn(sl)
 		if curUp {
-			s.markReady(sl.cur)
+			s.markReady(sl.cur, upNotify)
 		}
 		if st == slotReplacing {
 			s.replace(sl, "test")
@@ -258,6 +266,7 @@ type slotCase struct {
 	from   slotState
 	curUp  bool
 	notify bool                                        // under --ready notify
+	seeing bool                                        // the world can see whether workers wait (fakeWorld.watch)
 	setup  func(s *supervisor, f *fakeWorld, sl *slot) // before the event, not written down
 	fire   func(s *supervisor, f *fakeWorld, sl *slot)
 	want   []string // what the world saw, in order
@@ -307,9 +316,9 @@ var slotCases = map[string]slotCase{
 		want:  []string{"timer 30s grace 101", "stop 101 TERM", "timer 30s grace 102", "stop 102 TERM"},
 		check: func(sl *slot) string { return map[bool]string{false: "not removed"}[sl.removed] }},
 	"running,replacing cur ready": {from: slotRunning,
-		fire: func(s *supervisor, f *fakeWorld, sl *slot) { s.markReady(sl.cur) }, check: curIs(101, stateReady)},
+		fire: func(s *supervisor, f *fakeWorld, sl *slot) { s.markReady(sl.cur, upNotify) }, check: curIs(101, stateReady)},
 	"replacing next ready": {from: slotReplacing, curUp: true,
-		fire: func(s *supervisor, f *fakeWorld, sl *slot) { s.markReady(sl.next) },
+		fire: func(s *supervisor, f *fakeWorld, sl *slot) { s.markReady(sl.next, upNotify) },
 		want: []string{"timer 30s grace 101", "stop 101 TERM"}, check: curIs(102, stateReady)},
 	"running,replacing cur,next ready delay passed says it": {from: slotRunning, setup: says, fire: passes(time.Second),
 		want: []string{"timer 59s ready-timeout 101"}, check: curIs(101, stateStarting)},
@@ -318,6 +327,15 @@ var slotCases = map[string]slotCase{
 		want: []string{"timer 30s grace 101", "stop 101 TERM"}, check: curIs(102, stateReady)},
 	"running,replacing cur ready timeout Node, delay": {from: slotRunning, setup: says, fire: passes(time.Minute),
 		want: []string{"timer 59s ready-timeout 101"}, check: curIs(101, stateReady)},
+	"running,replacing cur ready timeout auto, unseen": {from: slotRunning, seeing: true, fire: passes(time.Minute),
+		want: []string{"unwatch 101"}, check: func(sl *slot) string {
+			if sl.cur.upBy != upDelay || sl.cur.state != stateReady {
+				return fmt.Sprintf("cur %s, up by %q; want ready by the delay rule", sl.cur.state, sl.cur.upBy)
+			}
+			return ""
+		}},
+	"replacing next ready timeout auto, unseen": {from: slotReplacing, curUp: true, seeing: true, fire: passes(time.Minute),
+		want: []string{"unwatch 102", "timer 30s grace 101", "stop 101 TERM"}, check: curIs(102, stateReady)},
 	"replacing next ready timeout": {from: slotReplacing, curUp: true, notify: true, fire: passes(time.Minute),
 		want: []string{"timer 30s grace 102", "stop 102 TERM"}, check: curIs(101, stateReady)},
 	"running,replacing cur ready timeout": {from: slotRunning, notify: true, fire: passes(time.Minute),
@@ -388,6 +406,9 @@ func TestSlotTransitions(t *testing.T) {
 			if tc.notify {
 				s.c.ready = readyOnNotify
 			}
+			if tc.seeing {
+				s.env.watch = f.watch
+			}
 			sl := scene(s, f, tc.from, tc.curUp)
 			if tc.setup != nil {
 				tc.setup(s, f, sl)
@@ -452,7 +473,7 @@ func renderSlotTable() string {
 var (
 	slotEventNames = []string{"restart due", "replace", "removed", "ready", "ready delay passed", "ready timeout",
 		"STOPPING=1", "channel broken", "missed watchdog", "exits"}
-	condNames = []string{"", "says it", "Node, delay", "young", "retired", "failed start"}
+	condNames = []string{"", "says it", "Node, delay", "auto, unseen", "young", "retired", "failed start"}
 )
 
 func (st slotState) String() string {

@@ -2,11 +2,16 @@
 
 // This file starts worker processes and reaps every child. Forks happen on one
 // goroutine locked to an OS thread that never exits (the parent-death signal
-// fires when the forking thread dies, not the process); one reaper does all the
-// waiting, so no exit status is ever stolen.
+// fires when the forking thread dies, not the process): in prefork's binary
+// the main goroutine on the process's main thread, which is also the thread
+// an upgrade's execve runs on (execve ends every other thread, and a worker
+// forked by one of those would get its parent-death signal). One reaper does
+// all the waiting, so no exit status is ever stolen.
 package main
 
 import (
+	"github.com/prefork/prefork/internal/listenwait"
+	"github.com/prefork/prefork/internal/upgrade"
 	"os"
 	"os/signal"
 	"runtime"
@@ -24,17 +29,29 @@ type env struct {
 	kill  func(pid int, sig syscall.Signal)           // kill(2): a negative pid is a process group
 	now   func() time.Time                            // the clock
 	after func(d time.Duration, ev event) func() bool // ev is sent to the owner after d; the result stops it
+	// watch starts looking whether pid waits for connections on socks (a
+	// listenEvent tells); the result stops it. nil where nothing can be seen.
+	watch func(pid int, socks []listenwait.Sock) func()
 }
 
 // proc is a started worker process as env.start returns it.
 type proc struct {
 	pid    int
-	link   link          // its channel (channel.go)
-	notify *notifySocket // its notify socket; nil in tests
+	link   link              // its channel (channel.go)
+	notify *notifySocket     // its notify socket; nil in tests
+	socks  []listenwait.Sock // what it inherited at fd 3, 4, …: where it waits for connections
 }
 
 func (s *supervisor) realEnv() env {
+	var watch func(int, []listenwait.Sock) func()
+	if s.lw != nil {
+		watch = func(pid int, socks []listenwait.Sock) func() {
+			s.lw.Watch(pid, socks)
+			return func() { s.lw.Forget(pid) }
+		}
+	}
 	return env{
+		watch: watch,
 		start: s.startProcess,
 		kill:  func(pid int, sig syscall.Signal) { syscall.Kill(pid, sig) },
 		now:   time.Now,
@@ -44,12 +61,15 @@ func (s *supervisor) realEnv() env {
 	}
 }
 
-// spawnRequest asks the spawner to start argv[0] with these descriptors at 0, 1, 2, 3….
+// spawnRequest asks the spawner to start argv[0] with these descriptors at 0,
+// 1, 2, 3…; or, with exec, to execve path in place of prefork (an upgrade,
+// or its way back), with the signals in held blocked across it.
 type spawnRequest struct {
 	path  string
 	argv  []string
 	env   []string
 	files []uintptr
+	exec  bool
 	reply chan spawnResult
 }
 
@@ -58,30 +78,79 @@ type spawnResult struct {
 	err error
 }
 
-// spawner runs ForkExec on a locked thread.
+// spawner runs ForkExec, and the upgrade's execve, on a locked thread.
 type spawner chan spawnRequest
 
+// mainThread is the spawner that the main goroutine serves on the main
+// thread (onMainThread); nil where nothing serves one, as when a test runs
+// the supervisor in its own process.
+var mainThread spawner
+
+func init() { runtime.LockOSThread() } // the main goroutine stays on the main thread
+
+// onMainThread runs f on a goroutine of its own while the main goroutine,
+// locked to the main thread since init, serves the spawner; it returns f's
+// result.
+func onMainThread(f func() int) int {
+	mainThread = make(spawner)
+	done := make(chan int, 1)
+	go func() { done <- f() }()
+	for {
+		select {
+		case r := <-mainThread:
+			r.reply <- r.serve()
+		case code := <-done:
+			return code
+		}
+	}
+}
+
 func newSpawner() spawner {
+	if mainThread != nil {
+		return mainThread
+	}
 	s := make(spawner)
 	go func() {
 		runtime.LockOSThread() // never unlocked: this thread lives as long as prefork
 		for r := range s {
-			pid, err := syscall.ForkExec(r.path, r.argv, &syscall.ProcAttr{
-				Env:   r.env,
-				Files: r.files,
-				Sys:   workerProcAttr(),
-			})
-			r.reply <- spawnResult{pid, err}
+			r.reply <- r.serve()
 		}
 	}()
 	return s
 }
 
+func (r spawnRequest) serve() spawnResult {
+	if r.exec {
+		// Blocked in the one thread that survives execve, a signal sent in
+		// the meantime waits for the new image instead of finding no handler.
+		old, err := upgrade.BlockSignals(heldSignals)
+		if err == nil {
+			err = syscall.Exec(r.path, r.argv, r.env)
+			upgrade.SetMask(old)
+		}
+		return spawnResult{-1, err}
+	}
+	pid, err := syscall.ForkExec(r.path, r.argv, &syscall.ProcAttr{
+		Env:   r.env,
+		Files: r.files,
+		Sys:   workerProcAttr(),
+	})
+	return spawnResult{pid, err}
+}
+
 func (s spawner) start(path string, argv, env []string, files []uintptr) (int, error) {
-	r := spawnRequest{path, argv, env, files, make(chan spawnResult, 1)}
+	r := spawnRequest{path: path, argv: argv, env: env, files: files, reply: make(chan spawnResult, 1)}
 	s <- r
 	res := <-r.reply
 	return res.pid, res.err
+}
+
+// exec replaces prefork's image by path's, on the spawner's thread; it
+// returns only if execve failed.
+func (s spawner) exec(path string, argv, env []string) error {
+	r := spawnRequest{path: path, argv: argv, env: env, exec: true, reply: make(chan spawnResult, 1)}
+	s <- r
+	return (<-r.reply).err
 }
 
 // exitEvent is a reaped child: a worker or an orphan inherited as pid 1 or subreaper.
@@ -96,11 +165,12 @@ type noChildrenEvent struct{}
 // reaper waits for every child of prefork and sends what it reaps to the owner.
 type reaper struct {
 	kick      chan struct{}
-	wantEmpty atomic.Bool // report noChildrenEvent when nothing is left
+	hold      chan chan struct{} // an upgrade's: no wait4 until the channel sent closes
+	wantEmpty atomic.Bool        // report noChildrenEvent when nothing is left
 }
 
 func startReaper(events chan<- event) *reaper {
-	r := &reaper{kick: make(chan struct{}, 1)}
+	r := &reaper{kick: make(chan struct{}, 1), hold: make(chan chan struct{})}
 	sigchld := make(chan os.Signal, 1)
 	signal.Notify(sigchld, syscall.SIGCHLD)
 	go func() {
@@ -125,6 +195,8 @@ func startReaper(events chan<- event) *reaper {
 			select {
 			case <-sigchld:
 			case <-r.kick:
+			case resume := <-r.hold:
+				<-resume
 			}
 		}
 	}()

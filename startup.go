@@ -1,23 +1,33 @@
 //go:build linux || darwin
 
 // This file holds the checks prefork makes before it starts any worker: stop
-// signals caught from the first instant, the pidfile and status file, and the
-// descriptor budget of the pool.
+// signals caught from the first instant, the command, the pidfile and status
+// file, the listeners, and the descriptor budget of the pool; and, for an
+// in-place upgrade's new image, the take-over of the old image's state
+// instead (or its way back to the old image).
 package main
 
 import (
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
+	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/prefork/prefork/internal/demo"
+	"github.com/prefork/prefork/internal/listenwait"
+	"github.com/prefork/prefork/internal/output"
+	"github.com/prefork/prefork/internal/sock"
+	"github.com/prefork/prefork/internal/upgrade"
 )
 
 // handledSignals are the signals the supervisor acts on.
@@ -41,7 +51,29 @@ func init() {
 	if earlySignalsOff || os.Getenv(shimEnv) != "" || len(os.Args) > 1 && os.Args[1] == demo.Arg {
 		return
 	}
+	if os.Getenv(upgrade.StateEnv) != "" {
+		earlySignals = catchHeldSignals()
+		return
+	}
 	earlySignals = catchSignals()
+}
+
+// catchHeldSignals is catchSignals in an upgrade's new image, where the
+// signals sent during the exec are pending, blocked (reload.go). os/signal
+// unblocks a signal a moment before it installs its handler: a TTIN or TTOU
+// pending then would take its default action and stop prefork. Those two are
+// taken out of the pending set first (ignoring a signal discards it pending)
+// and put on the channel; the others reach the channel on their own.
+func catchHeldSignals() chan os.Signal {
+	pending := upgrade.PendingSignals()
+	signal.Ignore(syscall.SIGTTIN, syscall.SIGTTOU)
+	sigs := catchSignals()
+	for _, sig := range []syscall.Signal{syscall.SIGTTIN, syscall.SIGTTOU} {
+		if pending&(1<<(sig-1)) != 0 {
+			sigs <- sig
+		}
+	}
+	return sigs
 }
 
 // catchSignals catches the signals prefork handles, and makes a broken stderr
@@ -257,4 +289,326 @@ func countOpenFds() int {
 // isFdLimit reports whether err comes from running out of descriptors.
 func isFdLimit(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+}
+
+// prepare resolves the command, --user and the worker count, checks the
+// files prefork writes, and binds (or takes from socket activation) the
+// listeners: a start's work before the notify sockets.
+func (s *supervisor) prepare(uid, gid *int) (int, error) {
+	c := s.c
+	var err error
+	s.argv = c.command
+	if c.demo {
+		s.argv = []string{"prefork-demo", demo.Arg}
+	}
+	if s.wd, err = newWorkdir(); err != nil {
+		return exitFailure, err
+	}
+	if code, err := s.resolve(); err != nil {
+		return code, err
+	}
+	if c.user != "" {
+		if s.cred, *uid, *gid, err = lookupUser(c.user); err != nil {
+			return exitUsage, fmt.Errorf("--user %s: %v", c.user, err)
+		}
+	}
+	if c.workers == 0 {
+		c.workers = autoWorkers()
+	}
+	if c.pidfile != "" {
+		if err := checkPidfile(c.pidfile); err != nil {
+			return exitFailure, fmt.Errorf("--pidfile %s: %v", c.pidfile, err)
+		}
+	}
+	if c.statusFile != "" {
+		if err := checkWritable(c.statusFile); err != nil {
+			return exitFailure, fmt.Errorf("--status-file %s: %v", c.statusFile, err)
+		}
+	}
+	if len(c.specs) == 0 {
+		if s.listeners, err = sock.Adopt(); err != nil {
+			return exitFailure, fmt.Errorf("socket activation: %v", err)
+		}
+		if len(s.listeners) == 0 && !nodeClusterOn(c, s.path) {
+			return exitUsage, fmt.Errorf("no listeners: give -p PORT or -l ADDR, or start prefork by socket activation")
+		}
+		if len(s.listeners) == 0 && c.nodeSendServer != "" { // handle-passing workers ask for nothing to bind
+			return exitUsage, fmt.Errorf("--node-send-server sends prefork's listeners: give -p PORT or -l ADDR")
+		}
+		for _, l := range s.listeners {
+			if c.mode == modeRR && l.Spec.Network == "udp" {
+				return exitUsage, fmt.Errorf("--mode rr hands over stream connections: adopted socket %s is UDP", l.Spec.Name)
+			}
+		}
+	} else if s.listeners, err = sock.Bind(c.specs, c.backlog, c.mode == modeReuseport); err != nil {
+		return exitFailure, err
+	}
+	return 0, nil
+}
+
+// The in-place upgrade, the new image's side (reload.go holds the old
+// image's). The state is read and checked before anything is started; a
+// failure up to the moment the workers are taken over hands the state back,
+// unchanged, to the old image (its binary is kept open), which takes its own
+// state over again and tells the client.
+
+// takeoverRefusal, when set, makes this image refuse every state: a test
+// build's way to play a new binary that cannot take over. Nothing else sets it.
+var takeoverRefusal string
+
+// state is the state taken over; nil when none (a is nil: no upgrade).
+func (a *adoption) state() *upgrade.State {
+	if a == nil {
+		return nil
+	}
+	return a.st
+}
+
+// adoption is the state this image takes over from the one before it, or,
+// after a way back, takes back.
+type adoption struct {
+	fd, exeFD int            // the state's descriptor; the binary that wrote it
+	st        *upgrade.State // nil when it could not be read
+	back      string         // this is the old image again: why the new one handed the state back
+	files     []*os.File     // what the take-over opened on the inherited descriptors
+}
+
+// answerUpgradeCheck is the check mode: the formats this binary reads.
+func answerUpgradeCheck() int {
+	fmt.Print(upgrade.CheckLine(version()))
+	return exitOK
+}
+
+// adoptMain runs in a process started with upgrade.StateEnv: it reads the
+// state and supervises from it, or hands it back.
+func adoptMain(fd, exeFD int, err error, stderr io.Writer) int {
+	a := &adoption{fd: fd, exeFD: exeFD, back: os.Getenv(upgrade.RollbackEnv)}
+	os.Unsetenv(upgrade.RollbackEnv)
+	log := newLogger(stderr, logText, 0)
+	var b []byte
+	if err == nil {
+		b, err = upgrade.Read(fd)
+	}
+	if err == nil {
+		a.st, err = upgrade.Decode(b)
+	}
+	var c *config
+	if err == nil && len(a.st.Args) == 0 {
+		err = errors.New("the state has no command line")
+	}
+	if err == nil {
+		c, err = parseArgs(a.st.Args[1:])
+	}
+	if err == nil {
+		err = a.check(c)
+	}
+	if err != nil {
+		a.handBack(log, err.Error())
+		log.Error("cannot take over the state", "err", err)
+		return exitFailure
+	}
+	return supervise(c, stderr, a)
+}
+
+// check refuses a state this image cannot take over.
+func (a *adoption) check(c *config) error {
+	st := a.st
+	switch {
+	case takeoverRefusal != "":
+		return errors.New(takeoverRefusal)
+	case c.mode == modeRR:
+		return errors.New("this prefork does not take over --mode rr")
+	case c.workerOutput != output.Inherit:
+		return fmt.Errorf("this prefork does not take over --worker-output %s", c.workerOutput)
+	case c.ctl != "":
+		return errors.New("the state's command line is a control client's")
+	case len(st.Slots) == 0:
+		return errors.New("the state has no slots")
+	}
+	busy := map[int]bool{}
+	for i, sl := range st.Slots {
+		if sl.Index != i {
+			return fmt.Errorf("slot %d is listed as slot %d", i, sl.Index)
+		}
+		if c.mode == modeReuseport && len(sl.Socks) != len(st.Listeners) {
+			return fmt.Errorf("slot %d has %d sockets for %d listeners", i, len(sl.Socks), len(st.Listeners))
+		}
+	}
+	for _, w := range st.Procs {
+		if w.Slot < 0 || w.Slot >= len(st.Slots) || busy[w.Slot] {
+			return fmt.Errorf("worker pid %d: slot %d is not free", w.PID, w.Slot)
+		}
+		busy[w.Slot] = true
+	}
+	return nil
+}
+
+// handBack executes the old image with the state, unchanged; it returns only
+// when it cannot, or when this is the old image already (a way back has no
+// way back).
+func (a *adoption) handBack(log *slog.Logger, why string) {
+	if a == nil {
+		return
+	}
+	if a.back != "" {
+		log.Error("cannot take back prefork's own state after a failed upgrade", "err", why)
+		return
+	}
+	log.Error("upgrade: this binary cannot take over; handing the state back to the old prefork", "err", why)
+	fds := []int{a.fd, a.exeFD}
+	if a.st != nil {
+		fds = append(fds, a.st.FDs()...)
+	}
+	signal.Ignore(fatalSignals...)
+	err := upgrade.Keep(fds)
+	if err == nil {
+		env := append(upgrade.Clean(os.Environ()), upgrade.StateEnv+"="+upgrade.EnvValue(a.fd, a.exeFD),
+			upgrade.RollbackEnv+"="+why)
+		err = newSpawner().exec(upgrade.FDPath(a.exeFD), os.Args, env)
+	}
+	log.Error("cannot hand the state back to the old prefork", "err", err)
+}
+
+// inherit takes the command, --user, the worker count, the listeners and the
+// upward socket from the state; it returns the workers' uid and gid.
+func (s *supervisor) inherit() (uid, gid int) {
+	st := s.adopt.st
+	s.path, s.argv, s.wd, s.cred = st.Command, st.Argv, workdir{path: st.WorkDir, dir: st.RealDir}, st.Cred
+	s.c.workers, s.gen, s.upOnce, s.lastStatus, s.ctl.reloadFailures = st.Workers, st.Generation, st.UpOnce, st.LastStatus, st.ReloadFailures
+	if st.Upstream != "" {
+		s.up = &upstream{st.Upstream}
+	}
+	for _, l := range st.Listeners {
+		spec := sock.Spec{Name: l.Name, Network: l.Network, Addr: l.Addr, Text: l.Text}
+		s.listeners = append(s.listeners, sock.Restore(spec, l.FD, l.Bound, l.UnixPath))
+	}
+	return st.UID, st.GID
+}
+
+// notifyDir is the workers' notify socket directory, as the state has it.
+func (a *adoption) notifyDir() *notifyDir {
+	d := &notifyDir{path: a.st.Notify.Path, uid: a.st.Notify.UID, gid: a.st.Notify.GID}
+	d.seq.Store(a.st.Notify.Seq)
+	return d
+}
+
+// fileConn is a connection of Go's poller on a duplicate of an inherited
+// socket; the inherited descriptor stays open for a way back.
+func (a *adoption) fileConn(fd int, name string) (*net.UnixConn, error) {
+	nfd, err := syscall.Dup(fd)
+	if err != nil {
+		return nil, os.NewSyscallError("dup", err)
+	}
+	f := os.NewFile(uintptr(nfd), name)
+	defer f.Close()
+	c, err := net.FileConn(f)
+	if err != nil {
+		return nil, err
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, fmt.Errorf("%s: not a unix socket", name)
+	}
+	return uc, nil
+}
+
+// adoptWorkers takes over the slots and workers of the image before (the
+// loop's start after an upgrade): their timers go on from what remained of
+// them, their notify sockets are read again, and what the old image had not
+// handled yet is handled now.
+func (s *supervisor) adoptWorkers() {
+	a, now := s.adopt, s.env.now()
+	st := a.st
+	for _, u := range st.Slots {
+		s.slots = append(s.slots, &slot{index: u.Index, failures: u.Failures, restarts: u.Restarts,
+			lastExit: u.LastExit, replaced: u.Replaced, socks: u.Socks})
+	}
+	var ws []*worker
+	for _, u := range st.Procs {
+		conn, err := a.fileConn(u.NotifyFD, u.NotifyPath)
+		if err != nil {
+			a.handBack(s.log, fmt.Sprintf("worker pid %d: notify socket: %v", u.PID, err))
+			s.log.Error("worker's notify socket is lost; it is not read", "pid", u.PID, "err", err)
+		}
+		w := &worker{pid: u.PID, slot: s.slots[u.Slot], gen: u.Generation, state: stateStarting, started: now.Add(-u.Age),
+			wasReady: u.WasReady, failed: u.Failed, why: u.Why, status: u.Status,
+			notify: &notifySocket{path: u.NotifyPath, conn: conn, log: s.notify.log}, link: &signalLink{killMode: s.c.killMode}}
+		if u.Ready {
+			w.state = stateReady
+		}
+		if i := slices.Index(upByNames, u.UpBy); i > 0 {
+			w.upBy = upBy(i)
+		}
+		w.seenIn = listenwait.Way(u.SeenIn)
+		if u.PingAge >= 0 {
+			w.lastPing = now.Add(-u.PingAge)
+		}
+		ws = append(ws, w)
+	}
+	// Committed: from here on this image runs the workers.
+	for _, w := range ws {
+		w.link.attach(w)
+		s.workers[w.pid] = w
+		w.slot.cur = w
+		if w.state == stateStarting && s.c.ready == readyOnNotify {
+			w.timer = s.env.after(max(s.c.readyTimeout-now.Sub(w.started), 0), readyTimeoutEvent{w})
+		} else if w.state == stateStarting {
+			w.timer = s.env.after(max(s.c.readyDelay-now.Sub(w.started), 0), readyDelayEvent{w})
+		}
+		if w.notify.conn != nil {
+			w.notify.start(w.pid, s.notifyTo(w))
+		}
+	}
+	for i, sl := range s.slots {
+		if sl.cur == nil {
+			d := st.Slots[i].RestartIn
+			sl.restartDue = now.Add(d)
+			s.env.after(d, restartEvent{sl})
+		}
+	}
+	s.tookOver()
+	for _, p := range st.Pending {
+		if w := s.workers[p.PID]; p.Exit {
+			s.handle(exitEvent{p.PID, p.Status})
+		} else if w != nil {
+			s.handle(notifyEvent{w, p.Msg})
+		}
+	}
+	for _, sig := range st.Signals {
+		select {
+		case s.sigs <- syscall.Signal(sig):
+		default:
+		}
+	}
+}
+
+// tookOver answers the client that asked for the upgrade, closes the
+// inherited descriptors the take-over duplicated, and tells systemd.
+func (s *supervisor) tookOver() {
+	a, st := s.adopt, s.adopt.st
+	if a.back != "" {
+		s.log.Warn("upgrade rolled back: the new binary could not take over; this prefork goes on", "binary", st.Exe, "err", a.back)
+		if st.Client >= 0 {
+			answerFD(st.Client, ctlResponse{Error: fmt.Sprintf("rolled back: %s could not take over (%s); the old prefork goes on", st.Exe, a.back)})
+		}
+	} else {
+		msg := fmt.Sprintf("pid %d runs %s now; %d workers kept (state format %d from %s)", os.Getpid(), version(), len(st.Procs), st.Version, st.Writer)
+		s.log.Info("upgraded in place", "binary", st.Exe, "version", version(), "workers", len(st.Procs), "from", st.Writer)
+		if st.Client >= 0 {
+			answerFD(st.Client, ctlResponse{OK: true, Message: msg})
+		}
+	}
+	for _, fd := range []int{a.fd, a.exeFD} {
+		syscall.Close(fd)
+	}
+	for _, w := range st.Procs {
+		syscall.Close(w.NotifyFD)
+	}
+	if st.Control != nil {
+		syscall.Close(st.Control.FD)
+	}
+	if s.upOnce {
+		s.up.send("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
+	}
 }

@@ -44,6 +44,11 @@ type workerStatus struct {
 	Restarts   int       `json:"restarts"`
 	LastExit   *int      `json:"last_exit"`
 	Status     string    `json:"status,omitempty"`
+	// UpBy is how it came up: notify (READY=1), listening (Node), seen
+	// waiting (for connections: SeenIn says how, accept, recv, epoll, poll
+	// or select) or delay (the delay rule); absent while it is not up.
+	UpBy   string `json:"up_by,omitempty"`
+	SeenIn string `json:"seen_in,omitempty"`
 	// RSS (bytes, the process group's) and CPU (seconds) at the last sample,
 	// where /proc can be read; Replaced is why the slot's worker was last
 	// replaced (max-rss, max-lifetime, reload, STOPPING=1, watchdog, …).
@@ -83,6 +88,7 @@ func (s *supervisor) snapshot() statusFile {
 		ws := workerStatus{Slot: w.slot.index, PID: w.pid, Generation: w.gen, State: w.state.String(),
 			Started: w.started.UTC().Truncate(time.Millisecond), Restarts: w.slot.restarts, Status: w.status}
 		ws.Replaced = w.slot.replaced
+		ws.UpBy, ws.SeenIn = w.upBy.String(), w.seenIn.String()
 		if s.pool != nil {
 			if u, ok := s.pool.stats.usage[w.pid]; ok {
 				ws.RSS, ws.CPU = u.RSS, u.CPU.Round(10*time.Millisecond).Seconds()
@@ -255,6 +261,16 @@ func renderMetrics(st *ctlStatus) []byte {
 	for _, w := range st.Workers {
 		p.sample("prefork_worker_start_time_seconds", float64(w.Started.UnixMilli())/1e3, workerLabels(w)...)
 	}
+	p.family("prefork_worker_up_by", "gauge", "1 for each worker that came up, labelled with how: notify (READY=1), listening (Node), seen waiting (for connections, in seen_in: accept, recv, epoll, poll, select) or delay.")
+	for _, w := range st.Workers {
+		labels := append(workerLabels(w), "up_by", w.UpBy)
+		if w.SeenIn != "" {
+			labels = append(labels, "seen_in", w.SeenIn)
+		}
+		if w.UpBy != "" {
+			p.sample("prefork_worker_up_by", 1, labels...)
+		}
+	}
 	p.family("prefork_worker_resident_memory_bytes", "gauge", "Resident memory of each worker's process group.")
 	for _, w := range st.Workers {
 		if w.RSS != nil {
@@ -343,7 +359,7 @@ func (m *metricsWriter) run() {
 	for {
 		reply := make(chan ctlResponse, 1)
 		select {
-		case m.events <- ctlEvent{ctlRequest{Cmd: "metrics"}, reply}:
+		case m.events <- ctlEvent{req: ctlRequest{Cmd: "metrics"}, reply: reply}:
 		case <-m.quit:
 			return
 		}

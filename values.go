@@ -87,8 +87,22 @@ const (
 )
 
 const (
-	readyOnDelay  readyRule = iota // up after --ready-delay (or READY=1 / Node listening)
+	readyAuto     readyRule = iota // up at READY=1, Node listening or seen waiting; else by the delay rule
+	readyOnDelay                   // up after --ready-delay (or READY=1 / Node listening)
 	readyOnNotify                  // up only at READY=1 (or Node listening)
+	readyOnListen                  // up only when seen waiting for connections (or Node listening)
+)
+
+// upBy is how a worker came up, as the status, the control socket and the
+// metrics say it.
+type upBy uint8
+
+const (
+	upNot       upBy = iota // not up (yet)
+	upNotify                // it sent READY=1
+	upListening             // a Node worker reported listening
+	upSeen                  // it was seen waiting for connections (internal/listenwait)
+	upDelay                 // the delay rule: alive --ready-delay, or not seen by --ready-timeout
 )
 
 const (
@@ -115,7 +129,8 @@ const (
 
 var (
 	modeNames      = []string{"shared", "reuseport", "rr"}
-	readyNames     = []string{"delay", "notify"}
+	readyNames     = []string{"auto", "delay", "notify", "listen"}
+	upByNames      = []string{"", "notify", "listening", "seen waiting", "delay"}
 	killModeNames  = []string{"group", "mixed"}
 	nodeRuleNames  = []string{"auto", "on", "off"}
 	logFormatNames = []string{"text", "json"}
@@ -125,6 +140,7 @@ var (
 func (m mode) String() string      { return modeNames[m] }
 func (r readyRule) String() string { return readyNames[r] }
 func (k killMode) String() string  { return killModeNames[k] }
+func (u upBy) String() string      { return upByNames[u] }
 func (b balance) String() string   { return balanceNames[b] }
 
 // choiceOpt reads an option whose value is one of names; the index is the value.

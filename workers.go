@@ -14,6 +14,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prefork/prefork/internal/listenwait"
 	"github.com/prefork/prefork/internal/output"
 	"github.com/prefork/prefork/internal/sock"
 )
@@ -28,15 +29,16 @@ func (s *supervisor) spawn(sl *slot) (*worker, error) {
 	s.workers[p.pid] = w
 	p.link.attach(w)
 	if p.notify != nil {
-		go p.notify.read(p.pid, func(m map[string]string) { s.events <- notifyEvent{w, m} })
+		p.notify.start(p.pid, s.notifyTo(w))
 	}
-	if s.c.ready == readyOnNotify {
-		w.timer = s.env.after(s.c.readyTimeout, readyTimeoutEvent{w})
-	} else {
-		w.timer = s.env.after(s.c.readyDelay, readyDelayEvent{w})
-	}
+	s.armReady(w, p.socks)
 	s.log.Debug("worker started", "slot", sl.index, "pid", p.pid, "generation", s.gen)
 	return w, nil
+}
+
+// notifyTo delivers what w sends on its notify socket to the owner.
+func (s *supervisor) notifyTo(w *worker) func(map[string]string) {
+	return func(m map[string]string) { s.events <- notifyEvent{w, m} }
 }
 
 // startProcess is env.start: the worker's channel, its notify socket, and its
@@ -64,6 +66,12 @@ func (s *supervisor) startProcess(sl *slot) (proc, error) {
 	for _, fd := range fds {
 		files = append(files, uintptr(fd))
 	}
+	var socks []listenwait.Sock
+	for _, fd := range fds {
+		if sk, err := listenwait.SockOf(fd); err == nil {
+			socks = append(socks, sk)
+		}
+	}
 	pid, err := s.spawner.start(s.shim, shimArgs(s.path, s.argv), s.workerEnv(sl, ns.path, chEnv), files)
 	if err != nil {
 		ns.close()
@@ -76,7 +84,7 @@ func (s *supervisor) startProcess(sl *slot) (proc, error) {
 	if out != nil {
 		out.Start(sl.index, pid, s.gen)
 	}
-	return proc{pid, lk, ns}, nil
+	return proc{pid, lk, ns, socks}, nil
 }
 
 // workerEnv is the environment of one worker (README: What a worker gets); chEnv is what its
@@ -126,8 +134,8 @@ func (s *supervisor) notified(w *worker, msg map[string]string) {
 	if msg["WATCHDOG"] == "1" {
 		w.lastPing = s.env.now()
 	}
-	if msg["READY"] == "1" {
-		s.markReady(w)
+	if msg["READY"] == "1" && s.c.ready != readyOnListen { // listen: only what is seen counts
+		s.markReady(w, upNotify)
 	}
 	if msg["STOPPING"] == "1" && !w.retiring && !s.stopping {
 		s.step(slotInput{sl: w.slot, w: w, ev: evStopping, why: whyStopping})
@@ -135,10 +143,11 @@ func (s *supervisor) notified(w *worker, msg map[string]string) {
 }
 
 // markReady makes a starting worker count as up; a replacement takes over.
-func (s *supervisor) markReady(w *worker) {
+func (s *supervisor) markReady(w *worker, how upBy) {
 	if w.state != stateStarting {
 		return
 	}
+	w.upBy = how
 	s.step(slotInput{sl: w.slot, w: w, ev: evReady})
 	if !s.upOnce && s.allReady() {
 		s.upOnce = true
@@ -169,6 +178,7 @@ func (s *supervisor) leave(w *worker) {
 		return
 	}
 	w.state = stateStopping
+	w.stopWatching()
 	w.link.drain()
 	if w.timer != nil {
 		w.timer()
@@ -179,6 +189,7 @@ func (s *supervisor) leave(w *worker) {
 // exited handles a reaped worker.
 func (s *supervisor) exited(w *worker, status int) {
 	delete(s.workers, w.pid)
+	w.stopWatching()
 	s.env.kill(-w.pid, syscall.SIGKILL) // whatever the worker left in its process group
 	if w.timer != nil {
 		w.timer()
@@ -199,4 +210,93 @@ func (s *supervisor) exited(w *worker, status int) {
 	}
 	s.step(slotInput{sl: sl, w: w, ev: evExit, why: execErr, status: status})
 	s.releaseSlot(sl)
+}
+
+// Readiness seen from outside (--ready auto and listen; internal/listenwait
+// looks). seeing is what the run learned.
+type seeing struct {
+	cannot  bool // a worker's waits could not be read at all: no worker is watched any more
+	byDelay bool // auto: a worker was not seen by --ready-timeout, so new ones come up by the delay rule until one is seen
+}
+
+// listenEvent is what the listenwait watcher found about a starting worker.
+type listenEvent struct{ listenwait.Report }
+
+// watchesListen says whether this run looks for workers waiting for
+// connections; where it cannot (macOS), --ready auto warns once at start.
+func (s *supervisor) watchesListen() bool {
+	if s.c.ready != readyAuto && s.c.ready != readyOnListen {
+		return false
+	}
+	if !listenwait.Supported {
+		s.log.Warn("prefork cannot see here whether workers wait for connections; they come up by the delay rule (choose --ready delay, notify or listen)",
+			"ready_delay", s.c.readyDelay)
+		return false
+	}
+	return true
+}
+
+// armReady starts what makes a new worker up besides READY=1 and Node's
+// listening: the ready-delay timer, or the ready-timeout timer and a watch on
+// whether it waits for connections on socks.
+func (s *supervisor) armReady(w *worker, socks []listenwait.Sock) {
+	rule := s.c.ready
+	watch := (rule == readyAuto || rule == readyOnListen) && !w.link.saysReady() && s.env.watch != nil && !s.seeing.cannot
+	if watch {
+		w.unwatch = s.env.watch(w.pid, socks)
+	}
+	if rule == readyOnNotify || rule == readyOnListen || rule == readyAuto && watch && !s.seeing.byDelay {
+		w.timer = s.env.after(s.c.readyTimeout, readyTimeoutEvent{w})
+	} else {
+		w.timer = s.env.after(s.c.readyDelay, readyDelayEvent{w})
+	}
+}
+
+// stopWatching forgets whether a worker that is up, leaving or gone waits.
+func (w *worker) stopWatching() {
+	if w.unwatch != nil {
+		w.unwatch()
+		w.unwatch = nil
+	}
+}
+
+// seen handles what the watcher found: a worker seen waiting is up; one whose
+// waits cannot be read makes this run give up seeing (auto: the delay rule).
+func (s *supervisor) seen(r listenwait.Report) {
+	w := s.workers[r.PID]
+	if w == nil || w.state != stateStarting || w.unwatch == nil {
+		return
+	}
+	w.unwatch = nil // the watcher forgot it
+	if r.Err != nil {
+		if !s.seeing.cannot {
+			s.log.Warn("cannot see whether workers wait for connections; "+map[bool]string{
+				true:  "--ready listen workers not up by --ready-timeout fail",
+				false: "they come up by the delay rule (choose --ready delay, notify or listen)"}[s.c.ready == readyOnListen],
+				"pid", w.pid, "err", r.Err)
+		}
+		s.seeing.cannot = true
+		if s.c.ready == readyAuto && w.timer != nil {
+			w.timer()
+			w.timer = s.env.after(max(s.c.readyDelay-s.env.now().Sub(w.started), 0), readyDelayEvent{w})
+		}
+		return
+	}
+	s.seeing.byDelay = false
+	w.seenIn = r.Way
+	s.log.Debug("worker seen waiting for connections", "slot", w.slot.index, "pid", w.pid, "in", r.Way)
+	s.markReady(w, upSeen)
+}
+
+// upByDelay: under --ready auto, a worker not seen waiting (nor saying it is
+// up) by --ready-timeout comes up by the delay rule, and so do the next
+// workers of this run until one is seen: a server prefork cannot see is held
+// back once, not at every start.
+func (s *supervisor) upByDelay(in slotInput) {
+	if !s.seeing.byDelay {
+		s.log.Warn("worker not seen waiting for connections within --ready-timeout; counting it up, and the next workers after --ready-delay (choose --ready delay, notify or listen)",
+			"slot", in.sl.index, "pid", in.w.pid, "ready_timeout", s.c.readyTimeout)
+	}
+	s.seeing.byDelay = true
+	s.markReady(in.w, upDelay)
 }

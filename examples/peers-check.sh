@@ -6,9 +6,11 @@
 # meanwhile, and TERM stops prefork with status 0.
 #
 # The python3-systemd worker and gunicorn run with --ready notify (they say
-# READY=1); the others with --ready delay. Packages are installed with apt-get
-# when they can be; a server whose package cannot be had is skipped with a
-# message, never a failure. The whole script skips (77) only when none ran.
+# READY=1); the others with the default --ready auto, and each must come up
+# by READY=1 or by being seen waiting for connections, never by the delay
+# rule: the status file says how (up_by, seen_in). Packages are installed
+# with apt-get when they can be; a server whose package cannot be had is
+# skipped with a message, never a failure. The whole script skips (77) only when none ran.
 source "$(dirname "$0")/lib.sh"
 
 command -v curl >/dev/null || skip "needs curl"
@@ -83,7 +85,12 @@ check() {
   started+=("$pf")
   wait_until 30 ready_workers "$st" 2 || fail "$name: 2 workers not up within 30s; log:
 $(cat "$log")"
-  # A worker counts as up after --ready-delay; the first answer may take longer.
+  local how seen
+  how=$(grep -o '"up_by": "[^"]*"' "$st" | head -1 | cut -d'"' -f4)
+  seen=$(grep -o '"seen_in": "[^"]*"' "$st" | head -1 | cut -d'"' -f4)
+  [ -z "$seen" ] || how="$how ($seen)"
+  ! grep -q '"up_by": "delay"' "$st" || fail "$name: up by the delay rule, not seen waiting for connections ($how); log:
+$(cat "$log")"
   wait_until 20 get "$port" || fail "$name: no answer on port $port; log:
 $(cat "$log")"
   local i
@@ -108,6 +115,7 @@ $(cat "$log")"
     fail "$name: the reload did not bring generation 2 up within 60s; log:
 $(cat "$log")"
   wait_until 30 ready_workers "$st" 2 || fail "$name: not 2 ready workers after the reload"
+  ! grep -q '"up_by": "delay"' "$st" || fail "$name: a new worker came up by the delay rule, not seen waiting"
   sleep 0.5
   touch "$tmp/$name.done"
   wait "$load" || true
@@ -117,7 +125,7 @@ $(cat "$log")"
 $(cat "$log")"
   get "$port" >/dev/null || fail "$name: no answer after the reload"
   stop_with_term "$pf" "$log" "$name"
-  say "$name: answered, reloaded with 0 of $n requests failed, TERM: status 0"
+  say "$name: up by $how, answered, reloaded with 0 of $n requests failed, TERM: status 0"
   ran+=("$name")
 }
 

@@ -31,7 +31,7 @@ func memory(res *results.Results, reps int) error {
 	for rep := 0; rep < reps; rep++ {
 		for _, n := range []int{2, 4, 64} {
 			port := nextPort()
-			p, err := startPrefork(port, n, "shared", []string{"--ready-delay", "50ms"}, "sleep", "1000000")
+			p, err := startPrefork(port, n, "shared", []string{"--ready", "delay", "--ready-delay", "50ms"}, "sleep", "1000000")
 			if err != nil {
 				return fmt.Errorf("memory, prefork -n %d: %w", n, err)
 			}
@@ -115,13 +115,14 @@ func startup(res *results.Results, reps, n int, modes []string) error {
 }
 
 // spawnMany times prefork from exec until n `sleep` workers are all up (alive
-// 10 ms, --ready-delay), by the status file: the pace of spawning alone.
+// 10 ms, --ready delay: sleep never waits for connections), by the status
+// file: the pace of spawning alone.
 func spawnMany(res *results.Results, reps, n int) error {
 	life := results.Life{Name: fmt.Sprintf("startup: prefork, %d sleep workers all started (--ready-delay 10ms)", n)}
 	for rep := 0; rep < reps; rep++ {
 		port := nextPort()
 		t0 := time.Now()
-		p, err := startPrefork(port, n, "shared", []string{"--ready-delay", "10ms"}, "sleep", "1000000")
+		p, err := startPrefork(port, n, "shared", []string{"--ready", "delay", "--ready-delay", "10ms"}, "sleep", "1000000")
 		if err != nil {
 			return fmt.Errorf("startup of %d sleep workers: %w", n, err)
 		}

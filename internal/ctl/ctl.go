@@ -16,6 +16,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prefork/prefork/internal/sock"
@@ -35,10 +36,15 @@ type Config struct {
 	// Handle answers one request line (without its newline) in the client's
 	// goroutine. stay keeps the connection open after the answer until Close
 	// (stop: the client waits for prefork to exit). quit closes at Close.
-	Handle func(line []byte, quit <-chan struct{}) (answer []byte, stay bool)
+	// conn is the client's connection, for a handler that hands it on (an
+	// upgrade's new image answers on it).
+	Handle func(line []byte, conn syscall.Conn, quit <-chan struct{}) (answer []byte, stay bool)
 	// Refuse renders an answer the server gives on its own (permission
 	// denied, too many clients, no request in time, request too long).
 	Refuse func(msg string) []byte
+	// Inherited, when set, is the socket to serve instead of binding Path:
+	// one an earlier image of prefork bound (an in-place upgrade).
+	Inherited *sock.Listener
 }
 
 // Server accepts and serves control clients.
@@ -57,18 +63,26 @@ type Server struct {
 // Open serves the control socket at c.Path: a stale socket file there is
 // replaced, a live one is an error, as for the unix listeners.
 func Open(c Config) (*Server, error) {
-	l, err := sock.BindUnix(sock.Spec{Name: "control", Network: "unix", Addr: c.Path, Text: c.Path}, MaxClients)
-	if err != nil {
-		return nil, err
+	l, err := c.Inherited, error(nil)
+	if l == nil {
+		if l, err = sock.BindUnix(sock.Spec{Name: "control", Network: "unix", Addr: c.Path, Text: c.Path}, MaxClients); err != nil {
+			return nil, err
+		}
 	}
-	if l.Path() != "" {
+	if l.Path() != "" && c.Inherited == nil {
 		// The peer check is what keeps others out; the mode says so to a reader.
 		if err := os.Chmod(c.Path, 0o600); err != nil {
 			sock.Close(l)
 			return nil, err
 		}
 	}
-	f := os.NewFile(uintptr(l.FD), c.Path)
+	fd := l.FD
+	if c.Inherited != nil { // the inherited descriptor stays open, for a way back
+		if fd, err = syscall.Dup(fd); err != nil {
+			return nil, os.NewSyscallError("dup", err)
+		}
+	}
+	f := os.NewFile(uintptr(fd), c.Path)
 	ln, err := net.FileListener(f) // a close-on-exec duplicate in Go's poller
 	f.Close()
 	l.FD = -1
@@ -81,6 +95,18 @@ func Open(c Config) (*Server, error) {
 	go s.serve()
 	return s, nil
 }
+
+// FD is the listening socket's descriptor (in Go's poller), for an upgrade
+// to keep across its exec; SocketPath the socket file Close removes ("" none).
+func (s *Server) FD() int {
+	fd := -1
+	if rc, err := s.ln.(*net.UnixListener).SyscallConn(); err == nil {
+		rc.Control(func(f uintptr) { fd = int(f) })
+	}
+	return fd
+}
+
+func (s *Server) SocketPath() string { return s.sock.Path() }
 
 // Close stops accepting and removes the socket file; clients that stay see
 // their connection close. It is idempotent.
@@ -169,7 +195,7 @@ func (s *Server) client(conn *net.UnixConn) {
 	if n := len(line); n > 0 && line[n-1] == '\n' {
 		line = line[:n-1]
 	}
-	answer, stay := s.c.Handle(line, s.quit)
+	answer, stay := s.c.Handle(line, conn, s.quit)
 	if answer == nil {
 		return // prefork is stopping
 	}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -20,7 +21,7 @@ func open(t *testing.T) (*Server, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "ctl.sock")
 	s, err := Open(Config{Path: path, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Handle: func(line []byte, quit <-chan struct{}) ([]byte, bool) {
+		Handle: func(line []byte, _ syscall.Conn, quit <-chan struct{}) ([]byte, bool) {
 			return []byte(strings.ToUpper(string(line))), string(line) == "stay"
 		},
 		Refuse: func(msg string) []byte { return []byte("refused: " + msg) },

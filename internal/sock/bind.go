@@ -362,3 +362,17 @@ func Close(ls ...*Listener) {
 		}
 	}
 }
+
+// Restore is a listener handed over by an earlier image of prefork (an
+// in-place upgrade): fd is the socket as it was, bound is its address, and
+// unixPath the socket file that image created ("" none), which Close removes
+// as long as it is still the file found here now.
+func Restore(spec Spec, fd int, bound, unixPath string) *Listener {
+	l := &Listener{Spec: spec, FD: fd, bound: bound}
+	if unixPath != "" {
+		if fi, err := os.Lstat(unixPath); err == nil {
+			l.unixPath, l.unixFile = unixPath, fi
+		}
+	}
+	return l
+}
