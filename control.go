@@ -325,7 +325,7 @@ func (s *supervisor) ctlSnapshot() *ctlStatus {
 		}
 	}
 	if s.nc != nil { // the listeners prefork bound for Node workers' listen()
-		for _, b := range s.nc.Bound() {
+		for _, b := range s.nc.BoundSockets() {
 			n, ok := 0, false
 			for _, fd := range b.Socks {
 				if k, err := procstat.AcceptQueue(fd); err == nil && b.L.Spec.Network != "udp" {

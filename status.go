@@ -81,13 +81,8 @@ func (s *supervisor) snapshot() statusFile {
 			st.AcceptQueue = append(st.AcceptQueue, q)
 		}
 	}
-	if s.nc != nil { // what prefork bound for Node workers' listen() (the pool does not sample those)
-		for _, b := range s.nc.Bound() {
-			st.Listeners = append(st.Listeners, b.L.Bound())
-			if st.AcceptQueue != nil {
-				st.AcceptQueue = append(st.AcceptQueue, nil)
-			}
-		}
+	if s.nc != nil { // the sockets bound on a Node worker's request
+		st.Listeners = append(st.Listeners, s.nc.Bound()...)
 	}
 	for _, w := range s.workers {
 		ws := workerStatus{Slot: w.slot.index, PID: w.pid, Generation: w.gen, State: w.state.String(),
