@@ -66,6 +66,7 @@ type ctlWorker struct {
 	RRInflight *int     `json:"rr_inflight,omitempty"`
 	RRHanded   *uint64  `json:"rr_handed,omitempty"`
 	RRAcked    *uint64  `json:"rr_acked,omitempty"`
+	RRUnread   bool     `json:"rr_unread,omitempty"` // it has acked none of its rr_inflight connections for seconds: it does not speak the rr protocol
 }
 
 // ctlQueue is one listener's accept queue at the time of the sample.
@@ -306,6 +307,7 @@ func (s *supervisor) ctlSnapshot() *ctlStatus {
 			if ws, ok := byPID[st.Workers[i].PID]; ok {
 				inflight, handed, acked := ws.Inflight, ws.Handed, ws.Acked
 				st.Workers[i].RRInflight, st.Workers[i].RRHanded, st.Workers[i].RRAcked = &inflight, &handed, &acked
+				st.Workers[i].RRUnread = ws.Unread
 			}
 		}
 	}

@@ -220,6 +220,9 @@ func writeStatusTable(w io.Writer, st *ctlStatus) {
 			rr := "-"
 			if ws.RRHanded != nil && ws.RRInflight != nil && ws.RRAcked != nil {
 				rr = fmt.Sprintf("%d/%d/%d", *ws.RRHanded, *ws.RRInflight, *ws.RRAcked)
+				if ws.RRUnread {
+					rr += " unread" // its connections wait: it does not read its handoff channel
+				}
 			}
 			line += "\t" + rr
 		}

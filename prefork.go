@@ -284,7 +284,7 @@ func supervise(c *config, stderr io.Writer, adopt *adoption) int {
 	s.baseEnv = cleanEnv(os.Environ())
 	s.spawner = newSpawner()
 	if s.watchesListen() {
-		s.lw = listenwait.New(func(r listenwait.Report) { s.events <- listenEvent{r} })
+		s.lw = listenwait.New(s.events, func(r listenwait.Report) event { return listenEvent{r} })
 		defer s.lw.Close()
 	}
 	s.env = s.realEnv()

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -372,3 +373,40 @@ var (
 	rawTCPListener = testfd.TCPListener
 	testLogger     = testfd.Logger
 )
+
+// A server that does not speak the rr handoff protocol (it never reads fd 3,
+// as gunicorn does not) under --mode rr: a warning within a few seconds
+// names the protocol, and the status shows the connections waiting for it.
+func TestRRWorkerThatNeverReads(t *testing.T) {
+	sock := ctlSock(t)
+	in := startPreforkWrapped(t, nil, nil, "--mode", "rr", "-l", "127.0.0.1:0", "-n", "1", "--ready", "delay", "--ready-delay", "100ms",
+		"--control", sock, "--", "sh", "-c", "exec sleep 60")
+	in.readyWorkers(1, 10*time.Second)
+	for i := 0; i < 2; i++ {
+		c, err := net.DialTimeout("tcp", in.addr(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	start := time.Now()
+	for !strings.Contains(in.stderr.String(), "rr handoff protocol") {
+		if time.Since(start) > 15*time.Second {
+			t.Fatal("no warning that the worker does not read its handoff channel")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !regexp.MustCompile(`pending=2\b`).MatchString(in.stderr.String()) {
+		t.Errorf("the warning does not say how many connections wait")
+	}
+	if js := mustCtl(t, sock, "status", "--json"); !strings.Contains(js, `"rr_unread": true`) && !strings.Contains(js, `"rr_unread":true`) {
+		t.Errorf("status --json does not mark the worker rr_unread:\n%s", js)
+	}
+	if txt := mustCtl(t, sock, "status"); !strings.Contains(txt, "2/2/0 unread") {
+		t.Errorf("status does not show the worker's 2 waiting connections as unread:\n%s", txt)
+	}
+	in.signal(syscall.SIGTERM)
+	if code := in.wait(15 * time.Second); code != 0 {
+		t.Fatalf("exit status %d after TERM", code)
+	}
+}

@@ -51,7 +51,7 @@ func Check(pid int, socks []Sock) (Way, error) {
 	}
 	for _, p := range procs {
 		way, err := checkProc(p, socks)
-		if err != nil && p == pid {
+		if err != nil && p.pid == pid {
 			return None, err
 		}
 		if way != None {
@@ -61,23 +61,40 @@ func Check(pid int, socks []Sock) (Way, error) {
 	return None, nil
 }
 
-// family is pid and its descendants, pid first.
-func family(pid int) ([]int, error) {
-	if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err != nil {
-		return nil, err
-	}
+// proc is one process of a worker's family and its threads.
+type proc struct {
+	pid  int
+	tids []string
+}
+
+// family is pid and its descendants, pid first; an error when pid is gone.
+func family(pid int) ([]proc, error) {
+	pids := []int{pid}
 	if !childrenFiles {
-		return scanFamily(pid)
+		var err error
+		if pids, err = scanFamily(pid); err != nil {
+			return nil, err
+		}
 	}
-	out := []int{pid}
-	for i := 0; i < len(out) && len(out) < 4096; i++ {
-		dir := "/proc/" + strconv.Itoa(out[i]) + "/task/"
-		tids, _ := readNames(dir)
+	var out []proc
+	for i := 0; i < len(pids) && i < 4096; i++ {
+		dir := "/proc/" + strconv.Itoa(pids[i]) + "/task/"
+		tids, err := readNames(dir)
+		if err != nil {
+			if i == 0 {
+				return nil, err
+			}
+			continue
+		}
+		out = append(out, proc{pids[i], tids})
+		if !childrenFiles {
+			continue
+		}
 		for _, tid := range tids {
 			b, _ := os.ReadFile(dir + tid + "/children")
 			for _, f := range strings.Fields(string(b)) {
-				if c, err := strconv.Atoi(f); err == nil && !slices.Contains(out, c) {
-					out = append(out, c)
+				if c, err := strconv.Atoi(f); err == nil && !slices.Contains(pids, c) {
+					pids = append(pids, c)
 				}
 			}
 		}
@@ -122,19 +139,15 @@ func readNames(dir string) ([]string, error) {
 }
 
 // checkProc looks at one process: its threads' system calls, then its epoll sets.
-func checkProc(pid int, socks []Sock) (Way, error) {
-	base := "/proc/" + strconv.Itoa(pid) + "/"
-	tids, err := readNames(base + "task")
-	if err != nil {
-		return None, err
-	}
+func checkProc(p proc, socks []Sock) (Way, error) {
+	base := "/proc/" + strconv.Itoa(p.pid) + "/"
 	var mem *os.File
 	defer func() {
 		if mem != nil {
 			mem.Close()
 		}
 	}()
-	for _, tid := range tids {
+	for _, tid := range p.tids {
 		b, err := os.ReadFile(base + "task/" + tid + "/syscall")
 		if errors.Is(err, fs.ErrPermission) {
 			return None, fmt.Errorf("%w: %v", ErrCannotObserve, err)

@@ -31,7 +31,7 @@ func (d *Dispatcher) run() {
 	for {
 		// Milliseconds; -1 for none. A refused connection may wait for its
 		// backoff to end.
-		timeout := sooner(d.waitTimeout(), d.retryTimeout())
+		timeout := sooner(sooner(d.waitTimeout(), d.retryTimeout()), d.watchUnread())
 		if d.paused {
 			if left := d.resume - time.Now().UnixNano(); left > 0 {
 				timeout = sooner(timeout, int(ms(left)))

@@ -228,7 +228,7 @@ func (d *Dispatcher) answer(m msg) reply {
 		s := make([]WorkerStats, 0, len(d.workers))
 		for _, w := range d.workers {
 			s = append(s, WorkerStats{ID: w.id, Slot: w.slot, Handed: w.handed, Acked: w.acked,
-				Inflight: len(w.inflight), Ready: w.ready, Draining: w.draining})
+				Inflight: len(w.inflight), Ready: w.ready, Draining: w.draining, Unread: w.stuck})
 		}
 		return reply{stats: s}
 	case opTotals:

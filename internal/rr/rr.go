@@ -87,6 +87,7 @@ type WorkerStats struct {
 	Inflight int // sent and not yet acked
 	Ready    bool
 	Draining bool
+	Unread   bool // it has held connections for seconds and acked none of them (unread.go)
 }
 
 // Totals counts the dispatcher's connections over its whole life, as
@@ -126,6 +127,7 @@ type worker struct {
 	acked    uint64
 	acks     *rrwire.Batch // ack messages read in one call
 	seqs     []uint32      // parsed acks of one message
+	unread                 // unread.go
 }
 
 // listener is one listener the dispatcher accepts on.
@@ -172,6 +174,13 @@ type Dispatcher struct {
 	pending   []handoff // connections waiting for a worker, handed out before new accepts
 	total     Totals
 	nonblock  bool // accept connections non-blocking (they go to Node workers)
+
+	// unread.go: the next scan for workers that do not read their channel
+	// (unix nanoseconds), whether one held connections at the last, and the
+	// handed count then.
+	unreadNext    int64
+	unreadHolding bool
+	unreadHanded  uint64
 }
 
 // New starts accepting on lfds: raw descriptors of TCP or unix stream
