@@ -134,6 +134,33 @@ func (nc *Cluster) Close() {
 	}
 }
 
+// BoundSocket is a listener the cluster bound on a worker's request, with
+// its sockets: prefork's status shows its accept queue (the sum over Socks).
+type BoundSocket struct {
+	L     *sock.Listener
+	Socks []int // each slot's in reuseport mode, else the listener's
+}
+
+// BoundSockets lists the listeners bound on the workers' requests that are
+// open now, with their sockets (owner).
+func (nc *Cluster) BoundSockets() []BoundSocket {
+	var bs []BoundSocket
+	for _, nl := range nc.ls {
+		if nl == nil || nl.static {
+			continue
+		}
+		b := BoundSocket{L: nl.l}
+		for _, fd := range nl.socks {
+			b.Socks = append(b.Socks, fd)
+		}
+		if len(b.Socks) == 0 {
+			b.Socks = []int{nl.l.FD}
+		}
+		bs = append(bs, b)
+	}
+	return bs
+}
+
 // Event is what a worker's reader goroutine, or one of its timers, hands
 // the owner: the owner gives it to the worker's handle.
 type Event struct {
