@@ -391,3 +391,35 @@ func TestUpgradeAsPID1(t *testing.T) {
 		t.Errorf("exit status %d after stop, want 0", code)
 	}
 }
+
+// An exec that fails after the check passed (here the "new binary" answers
+// the check, then takes its own x bit away) changes nothing: the reaper and
+// the notify readers go on (a killed worker is replaced, a reload completes
+// on READY=1), and a real upgrade works afterwards.
+func TestUpgradeExecFails(t *testing.T) {
+	u := startUpgradable(t, "shared", 2)
+	pids := workerPIDs(u.readyWorkers(2, 10*time.Second))
+	tmp := u.bin + ".new"
+	script := "#!/bin/sh\necho 'prefork-upgrade-check 1 1 prefork fake'\nchmod 644 \"$0\"\n"
+	if err := os.WriteFile(tmp, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, u.bin); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := ctlCall(u.ctl, "upgrade", "--timeout", "60s")
+	if code != 1 || !strings.Contains(errs, "permission denied; nothing changed") {
+		t.Fatalf("upgrade whose exec fails: exit %d, stderr %q; want 1", code, errs)
+	}
+	u.waitLog("upgrade failed; this prefork goes on", 10*time.Second)
+	u.sameWorkers(pids)
+	syscall.Kill(pids[0], syscall.SIGKILL)
+	u.waitFor("the killed worker's replacement", 20*time.Second, readyWhere(2, func(w workerStatus) bool { return w.PID != pids[0] }))
+	mustCtl(t, u.ctl, "reload", "--timeout", "60s")
+	pids = workerPIDs(u.readyWorkers(2, 10*time.Second))
+	installCopy(t, u.bin, "", "")
+	if code, out, errs := ctlCall(u.ctl, "upgrade"); code != 0 {
+		t.Fatalf("upgrade after a failed exec: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	u.sameWorkers(pids)
+}
