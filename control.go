@@ -324,6 +324,19 @@ func (s *supervisor) ctlSnapshot() *ctlStatus {
 			st.Queues = append(st.Queues, ctlQueue{Listener: l.Spec.Name, Addr: l.Bound(), Length: n})
 		}
 	}
+	if s.nc != nil { // the listeners prefork bound for Node workers' listen()
+		for _, b := range s.nc.BoundSockets() {
+			n, ok := 0, false
+			for _, fd := range b.Socks {
+				if k, err := procstat.AcceptQueue(fd); err == nil && b.L.Spec.Network != "udp" {
+					n, ok = n+k, true
+				}
+			}
+			if ok {
+				st.Queues = append(st.Queues, ctlQueue{Listener: b.L.Spec.Name, Addr: b.L.Bound(), Length: n})
+			}
+		}
+	}
 	return st
 }
 

@@ -184,12 +184,13 @@ func preforkEnv(role string, extra ...string) []string {
 // command is the test binary again, in the given role. extraEnv goes to both.
 func startPrefork(t *testing.T, role string, extraEnv []string, args ...string) *instance {
 	t.Helper()
-	return startPreforkBinary(t, os.Args[0], role, extraEnv, args...)
+	return startPreforkBinary(t, []string{os.Args[0]}, role, extraEnv, args...)
 }
 
-// startPreforkBinary is startPrefork with prefork run from bin, a copy of the
-// test binary (upgrade_test.go); the workers are the test binary itself.
-func startPreforkBinary(t *testing.T, bin, role string, extraEnv []string, args ...string) *instance {
+// startPreforkBinary is startPrefork with prefork run as bin[0] (a copy of
+// the test binary, or a wrapper such as unshare whose last argument is the
+// copy: upgrade_test.go); the workers are the test binary itself.
+func startPreforkBinary(t *testing.T, bin []string, role string, extraEnv []string, args ...string) *instance {
 	t.Helper()
 	in := newInstance(t)
 	full := []string{"--status-file", in.status, "-v"}
@@ -200,7 +201,7 @@ func startPreforkBinary(t *testing.T, bin, role string, extraEnv []string, args 
 	if role != "" {
 		full = append(full, "--", os.Args[0])
 	}
-	in.cmd = exec.Command(bin, full...)
+	in.cmd = exec.Command(bin[0], append(bin[1:len(bin):len(bin)], full...)...)
 	in.cmd.Env = preforkEnv(role, extraEnv...)
 	in.cmd.Stderr = in.stderr
 	in.cmd.Stdout = in.stderr

@@ -58,7 +58,7 @@ func sigMasks(t *testing.T, status string) map[string]uint64 {
 func TestWorkersGetDefaultSignals(t *testing.T) {
 	marks := t.TempDir()
 	status := filepath.Join(t.TempDir(), "status.json")
-	cmd := exec.Command(os.Args[0], "--status-file", status, "-l", "127.0.0.1:0", "-n", "2", "--ready-delay", "100ms", "--",
+	cmd := exec.Command(os.Args[0], "--status-file", status, "-l", "127.0.0.1:0", "-n", "2", "--ready", "delay", "--ready-delay", "100ms", "--",
 		"/bin/sh", "-c", `grep -E '^Sig(Ign|Blk):' /proc/self/status > "$0/$$.tmp" && mv "$0/$$.tmp" "$0/$$"; exec sleep 60`, marks)
 	in := &instance{t: t, cmd: cmd, stderr: &syncBuffer{}, status: status, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = in.stderr, in.stderr

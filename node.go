@@ -44,12 +44,25 @@ func nodeClusterOn(c *config, path string) bool {
 // listeners; d is the rr dispatcher, nil in other modes.
 func newNodeCluster(c *config, log *slog.Logger, listeners []*sock.Listener, d *rr.Dispatcher) *nodecluster.Cluster {
 	nc := nodecluster.Config{Log: log, Listeners: listeners, Reuseport: c.mode == modeReuseport,
-		Backlog: c.backlog, SendServer: c.nodeSendServer, ClosingWait: c.grace / 2}
+		Backlog: c.backlog, SendServer: c.nodeSendServer, ClosingWait: c.grace / 2, Reserve: nodeReserve(c, len(listeners))}
 	if d != nil {
 		d.SetNonblockConns()
 		nc.RR, nc.ConnsNonblock = d, true
 	}
 	return nodecluster.New(nc)
+}
+
+// nodeReserve is how many descriptors prefork keeps free for itself whatever
+// its Node workers ask it to bind: what the pool needs (fdBudget, beside what
+// is open), in rr mode the connections it may hold unacked (up to 16 per
+// worker here; accepting pauses beyond), and 64 for control clients.
+func nodeReserve(c *config, listeners int) int {
+	workers := max(c.workers, c.poolMax)
+	need := fdBudget(c.mode, listeners, workers, 0) + 64
+	if c.mode == modeRR {
+		need += workers * min(c.rrWindow, 16)
+	}
+	return need
 }
 
 // nodeChannel is --node-cluster: prefork is the Node.js cluster primary of each

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -378,6 +379,33 @@ func TestNodeIPv4WildcardOnDualStackListener(t *testing.T) {
 			in.readyWorkers(2, 20*time.Second)
 			serves(t, "127.0.0.1:"+port)
 			serves(t, "[::1]:"+port)
+			nodeStop(t, in)
+		})
+	}
+}
+
+// A Node app with no -p: prefork binds what it listen()s on, and the status,
+// the status file and the metrics show that listener and its queue as they
+// show prefork's own.
+func TestNodeBoundListenerInStatus(t *testing.T) {
+	nodeBinary(t)
+	for _, mode := range modes() {
+		t.Run(mode, func(t *testing.T) {
+			port := freePort(t)
+			sock := ctlSock(t)
+			in := startNode(t, "app.js", []string{"APP_LISTEN=" + strconv.Itoa(port)}, "-n", "2", "--mode", mode, "--control", sock)
+			st := in.readyWorkers(2, 20*time.Second)
+			want := ":" + strconv.Itoa(port)
+			if len(st.Listeners) != 1 || !strings.HasSuffix(st.Listeners[0], want) {
+				t.Errorf("status file listeners %v, want the one bound for the app (%s)", st.Listeners, want)
+			}
+			if txt := mustCtl(t, sock, "status"); !strings.Contains(txt, want) {
+				t.Errorf("status shows no listener on %s:\n%s", want, txt)
+			}
+			m := mustCtl(t, sock, "metrics")
+			if !regexp.MustCompile(`(?m)^prefork_listen_queue_length\{listener="[^"]*",addr="[^"]*` + want + `"\} \d+$`).MatchString(m) {
+				t.Errorf("no listen queue metric for %s:\n%s", want, m)
+			}
 			nodeStop(t, in)
 		})
 	}

@@ -6,6 +6,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
@@ -13,8 +14,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prefork/prefork/internal/nodecluster"
 )
 
 // startFakeNode runs prefork as the cluster primary of n Go workers that
@@ -196,4 +200,111 @@ func TestNodeRRAllRefuse(t *testing.T) {
 		}
 	}
 	nodeStop(t, in)
+}
+
+// Issue 18.1: a worker's queryServer flood binds at most
+// nodecluster.PerWorker sockets for it; the rest fail with EMFILE, and prefork
+// keeps the descriptors it needs: under ulimit -n 512 a worker can still be
+// started afterwards, and the service answers.
+func TestNodeQueryServerFlood(t *testing.T) {
+	for _, mode := range modes() {
+		t.Run(mode, func(t *testing.T) {
+			port := freePort(t)
+			in := startPreforkWrapped(t, []string{"/bin/sh", "-c", `ulimit -n 512 && exec "$@"`, "sh"},
+				[]string{workerEnv + "=nodefake", "FAKE_PORT=" + strconv.Itoa(port)},
+				"--node-cluster", "on", "--mode", mode, "-n", "2", "--ready-delay", "60s", "--", os.Args[0])
+			st := in.readyWorkers(2, 20*time.Second)
+			url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+			bound := 0
+			for i := 0; i < 2; i++ {
+				b, err := fetch(fakeClient, url+"query?n=1500")
+				if err != nil {
+					t.Fatal(err)
+				}
+				var counts map[string]int
+				if err := json.Unmarshal([]byte(b), &counts); err != nil {
+					t.Fatalf("%q: %v", b, err)
+				}
+				ok := counts["0"] + counts["<nil>"]
+				if ok > nodecluster.PerWorker || counts["-24"] != 1500-ok {
+					t.Errorf("a worker's 1500 listen(0): %v; want at most %d bound, the rest EMFILE (-24)", counts, nodecluster.PerWorker)
+				}
+				bound += ok
+			}
+			if bound == 0 {
+				t.Errorf("no listen(0) was bound at all")
+			}
+			in.waitLog("refusing to bind a socket for a worker", 5*time.Second)
+			// prefork can still start workers, accept and answer.
+			victim := st.Workers[0].PID
+			syscall.Kill(victim, syscall.SIGKILL)
+			in.waitFor("the restart", 20*time.Second, readyWhere(2, func(w workerStatus) bool { return w.PID != victim }))
+			for i := 0; i < 5; i++ {
+				if _, err := fetch(fakeClient, url); err != nil {
+					t.Fatalf("request %d after the flood: %v", i, err)
+				}
+			}
+			nodeStop(t, in)
+		})
+	}
+}
+
+// Issue 18.2: a socket bound for Node workers is closed once no worker
+// serves on it: after a reload moves the app to another port the old port
+// stops accepting, and the status shows the sockets bound for Node.
+func TestNodeReloadClosesOldPort(t *testing.T) {
+	for _, mode := range modes() {
+		t.Run(mode, func(t *testing.T) {
+			a, b := freePort(t), freePort(t)
+			for b == a {
+				b = freePort(t)
+			}
+			conf := filepath.Join(t.TempDir(), "port")
+			os.WriteFile(conf, []byte(strconv.Itoa(a)), 0o644)
+			sock := ctlSock(t)
+			in := startNode(t, "app.js", []string{"APP_LISTEN_FILE=" + conf}, "-n", "2", "--mode", mode, "--control", sock)
+			st := in.readyWorkers(2, 20*time.Second)
+			if !hasPort(st.Listeners, a) {
+				t.Errorf("status listeners %v; want the socket bound on :%d", st.Listeners, a)
+			}
+			if out := mustCtl(t, sock, "status"); !strings.Contains(out, ":"+strconv.Itoa(a)) {
+				t.Errorf("--ctl status does not show :%d:\n%s", a, out)
+			}
+			if _, err := fetch(closeClient, fmt.Sprintf("http://127.0.0.1:%d/", a)); err != nil {
+				t.Fatal(err)
+			}
+			os.WriteFile(conf, []byte(strconv.Itoa(b)), 0o644)
+			in.signal(syscall.SIGHUP)
+			in.waitLog("reload complete", 30*time.Second)
+			if _, err := fetch(closeClient, fmt.Sprintf("http://127.0.0.1:%d/", b)); err != nil {
+				t.Fatalf("the new port: %v", err)
+			}
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				c, err := net.DialTimeout("tcp", "127.0.0.1:"+strconv.Itoa(a), time.Second)
+				if err != nil {
+					break
+				}
+				c.Close()
+				if time.Now().After(deadline) {
+					t.Fatalf("the old port :%d still accepts 10 s after the reload", a)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			st, _ = in.readStatus()
+			if hasPort(st.Listeners, a) || !hasPort(st.Listeners, b) {
+				t.Errorf("status listeners %v after the reload; want :%d and not :%d", st.Listeners, b, a)
+			}
+			nodeStop(t, in)
+		})
+	}
+}
+
+func hasPort(listeners []string, port int) bool {
+	for _, l := range listeners {
+		if strings.HasSuffix(l, ":"+strconv.Itoa(port)) {
+			return true
+		}
+	}
+	return false
 }

@@ -279,3 +279,48 @@ func TestNodeNeverListening(t *testing.T) {
 	}
 	nodeStop(t, in)
 }
+
+// The readiness race behind a wrapper (issue 18): a script that takes 1.5 s
+// to exec node, with --ready-delay 1ms, is not counted up before its app
+// listens, whether node's "online" comes after --ready-delay or not; a
+// release whose app fails then is abandoned with the old workers serving.
+func TestNodeWrapperSlowToExec(t *testing.T) {
+	for _, mode := range []string{"shared", "rr"} {
+		t.Run(mode, func(t *testing.T) {
+			port := freePort(t)
+			wrapper := filepath.Join(t.TempDir(), "server")
+			writeScript(t, wrapper, "#!/bin/sh\nsleep 1.5\nexec "+nodeBinary(t)+" "+nodeApp(t, "app.js")+"\n")
+			bad := filepath.Join(t.TempDir(), "bad-release")
+			in := startPrefork(t, "", []string{"APP_LISTEN=" + strconv.Itoa(port), "APP_FAIL_IF=" + bad},
+				"--node-cluster", "on", "-n", "2", "--mode", mode, "-p", strconv.Itoa(port), "--ready-delay", "1ms",
+				"--max-restarts", "3", "--", wrapper)
+			for end := time.Now().Add(1200 * time.Millisecond); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+				if st, ok := in.readStatus(); ok {
+					if n, _ := countReady(st); n != 0 {
+						t.Fatalf("workers up before node even started: %+v", st.Workers)
+					}
+				}
+			}
+			st := in.readyWorkers(2, 20*time.Second)
+			old := map[string]bool{}
+			for _, w := range st.Workers {
+				old[strconv.Itoa(w.PID)] = true
+			}
+			url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+			if b, err := fetch(closeClient, url); err != nil || !old[b] {
+				t.Fatalf("%q, %v", b, err)
+			}
+			if err := os.WriteFile(bad, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			in.signal(syscall.SIGHUP)
+			in.waitLog("reload aborted; the old workers keep serving", 20*time.Second)
+			for i := 0; i < 10; i++ {
+				if b, err := fetch(closeClient, url); err != nil || !old[b] {
+					t.Fatalf("after the abandoned reload: %q, %v; want an answer from the old workers %v", b, err, old)
+				}
+			}
+			nodeStop(t, in)
+		})
+	}
+}

@@ -249,16 +249,21 @@ func TestWorkerOutputStalledReader(t *testing.T) {
 	in.readyWorkers(2, 20*time.Second)
 	addr := in.addr()
 	stalled := time.Now()
+	var slowest time.Duration
+	n := 0
 	for time.Since(stalled) < 5*time.Second {
 		start := time.Now()
 		if _, err := get(addr); err != nil {
 			t.Fatalf("request after %v of a stalled stdout: %v", time.Since(stalled).Round(time.Millisecond), err)
 		}
-		if d := time.Since(start); d > time.Second {
+		d := time.Since(start)
+		if d > time.Second {
 			t.Fatalf("a request took %v while stdout stalled", d)
 		}
+		slowest, n = max(slowest, d), n+1
 		time.Sleep(100 * time.Millisecond)
 	}
+	t.Logf("%d requests while stdout stalled for 5s, the slowest %v", n, slowest)
 	var mu sync.Mutex
 	var out bytes.Buffer
 	go func() {
@@ -285,6 +290,8 @@ func TestWorkerOutputStalledReader(t *testing.T) {
 	m := regexp.MustCompile(`(?m)^prefork_output_dropped_lines_total (\d+)$`).FindStringSubmatch(metrics)
 	if m == nil || m[1] == "0" {
 		t.Errorf("prefork_output_dropped_lines_total: %v in\n%s", m, metrics)
+	} else {
+		t.Logf("prefork_output_dropped_lines_total %s", m[1])
 	}
 	time.Sleep(200 * time.Millisecond)
 	mu.Lock()

@@ -48,6 +48,7 @@ import (
 	"github.com/prefork/prefork/internal/output"
 	"github.com/prefork/prefork/internal/rr"
 	"github.com/prefork/prefork/internal/sock"
+	"github.com/prefork/prefork/internal/upgrade"
 )
 
 // workerState is where a worker is in its life; the status file shows its name.
@@ -162,7 +163,7 @@ type supervisor struct {
 	ctl       ctlState             // the control socket's waiting clients (control.go)
 	nc        *nodecluster.Cluster // --node-cluster: the listeners Node workers share (node.go)
 	sigs      chan os.Signal       // the signals the loop handles
-	self      selfBinary           // the binary an upgrade checks and executes (reload.go)
+	self      upgrade.Self         // the binary an upgrade checks and executes (reload.go)
 	upg       *upgradeRun          // the upgrade under way; nil when none
 	adopt     *adoption            // the state this image took over from the last; nil when none
 	lw        *listenwait.Watcher  // --ready auto|listen: looks whether starting workers wait for connections (workers.go)
@@ -209,8 +210,12 @@ func supervise(c *config, stderr io.Writer, adopt *adoption) int {
 	if s.shim, err = selfExe(); err != nil {
 		return fail(exitFailure, "cannot find prefork's own binary: %v", err)
 	}
-	s.self = openSelfBinary(adopt)
-	defer s.self.close()
+	exe := "" // the path of the first start: os.Executable now, or as the state has it
+	if st := adopt.state(); st != nil {
+		exe = st.Exe
+	}
+	s.self = upgrade.OpenSelfAt(exe)
+	defer s.self.Close()
 	uid, gid := -1, -1
 	if adopt != nil {
 		uid, gid = s.inherit() // the command, --user, the workers, the listeners (startup.go)
@@ -279,7 +284,7 @@ func supervise(c *config, stderr io.Writer, adopt *adoption) int {
 	s.baseEnv = cleanEnv(os.Environ())
 	s.spawner = newSpawner()
 	if s.watchesListen() {
-		s.lw = listenwait.New(func(r listenwait.Report) { s.events <- listenEvent{r} })
+		s.lw = listenwait.New(s.events, func(r listenwait.Report) event { return listenEvent{r} })
 		defer s.lw.Close()
 	}
 	s.env = s.realEnv()
@@ -321,7 +326,7 @@ func (s *supervisor) loop(sigs chan os.Signal) int {
 		upPing = t.C
 	}
 	if s.adopt != nil {
-		s.adoptWorkers() // the workers of the image before (startup.go)
+		s.adoptWorkers() // the workers of the image before (workers.go)
 	} else if !s.startSlots() {
 		return exitFailure
 	}

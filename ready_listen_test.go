@@ -217,6 +217,15 @@ func TestReadyListenReloadOfAReleaseThatNeverWaits(t *testing.T) {
 	in := startPrefork(t, "waiter", []string{waysEnv + "=accept", bootEnv + "=0s", marksEnv + "=" + t.TempDir(), neverEnv + "=" + never},
 		"-l", "127.0.0.1:0", "-n", "2", "--ready", "listen", "--ready-timeout", "3s", "--grace", "2s", "--control", sock)
 	old := in.readyWorkers(2, 15*time.Second)
+	// How they came up, as the control socket and the metrics say it.
+	if out := mustCtl(t, sock, "status"); strings.Count(out, "seen waiting (accept)") != 2 {
+		t.Errorf("status does not say both workers were seen waiting in accept:\n%s", out)
+	}
+	for _, w := range old.Workers {
+		if v := promValue(t, mustProm(t, sock), "prefork_worker_up_by", "pid", strconv.Itoa(w.PID), "up_by", "seen waiting", "seen_in", "accept"); v != 1 {
+			t.Errorf("prefork_worker_up_by of pid %d seen waiting in accept = %v, want 1", w.PID, v)
+		}
+	}
 	os.WriteFile(never, nil, 0o644)
 	code, out, errs := ctlCall(sock, "reload", "--timeout", "30s")
 	if code != 1 || !strings.Contains(errs, "slot 0") || !strings.Contains(errs, "abandoned") {

@@ -4,7 +4,8 @@
 // supervisor's two walks over every worker; scaling (TTIN, TTOU, --ctl scale,
 // the pool), which adds and removes slots; and the in-place upgrade (prefork
 // --ctl PATH upgrade), the old image's side: the check of the new binary,
-// the state written, the exec. startup.go holds the new image's side.
+// the state written, the exec. startup.go and workers.go hold the new
+// image's side.
 package main
 
 import (
@@ -113,43 +114,6 @@ func (s *supervisor) checkDone() {
 // upgradeCheckTimeout bounds the check of the new binary.
 const upgradeCheckTimeout = 10 * time.Second
 
-// heldSignals are blocked in the thread that executes the new image: a
-// signal sent during the exec waits for the new image to catch it.
-// fatalSignals are also ignored across the exec: the Go runtime of the new
-// image unblocks them before prefork catches them, and their default action
-// would end prefork, and with it every worker (their parent-death signal).
-var (
-	heldSignals  = []syscall.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH}
-	fatalSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT}
-)
-
-// selfBinary is what an upgrade executes: the path prefork was started from,
-// and the binary this image runs, kept open for the way back.
-type selfBinary struct {
-	path string // os.Executable at the first start
-	fd   int    // close-on-exec but during the exec; -1 when it could not be opened
-	err  error  // why not
-}
-
-func openSelfBinary(a *adoption) selfBinary {
-	b := selfBinary{fd: -1}
-	if a != nil {
-		b.path = a.st.Exe
-	} else {
-		b.path, b.err = os.Executable()
-	}
-	if b.err == nil {
-		b.fd, b.err = upgrade.OpenSelf()
-	}
-	return b
-}
-
-func (b selfBinary) close() {
-	if b.fd >= 0 {
-		syscall.Close(b.fd)
-	}
-}
-
 // upgradeRun is the check of the new binary, under way.
 type upgradeRun struct {
 	e    ctlEvent
@@ -185,8 +149,8 @@ func (s *supervisor) upgradeRefusal() string {
 		return fmt.Sprintf("upgrade is not supported with --worker-output %s yet", s.c.workerOutput)
 	case len(s.retired) > 0:
 		return "a removed slot's sockets are still open; upgrade once its workers are gone"
-	case s.self.err != nil:
-		return fmt.Sprintf("prefork's own binary: %v", s.self.err)
+	case s.self.Err != nil:
+		return fmt.Sprintf("prefork's own binary: %v", s.self.Err)
 	}
 	for _, sl := range s.slots {
 		if sl.next != nil {
@@ -217,14 +181,14 @@ func (s *supervisor) ctlUpgrade(e ctlEvent) {
 	}
 	defer w.Close()
 	env := append(slices.Clone(s.baseEnv), upgrade.CheckEnv+"=1")
-	pid, err := s.spawner.start(s.self.path, []string{s.self.path}, env, []uintptr{0, w.Fd(), 2})
+	pid, err := s.spawner.start(s.self.Path, []string{s.self.Path}, env, []uintptr{0, w.Fd(), 2})
 	if err != nil {
 		r.Close()
-		s.log.Error("upgrade refused", "binary", s.self.path, "err", explainCheckStart(s.self.path, err))
-		e.fail("%s; nothing changed", explainCheckStart(s.self.path, err))
+		s.log.Error("upgrade refused", "binary", s.self.Path, "err", upgrade.ExplainStart(s.self.Path, err))
+		e.fail("%s; nothing changed", upgrade.ExplainStart(s.self.Path, err))
 		return
 	}
-	s.log.Info("upgrade asked for on the control socket; checking the new binary", "binary", s.self.path)
+	s.log.Info("upgrade asked for on the control socket; checking the new binary", "binary", s.self.Path)
 	run := &upgradeRun{e: e, pid: pid}
 	run.stop = s.env.after(upgradeCheckTimeout, upgradeCheckEvent{run: run, timedOut: true})
 	s.upg = run
@@ -233,18 +197,6 @@ func (s *supervisor) ctlUpgrade(e ctlEvent) {
 		r.Close()
 		s.events <- upgradeCheckEvent{run: run, out: out}
 	}()
-}
-
-func explainCheckStart(path string, err error) string {
-	switch err {
-	case syscall.ENOENT:
-		return fmt.Sprintf("%s does not exist", path)
-	case syscall.EACCES:
-		return fmt.Sprintf("%s is not executable (permission denied)", path)
-	case syscall.ENOEXEC:
-		return fmt.Sprintf("%s is not a prefork binary (exec format error)", path)
-	}
-	return fmt.Sprintf("cannot run %s: %v", path, err)
 }
 
 // upgradeChecked judges the check's answer and, when the new binary reads
@@ -257,8 +209,8 @@ func (s *supervisor) upgradeChecked(ev upgradeCheckEvent) {
 	s.upg = nil
 	if ev.timedOut {
 		kill(run.pid, syscall.SIGKILL)
-		s.log.Error("upgrade refused: the new binary did not answer the upgrade check in time", "binary", s.self.path, "timeout", upgradeCheckTimeout)
-		run.e.fail("%s did not answer the upgrade check within %v (not a prefork?); nothing changed", s.self.path, upgradeCheckTimeout)
+		s.log.Error("upgrade refused: the new binary did not answer the upgrade check in time", "binary", s.self.Path, "timeout", upgradeCheckTimeout)
+		run.e.fail("%s did not answer the upgrade check within %v (not a prefork?); nothing changed", s.self.Path, upgradeCheckTimeout)
 		return
 	}
 	run.stop()
@@ -267,8 +219,8 @@ func (s *supervisor) upgradeChecked(ev upgradeCheckEvent) {
 		err = a.Reads()
 	}
 	if err != nil {
-		s.log.Error("upgrade refused", "binary", s.self.path, "err", err)
-		run.e.fail("%s: %v; nothing changed", s.self.path, err)
+		s.log.Error("upgrade refused", "binary", s.self.Path, "err", err)
+		run.e.fail("%s: %v; nothing changed", s.self.Path, err)
 		return
 	}
 	if why := s.upgradeRefusal(); why != "" { // what changed while the check ran
@@ -281,7 +233,7 @@ func (s *supervisor) upgradeChecked(ev upgradeCheckEvent) {
 // execUpgrade writes the state and executes the new image; it returns only
 // when the exec failed, and then this image goes on as it was.
 func (s *supervisor) execUpgrade(e ctlEvent, a upgrade.Answer) {
-	s.log.Info("upgrading in place", "binary", s.self.path, "to", a.Version, "workers", len(s.workers))
+	s.log.Info("upgrading in place", "binary", s.self.Path, "to", a.Version, "workers", len(s.workers))
 	s.up.send("RELOADING=1\nMONOTONIC_USEC=" + monotonicUsec())
 	held, resume := s.quiesce()
 	st := s.upgradeState(held)
@@ -306,7 +258,7 @@ func (s *supervisor) execUpgrade(e ctlEvent, a upgrade.Answer) {
 	}
 	if err == nil {
 		env := append(upgrade.Clean(os.Environ()), upgrade.StateEnv+"="+upgrade.EnvValue(fd, st.ExeFD))
-		err = s.spawner.exec(s.self.path, os.Args, env)
+		err = s.spawner.exec(s.self.Path, os.Args, env)
 	}
 	upgrade.Release(slices.DeleteFunc(keep, func(fd int) bool { return fd < 0 }))
 	if fd >= 0 {
@@ -328,8 +280,8 @@ func (s *supervisor) execUpgrade(e ctlEvent, a upgrade.Answer) {
 		s.handle(ev)
 	}
 	s.up.send("READY=1")
-	s.log.Error("upgrade failed; this prefork goes on", "binary", s.self.path, "err", err)
-	e.fail("exec %s: %v; nothing changed", s.self.path, err)
+	s.log.Error("upgrade failed; this prefork goes on", "binary", s.self.Path, "err", err)
+	e.fail("exec %s: %v; nothing changed", s.self.Path, err)
 }
 
 // quiesce stops the reaper and every notify reader, and returns what they
@@ -367,7 +319,7 @@ func (s *supervisor) quiesce() (held []event, resume chan struct{}) {
 // upgradeState is this image's state as the new one takes it over.
 func (s *supervisor) upgradeState(held []event) *upgrade.State {
 	now := s.env.now()
-	st := &upgrade.State{Writer: version(), Args: os.Args, Exe: s.self.path, ExeFD: s.self.fd,
+	st := &upgrade.State{Writer: version(), Args: os.Args, Exe: s.self.Path, ExeFD: s.self.FD,
 		Command: s.path, Argv: s.argv, WorkDir: s.wd.path, RealDir: s.wd.dir, Cred: s.cred, UID: s.notify.uid, GID: s.notify.gid,
 		Workers: s.c.workers, Generation: s.gen, ReloadFailures: s.ctl.reloadFailures, UpOnce: s.upOnce, LastStatus: s.lastStatus,
 		Notify: upgrade.NotifyDir{Path: s.notify.path, UID: s.notify.uid, GID: s.notify.gid, Seq: s.notify.seq.Load()}, Client: -1}

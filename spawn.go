@@ -119,6 +119,16 @@ func newSpawner() spawner {
 	return s
 }
 
+// heldSignals are blocked in the thread that executes the new image: a
+// signal sent during the exec waits for the new image to catch it.
+// fatalSignals are also ignored across the exec: the Go runtime of the new
+// image unblocks them before prefork catches them, and their default action
+// would end prefork, and with it every worker (their parent-death signal).
+var (
+	heldSignals  = []syscall.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGTTIN, syscall.SIGTTOU, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGWINCH}
+	fatalSignals = []os.Signal{syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT}
+)
+
 func (r spawnRequest) serve() spawnResult {
 	if r.exec {
 		// Blocked in the one thread that survives execve, a signal sent in

@@ -13,18 +13,15 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
-	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/prefork/prefork/internal/demo"
-	"github.com/prefork/prefork/internal/listenwait"
 	"github.com/prefork/prefork/internal/output"
 	"github.com/prefork/prefork/internal/sock"
 	"github.com/prefork/prefork/internal/upgrade"
@@ -347,10 +344,11 @@ func (s *supervisor) prepare(uid, gid *int) (int, error) {
 }
 
 // The in-place upgrade, the new image's side (reload.go holds the old
-// image's). The state is read and checked before anything is started; a
-// failure up to the moment the workers are taken over hands the state back,
-// unchanged, to the old image (its binary is kept open), which takes its own
-// state over again and tells the client.
+// image's; workers.go takes the workers over). The state is read and
+// checked before anything is started; a failure up to the moment the
+// workers are taken over hands the state back, unchanged, to the old image
+// (its binary is kept open), which takes its own state over again and tells
+// the client.
 
 // takeoverRefusal, when set, makes this image refuse every state: a test
 // build's way to play a new binary that cannot take over. Nothing else sets it.
@@ -422,25 +420,8 @@ func (a *adoption) check(c *config) error {
 		return fmt.Errorf("this prefork does not take over --worker-output %s", c.workerOutput)
 	case c.ctl != "":
 		return errors.New("the state's command line is a control client's")
-	case len(st.Slots) == 0:
-		return errors.New("the state has no slots")
 	}
-	busy := map[int]bool{}
-	for i, sl := range st.Slots {
-		if sl.Index != i {
-			return fmt.Errorf("slot %d is listed as slot %d", i, sl.Index)
-		}
-		if c.mode == modeReuseport && len(sl.Socks) != len(st.Listeners) {
-			return fmt.Errorf("slot %d has %d sockets for %d listeners", i, len(sl.Socks), len(st.Listeners))
-		}
-	}
-	for _, w := range st.Procs {
-		if w.Slot < 0 || w.Slot >= len(st.Slots) || busy[w.Slot] {
-			return fmt.Errorf("worker pid %d: slot %d is not free", w.PID, w.Slot)
-		}
-		busy[w.Slot] = true
-	}
-	return nil
+	return st.Check(c.mode == modeReuseport)
 }
 
 // handBack executes the old image with the state, unchanged; it returns only
@@ -462,9 +443,7 @@ func (a *adoption) handBack(log *slog.Logger, why string) {
 	signal.Ignore(fatalSignals...)
 	err := upgrade.Keep(fds)
 	if err == nil {
-		env := append(upgrade.Clean(os.Environ()), upgrade.StateEnv+"="+upgrade.EnvValue(a.fd, a.exeFD),
-			upgrade.RollbackEnv+"="+why)
-		err = newSpawner().exec(upgrade.FDPath(a.exeFD), os.Args, env)
+		err = newSpawner().exec(upgrade.FDPath(a.exeFD), os.Args, upgrade.BackEnv(os.Environ(), a.fd, a.exeFD, why))
 	}
 	log.Error("cannot hand the state back to the old prefork", "err", err)
 }
@@ -490,125 +469,4 @@ func (a *adoption) notifyDir() *notifyDir {
 	d := &notifyDir{path: a.st.Notify.Path, uid: a.st.Notify.UID, gid: a.st.Notify.GID}
 	d.seq.Store(a.st.Notify.Seq)
 	return d
-}
-
-// fileConn is a connection of Go's poller on a duplicate of an inherited
-// socket; the inherited descriptor stays open for a way back.
-func (a *adoption) fileConn(fd int, name string) (*net.UnixConn, error) {
-	nfd, err := syscall.Dup(fd)
-	if err != nil {
-		return nil, os.NewSyscallError("dup", err)
-	}
-	f := os.NewFile(uintptr(nfd), name)
-	defer f.Close()
-	c, err := net.FileConn(f)
-	if err != nil {
-		return nil, err
-	}
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		c.Close()
-		return nil, fmt.Errorf("%s: not a unix socket", name)
-	}
-	return uc, nil
-}
-
-// adoptWorkers takes over the slots and workers of the image before (the
-// loop's start after an upgrade): their timers go on from what remained of
-// them, their notify sockets are read again, and what the old image had not
-// handled yet is handled now.
-func (s *supervisor) adoptWorkers() {
-	a, now := s.adopt, s.env.now()
-	st := a.st
-	for _, u := range st.Slots {
-		s.slots = append(s.slots, &slot{index: u.Index, failures: u.Failures, restarts: u.Restarts,
-			lastExit: u.LastExit, replaced: u.Replaced, socks: u.Socks})
-	}
-	var ws []*worker
-	for _, u := range st.Procs {
-		conn, err := a.fileConn(u.NotifyFD, u.NotifyPath)
-		if err != nil {
-			a.handBack(s.log, fmt.Sprintf("worker pid %d: notify socket: %v", u.PID, err))
-			s.log.Error("worker's notify socket is lost; it is not read", "pid", u.PID, "err", err)
-		}
-		w := &worker{pid: u.PID, slot: s.slots[u.Slot], gen: u.Generation, state: stateStarting, started: now.Add(-u.Age),
-			wasReady: u.WasReady, failed: u.Failed, why: u.Why, status: u.Status,
-			notify: &notifySocket{path: u.NotifyPath, conn: conn, log: s.notify.log}, link: &signalLink{killMode: s.c.killMode}}
-		if u.Ready {
-			w.state = stateReady
-		}
-		if i := slices.Index(upByNames, u.UpBy); i > 0 {
-			w.upBy = upBy(i)
-		}
-		w.seenIn = listenwait.Way(u.SeenIn)
-		if u.PingAge >= 0 {
-			w.lastPing = now.Add(-u.PingAge)
-		}
-		ws = append(ws, w)
-	}
-	// Committed: from here on this image runs the workers.
-	for _, w := range ws {
-		w.link.attach(w)
-		s.workers[w.pid] = w
-		w.slot.cur = w
-		if w.state == stateStarting && s.c.ready == readyOnNotify {
-			w.timer = s.env.after(max(s.c.readyTimeout-now.Sub(w.started), 0), readyTimeoutEvent{w})
-		} else if w.state == stateStarting {
-			w.timer = s.env.after(max(s.c.readyDelay-now.Sub(w.started), 0), readyDelayEvent{w})
-		}
-		if w.notify.conn != nil {
-			w.notify.start(w.pid, s.notifyTo(w))
-		}
-	}
-	for i, sl := range s.slots {
-		if sl.cur == nil {
-			d := st.Slots[i].RestartIn
-			sl.restartDue = now.Add(d)
-			s.env.after(d, restartEvent{sl})
-		}
-	}
-	s.tookOver()
-	for _, p := range st.Pending {
-		if w := s.workers[p.PID]; p.Exit {
-			s.handle(exitEvent{p.PID, p.Status})
-		} else if w != nil {
-			s.handle(notifyEvent{w, p.Msg})
-		}
-	}
-	for _, sig := range st.Signals {
-		select {
-		case s.sigs <- syscall.Signal(sig):
-		default:
-		}
-	}
-}
-
-// tookOver answers the client that asked for the upgrade, closes the
-// inherited descriptors the take-over duplicated, and tells systemd.
-func (s *supervisor) tookOver() {
-	a, st := s.adopt, s.adopt.st
-	if a.back != "" {
-		s.log.Warn("upgrade rolled back: the new binary could not take over; this prefork goes on", "binary", st.Exe, "err", a.back)
-		if st.Client >= 0 {
-			answerFD(st.Client, ctlResponse{Error: fmt.Sprintf("rolled back: %s could not take over (%s); the old prefork goes on", st.Exe, a.back)})
-		}
-	} else {
-		msg := fmt.Sprintf("pid %d runs %s now; %d workers kept (state format %d from %s)", os.Getpid(), version(), len(st.Procs), st.Version, st.Writer)
-		s.log.Info("upgraded in place", "binary", st.Exe, "version", version(), "workers", len(st.Procs), "from", st.Writer)
-		if st.Client >= 0 {
-			answerFD(st.Client, ctlResponse{OK: true, Message: msg})
-		}
-	}
-	for _, fd := range []int{a.fd, a.exeFD} {
-		syscall.Close(fd)
-	}
-	for _, w := range st.Procs {
-		syscall.Close(w.NotifyFD)
-	}
-	if st.Control != nil {
-		syscall.Close(st.Control.FD)
-	}
-	if s.upOnce {
-		s.up.send("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
-	}
 }

@@ -81,6 +81,9 @@ func (s *supervisor) snapshot() statusFile {
 			st.AcceptQueue = append(st.AcceptQueue, q)
 		}
 	}
+	if s.nc != nil { // the sockets bound on a Node worker's request
+		st.Listeners = append(st.Listeners, s.nc.Bound()...)
+	}
 	for _, w := range s.workers {
 		ws := workerStatus{Slot: w.slot.index, PID: w.pid, Generation: w.gen, State: w.state.String(),
 			Started: w.started.UTC().Truncate(time.Millisecond), Restarts: w.slot.restarts, Status: w.status}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -101,6 +102,12 @@ func startUpgradable(t *testing.T, mode string, n int, extra ...string) upgradab
 
 func startUpgradableEnv(t *testing.T, env []string, mode string, n int, extra ...string) upgradable {
 	t.Helper()
+	return startUpgradableIn(t, nil, env, mode, n, extra...)
+}
+
+// startUpgradableIn runs prefork under a wrapper (unshare …), or none.
+func startUpgradableIn(t *testing.T, wrapper, env []string, mode string, n int, extra ...string) upgradable {
+	t.Helper()
 	if !upgrade.Supported {
 		t.Skip("the upgrade needs Linux")
 	}
@@ -108,7 +115,7 @@ func startUpgradableEnv(t *testing.T, env []string, mode string, n int, extra ..
 	u := upgradable{bin: filepath.Join(dir, "prefork"), ctl: filepath.Join(dir, "ctl.sock")}
 	installCopy(t, u.bin, "", "")
 	args := append([]string{"-l", "127.0.0.1:0", "-n", strconv.Itoa(n), "--mode", mode, "--control", u.ctl}, extra...)
-	u.instance = startPreforkBinary(t, u.bin, "http", env, args...)
+	u.instance = startPreforkBinary(t, append(wrapper, u.bin), "http", env, args...)
 	u.readyWorkers(n, 20*time.Second)
 	return u
 }
@@ -350,4 +357,69 @@ func TestUpgradeUnderSignals(t *testing.T) {
 	if out := u.stderr.String(); strings.Contains(out, "status=137") {
 		t.Errorf("a worker was killed:\n%s", out)
 	}
+}
+
+// As pid 1 of a new pid namespace (a container's init): the upgrade keeps pid
+// 1 and the workers; prefork stops cleanly afterwards.
+func TestUpgradeAsPID1(t *testing.T) {
+	if _, err := exec.LookPath("unshare"); err != nil || os.Getuid() != 0 {
+		t.Skip("needs root and unshare(1)")
+	}
+	u := startUpgradableIn(t, []string{"unshare", "-p", "-f", "--mount-proc"}, nil, "shared", 2)
+	st := u.readyWorkers(2, 20*time.Second)
+	if st.PID != 1 {
+		t.Fatalf("prefork runs as pid %d in its namespace, want 1", st.PID)
+	}
+	pids := workerPIDs(st)
+	finish := loadInBackground(u.addr(), 4, false)
+	installCopy(t, u.bin, "", "")
+	if code, out, errs := ctlCall(u.ctl, "upgrade", "--timeout", "60s"); code != 0 || !strings.Contains(out, "pid 1 runs") {
+		t.Fatalf("upgrade as pid 1: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	total, failed := finish()
+	if len(failed) > 0 || total == 0 {
+		t.Errorf("%d of %d requests failed across the upgrade: %v", len(failed), total, failed[:min(len(failed), 3)])
+	}
+	st = u.waitFor("the same workers", 10*time.Second, readyWhere(2, nil))
+	if st.PID != 1 || !slices.Equal(workerPIDs(st), pids) {
+		t.Errorf("after the upgrade: pid %d, workers %v; want 1 and %v", st.PID, workerPIDs(st), pids)
+	}
+	if code, _, errs := ctlCall(u.ctl, "stop", "--timeout", "60s"); code != 0 {
+		t.Errorf("stop: exit %d, stderr %q", code, errs)
+	}
+	if code := u.wait(60 * time.Second); code != 0 {
+		t.Errorf("exit status %d after stop, want 0", code)
+	}
+}
+
+// An exec that fails after the check passed (here the "new binary" answers
+// the check, then takes its own x bit away) changes nothing: the reaper and
+// the notify readers go on (a killed worker is replaced, a reload completes
+// on READY=1), and a real upgrade works afterwards.
+func TestUpgradeExecFails(t *testing.T) {
+	u := startUpgradable(t, "shared", 2)
+	pids := workerPIDs(u.readyWorkers(2, 10*time.Second))
+	tmp := u.bin + ".new"
+	script := "#!/bin/sh\necho 'prefork-upgrade-check 1 1 prefork fake'\nchmod 644 \"$0\"\n"
+	if err := os.WriteFile(tmp, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, u.bin); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := ctlCall(u.ctl, "upgrade", "--timeout", "60s")
+	if code != 1 || !strings.Contains(errs, "permission denied; nothing changed") {
+		t.Fatalf("upgrade whose exec fails: exit %d, stderr %q; want 1", code, errs)
+	}
+	u.waitLog("upgrade failed; this prefork goes on", 10*time.Second)
+	u.sameWorkers(pids)
+	syscall.Kill(pids[0], syscall.SIGKILL)
+	u.waitFor("the killed worker's replacement", 20*time.Second, readyWhere(2, func(w workerStatus) bool { return w.PID != pids[0] }))
+	mustCtl(t, u.ctl, "reload", "--timeout", "60s")
+	pids = workerPIDs(u.readyWorkers(2, 10*time.Second))
+	installCopy(t, u.bin, "", "")
+	if code, out, errs := ctlCall(u.ctl, "upgrade"); code != 0 {
+		t.Fatalf("upgrade after a failed exec: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+	u.sameWorkers(pids)
 }

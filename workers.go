@@ -2,13 +2,15 @@
 
 // This file holds the start of one worker through the exec shim, its
 // environment, what it says on its notify socket, and its leaving: the stop,
-// the grace period and its exit. What happens to its slot when it comes up,
-// leaves or exits is slots.go.
+// the grace period and its exit; and, after an in-place upgrade, the
+// take-over of the workers the image before started. What happens to its
+// slot when it comes up, leaves or exits is slots.go.
 package main
 
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,6 +19,7 @@ import (
 	"github.com/prefork/prefork/internal/listenwait"
 	"github.com/prefork/prefork/internal/output"
 	"github.com/prefork/prefork/internal/sock"
+	"github.com/prefork/prefork/internal/upgrade"
 )
 
 // spawn starts one worker for a slot in the current generation.
@@ -299,4 +302,104 @@ func (s *supervisor) upByDelay(in slotInput) {
 	}
 	s.seeing.byDelay = true
 	s.markReady(in.w, upDelay)
+}
+
+// adoptWorkers takes over the slots and workers of the image before (the
+// loop's start after an upgrade): their timers go on from what remained of
+// them, their notify sockets are read again, and what the old image had not
+// handled yet is handled now.
+func (s *supervisor) adoptWorkers() {
+	a, now := s.adopt, s.env.now()
+	st := a.st
+	for _, u := range st.Slots {
+		s.slots = append(s.slots, &slot{index: u.Index, failures: u.Failures, restarts: u.Restarts,
+			lastExit: u.LastExit, replaced: u.Replaced, socks: u.Socks})
+	}
+	var ws []*worker
+	for _, u := range st.Procs {
+		conn, err := upgrade.FileConn(u.NotifyFD, u.NotifyPath)
+		if err != nil {
+			a.handBack(s.log, fmt.Sprintf("worker pid %d: notify socket: %v", u.PID, err))
+			s.log.Error("worker's notify socket is lost; it is not read", "pid", u.PID, "err", err)
+		}
+		w := &worker{pid: u.PID, slot: s.slots[u.Slot], gen: u.Generation, state: stateStarting, started: now.Add(-u.Age),
+			wasReady: u.WasReady, failed: u.Failed, why: u.Why, status: u.Status,
+			notify: &notifySocket{path: u.NotifyPath, conn: conn, log: s.notify.log}, link: &signalLink{killMode: s.c.killMode}}
+		if u.Ready {
+			w.state = stateReady
+		}
+		if i := slices.Index(upByNames, u.UpBy); i > 0 {
+			w.upBy = upBy(i)
+		}
+		w.seenIn = listenwait.Way(u.SeenIn)
+		if u.PingAge >= 0 {
+			w.lastPing = now.Add(-u.PingAge)
+		}
+		ws = append(ws, w)
+	}
+	// Committed: from here on this image runs the workers.
+	for _, w := range ws {
+		w.link.attach(w)
+		s.workers[w.pid] = w
+		w.slot.cur = w
+		if w.state == stateStarting && s.c.ready == readyOnNotify {
+			w.timer = s.env.after(max(s.c.readyTimeout-now.Sub(w.started), 0), readyTimeoutEvent{w})
+		} else if w.state == stateStarting {
+			w.timer = s.env.after(max(s.c.readyDelay-now.Sub(w.started), 0), readyDelayEvent{w})
+		}
+		if w.notify.conn != nil {
+			w.notify.start(w.pid, s.notifyTo(w))
+		}
+	}
+	for i, sl := range s.slots {
+		if sl.cur == nil {
+			d := st.Slots[i].RestartIn
+			sl.restartDue = now.Add(d)
+			s.env.after(d, restartEvent{sl})
+		}
+	}
+	s.tookOver()
+	for _, p := range st.Pending {
+		if w := s.workers[p.PID]; p.Exit {
+			s.handle(exitEvent{p.PID, p.Status})
+		} else if w != nil {
+			s.handle(notifyEvent{w, p.Msg})
+		}
+	}
+	for _, sig := range st.Signals {
+		select {
+		case s.sigs <- syscall.Signal(sig):
+		default:
+		}
+	}
+}
+
+// tookOver answers the client that asked for the upgrade, closes the
+// inherited descriptors the take-over duplicated, and tells systemd.
+func (s *supervisor) tookOver() {
+	a, st := s.adopt, s.adopt.st
+	if a.back != "" {
+		s.log.Warn("upgrade rolled back: the new binary could not take over; this prefork goes on", "binary", st.Exe, "err", a.back)
+		if st.Client >= 0 {
+			answerFD(st.Client, ctlResponse{Error: fmt.Sprintf("rolled back: %s could not take over (%s); the old prefork goes on", st.Exe, a.back)})
+		}
+	} else {
+		msg := fmt.Sprintf("pid %d runs %s now; %d workers kept (state format %d from %s)", os.Getpid(), version(), len(st.Procs), st.Version, st.Writer)
+		s.log.Info("upgraded in place", "binary", st.Exe, "version", version(), "workers", len(st.Procs), "from", st.Writer)
+		if st.Client >= 0 {
+			answerFD(st.Client, ctlResponse{OK: true, Message: msg})
+		}
+	}
+	for _, fd := range []int{a.fd, a.exeFD} {
+		syscall.Close(fd)
+	}
+	for _, w := range st.Procs {
+		syscall.Close(w.NotifyFD)
+	}
+	if st.Control != nil {
+		syscall.Close(st.Control.FD)
+	}
+	if s.upOnce {
+		s.up.send("READY=1\nMAINPID=" + strconv.Itoa(os.Getpid()))
+	}
 }

@@ -10,8 +10,8 @@
 // A Watcher is one goroutine that owns the set of processes coming up and
 // looks at each of them with a back-off: often right after its start, then
 // every second at most, until it is seen, cannot be seen, or is forgotten.
-// Its callers send it messages (Watch, Forget) and hear back through the
-// report function, called on the Watcher's goroutine.
+// Its callers send it messages (Watch, Forget) and hear back on their own
+// event channel.
 package listenwait
 
 import (
@@ -86,11 +86,19 @@ type Watcher struct {
 	done chan struct{}
 }
 
-// New starts a Watcher; report is called on its goroutine, once per process
-// seen or found unobservable (it is then forgotten).
-func New(report func(Report)) *Watcher {
+// New starts a Watcher that sends wrap(r) on events once per process seen or
+// found unobservable (it is then forgotten); a send that waits does not keep
+// Close waiting.
+func New[E any](events chan<- E, wrap func(Report) E) *Watcher {
 	w := &Watcher{reqs: make(chan request, 4096), quit: make(chan struct{}), done: make(chan struct{})}
-	go w.run(report)
+	go w.run(func(r Report) bool {
+		select {
+		case events <- wrap(r):
+			return true
+		case <-w.quit:
+			return false
+		}
+	})
 	return w
 }
 
@@ -111,7 +119,7 @@ func (w *Watcher) Close() {
 	<-w.done
 }
 
-func (w *Watcher) run(report func(Report)) {
+func (w *Watcher) run(report func(Report) bool) {
 	defer close(w.done)
 	targets := map[int]*target{}
 	timer := time.NewTimer(time.Hour)
@@ -149,12 +157,16 @@ func (w *Watcher) run(report func(Report)) {
 			switch {
 			case err != nil && errors.Is(err, ErrCannotObserve):
 				delete(targets, pid)
-				report(Report{PID: pid, Err: err})
+				if !report(Report{PID: pid, Err: err}) {
+					return
+				}
 			case err != nil: // gone: its exit makes the caller forget it
 				delete(targets, pid)
 			case way != None:
 				delete(targets, pid)
-				report(Report{PID: pid, Way: way})
+				if !report(Report{PID: pid, Way: way}) {
+					return
+				}
 			default:
 				t.every = min(t.every*3/2, maxLook)
 				t.due = time.Now().Add(t.every)

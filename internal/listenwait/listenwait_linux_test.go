@@ -204,7 +204,7 @@ func TestWatcherReportsOnceSeen(t *testing.T) {
 		t.Skip("no /proc/PID/syscall here")
 	}
 	reports := make(chan Report, 4)
-	w := New(func(r Report) { reports <- r })
+	w := New(reports, func(r Report) Report { return r })
 	defer w.Close()
 	f, s := listener(t)
 	slow := exec.Command(python(t), "-c", "import time; time.sleep(1.5)\n"+waiter, "epoll")
@@ -287,5 +287,25 @@ func TestCheckWithoutChildrenFiles(t *testing.T) {
 	cmd := startWaiter(t, "child-epoll", f)
 	if got := seen(t, cmd.Process.Pid, []Sock{s}); got != Epoll {
 		t.Errorf("seen as %q, want %q", got, Epoll)
+	}
+}
+
+// Close returns while a report waits for a reader that is gone.
+func TestWatcherCloseWhileAReportWaits(t *testing.T) {
+	if !Supported {
+		t.Skip("no /proc/PID/syscall here")
+	}
+	reports := make(chan Report) // nobody reads
+	w := New(reports, func(r Report) Report { return r })
+	f, s := listener(t)
+	cmd := startWaiter(t, "accept", f)
+	w.Watch(cmd.Process.Pid, []Sock{s})
+	time.Sleep(500 * time.Millisecond) // seen, and waiting to say so
+	closed := make(chan struct{})
+	go func() { w.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close waited for a report nobody reads")
 	}
 }

@@ -43,6 +43,9 @@ type RR interface {
 	// AddListener makes the dispatcher accept on one more listener (a socket
 	// bound on a worker's request) and returns its index.
 	AddListener(fd int) (uint32, error)
+	// RemoveListener stops accepting on one of those (no worker serves on it
+	// any more) and closes the connections from it no worker has taken.
+	RemoveListener(index uint32)
 	// Ack reports a worker's answer to a newconn: accepted, or refused (the
 	// connection goes to another worker). Called on the reader goroutine.
 	Ack(pid int, seq uint32, accepted bool)
@@ -70,6 +73,11 @@ type Config struct {
 	// otherwise SendConn sets O_NONBLOCK on each (Node's libuv does not set
 	// it on a descriptor it receives).
 	ConnsNonblock bool
+	// The sockets bound on request (registry.go): PerWorker that one worker's
+	// requests may keep bound, MaxSockets descriptors they may hold in all
+	// (0: the defaults of the same names), and Reserve descriptors that
+	// prefork keeps free under RLIMIT_NOFILE whatever the workers ask.
+	PerWorker, MaxSockets, Reserve int
 }
 
 // Cluster is the state every Node worker's channel shares: prefork's
@@ -84,13 +92,24 @@ type Cluster struct {
 	// connsNonblock: the rr dispatcher accepts connections non-blocking already.
 	connsNonblock bool
 
-	ls []*listener // index = the listener's index in the dispatcher
+	ls []*listener // index = the listener's index in the dispatcher; nil: closed
+
+	workers                        map[*Worker]bool // attached, not yet detached
+	perWorker, maxSockets, reserve int
+	held                           int // descriptors the sockets bound on request hold
 }
 
 // New wraps prefork's listeners.
 func New(c Config) *Cluster {
 	nc := &Cluster{log: c.Log, reuseport: c.Reuseport, backlog: c.Backlog, rr: c.RR,
-		closingWait: c.ClosingWait, connsNonblock: c.ConnsNonblock}
+		closingWait: c.ClosingWait, connsNonblock: c.ConnsNonblock, workers: map[*Worker]bool{},
+		perWorker: c.PerWorker, maxSockets: c.MaxSockets, reserve: c.Reserve}
+	if nc.perWorker <= 0 {
+		nc.perWorker = PerWorker
+	}
+	if nc.maxSockets <= 0 {
+		nc.maxSockets = MaxSockets
+	}
 	if c.SendServer != "" {
 		nc.sendServer, _ = json.Marshal(c.SendServer)
 	}
@@ -113,6 +132,33 @@ func (nc *Cluster) Close() {
 		}
 		sock.Close(nl.l)
 	}
+}
+
+// BoundSocket is a listener the cluster bound on a worker's request, with
+// its sockets: prefork's status shows its accept queue (the sum over Socks).
+type BoundSocket struct {
+	L     *sock.Listener
+	Socks []int // each slot's in reuseport mode, else the listener's
+}
+
+// BoundSockets lists the listeners bound on the workers' requests that are
+// open now, with their sockets (owner).
+func (nc *Cluster) BoundSockets() []BoundSocket {
+	var bs []BoundSocket
+	for _, nl := range nc.ls {
+		if nl == nil || nl.static {
+			continue
+		}
+		b := BoundSocket{L: nl.l}
+		for _, fd := range nl.socks {
+			b.Socks = append(b.Socks, fd)
+		}
+		if len(b.Socks) == 0 {
+			b.Socks = []int{nl.l.FD}
+		}
+		bs = append(bs, b)
+	}
+	return bs
 }
 
 // Event is what a worker's reader goroutine, or one of its timers, hands
@@ -172,6 +218,9 @@ type Worker struct {
 	servers        map[string]uint32 // the worker's live servers: key → listener
 	sentServers    []uint32          // --node-send-server: listeners sent, not yet listened on
 	ownKeys        map[uint32][]byte // rr: listener → the JSON key of the worker's server on it
+	stopping       bool              // Stop was called: what it serves on may close
+	bound          int               // sockets bound on its requests, still open
+	toldLimit      bool              // the log said that its requests hit a limit
 
 	keys atomic.Pointer[map[uint32][]byte] // a copy of ownKeys, for the dispatcher's thread
 }
@@ -212,6 +261,7 @@ func (nc *Cluster) Attach(pid, slot, fd int, socks []int, post func(Event)) (*Wo
 		post(Event{kind: evEnded, err: err})
 	}
 	c.start()
+	nc.workers[w] = true
 	return w, nil
 }
 
@@ -221,6 +271,11 @@ func (w *Worker) Detach() {
 	w.detached = true
 	w.conn.close()
 	w.closeSocks()
+	delete(w.nc.workers, w)
+	if !w.stopping {
+		w.nc.claim(w)
+	}
+	w.nc.sweep()
 }
 
 func (w *Worker) closeSocks() {
@@ -295,6 +350,11 @@ func (w *Worker) Handle(e Event) (Outcome, error) {
 // never spoke the cluster protocol (it would ignore disconnect), or its
 // channel is already closed.
 func (w *Worker) Stop() (wait bool) {
+	if !w.stopping {
+		w.stopping = true
+		w.nc.claim(w)
+		w.nc.sweep()
+	}
 	if w.ended {
 		return false
 	}
@@ -432,6 +492,8 @@ func (w *Worker) message(m *msg) Outcome {
 			w.nc.rr.Kick()
 		}
 		if first {
+			w.nc.unclaim(w.slot)
+			w.nc.sweep()
 			w.nc.warnUnasked()
 			return Ready
 		}
@@ -449,6 +511,7 @@ func (w *Worker) message(m *msg) Outcome {
 				w.publishKeys()
 			}
 			w.allClosed = len(w.servers) == 0
+			w.nc.sweep()
 		}
 	case "exitedAfterDisconnect":
 		w.selfDisconnect = true
@@ -458,31 +521,4 @@ func (w *Worker) message(m *msg) Outcome {
 		return Stopping
 	}
 	return Nothing
-}
-
-// sendServers sends every listener as process.send(MSG, server) would
-// (--node-send-server), once the worker is online.
-func (w *Worker) sendServers() {
-	if w.nc.sendServer == nil {
-		return
-	}
-	for _, nl := range w.nc.ls {
-		if nl == nil || !nl.static {
-			continue
-		}
-		fd, typ := w.socketFor(nl)
-		if fd < 0 {
-			continue
-		}
-		if typ == "net.Native" {
-			typ = "net.Server"
-		} else {
-			typ = "dgram.Socket"
-		}
-		line := []byte(`{"cmd":"NODE_HANDLE","type":"` + typ + `","msg":` + string(w.nc.sendServer) + "}\n")
-		w.sentServers = append(w.sentServers, nl.index)
-		if err := setNonblockFd(fd); err == nil {
-			w.conn.send(line, fd)
-		}
-	}
 }

@@ -7,16 +7,21 @@
 // either side sends. One reader goroutine per worker parses lines and hands
 // them to the protocol (cluster.go); writers share one ordered output.
 //
-// This file holds the codec: the messages, their JSON lines and handle
-// matching; the per-worker channel and its writer queue are in conn.go.
+// This file holds the codec: the messages, their JSON lines, handle
+// matching and the line bound (MaxLine); the per-worker channel and its
+// writer queue are in conn.go.
 
 package nodecluster
 
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"runtime/debug"
 	"strconv"
+	"sync/atomic"
+	"time"
 )
 
 // msg is one message a worker sent: the fields of the cluster protocol that
@@ -173,4 +178,81 @@ func encodeLine(v any) []byte {
 		panic(fmt.Sprintf("prefork: node message: %v", err)) // only prefork's own types get here
 	}
 	return append(b, '\n')
+}
+
+// MaxLine is the longest line prefork reads from a worker, 16 MiB: a worker
+// that sends a longer one (or bytes without a newline for that long) is broken,
+// its channel closed. Node itself sets no limit; the cluster protocol's lines
+// are short, and prefork has no use for a user message's content.
+const MaxLine = 16 << 20
+
+// keepPartial is the most a line buffer keeps after a line: the room a
+// bigger message took is given back.
+const keepPartial = 64 << 10
+
+// ErrLineTooLong is why the channel of a worker that sent a line longer than
+// MaxLine was closed.
+var ErrLineTooLong = errors.New("a line on the node channel is longer than 16 MiB")
+
+// lines splits what was read into lines and handles the complete ones; an
+// error when a line grows past MaxLine.
+func (c *channel) lines(b []byte) error {
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			if len(c.partial)+len(b) > MaxLine {
+				c.dropPartial()
+				return ErrLineTooLong
+			}
+			c.partial = append(c.partial, b...)
+			return nil
+		}
+		line := b[:i]
+		if len(c.partial) > 0 {
+			if len(c.partial)+len(line) > MaxLine {
+				c.dropPartial()
+				return ErrLineTooLong
+			}
+			c.partial = append(c.partial, line...)
+			line = c.partial
+		}
+		c.line(line)
+		if cap(c.partial) > keepPartial {
+			c.dropPartial()
+		} else {
+			c.partial = c.partial[:0]
+		}
+		b = b[i+1:]
+	}
+	return nil
+}
+
+// dropPartial gives up a line buffer that a big message grew, and the
+// memory with it: the Go runtime would keep it from the system for minutes.
+// At most once a second, whichever worker sends big messages.
+func (c *channel) dropPartial() {
+	big := cap(c.partial) >= 1<<20
+	c.partial = nil
+	if now := time.Now().UnixNano(); big && now-lastFreed.Load() > int64(time.Second) {
+		lastFreed.Store(now)
+		debug.FreeOSMemory()
+	}
+}
+
+// lastFreed is when dropPartial last gave memory back, in Unix nanoseconds.
+var lastFreed atomic.Int64
+
+// dropStrayFds closes the descriptors of a read that no NODE_HANDLE line
+// took: a descriptor comes with the first byte of its line, so once the lines
+// a read completed are handled, only a line still incomplete may own one.
+// That one is kept (at most one: one descriptor per NODE_HANDLE line).
+func (c *channel) dropStrayFds() {
+	keep := 0
+	if len(c.partial) > 0 {
+		keep = 1
+	}
+	if len(c.fds) > keep {
+		closeFds(c.fds[keep:])
+		c.fds = c.fds[:keep]
+	}
 }

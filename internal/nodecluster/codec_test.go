@@ -115,7 +115,7 @@ func TestNodeStrayDescriptors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer syscall.Close(null)
-	before := len(openFds(t))
+	before := len(listFds(t))
 	for i := 0; i < 50; i++ {
 		if err := syscall.Sendmsg(child, []byte(`{"hello":1}`+"\n"), syscall.UnixRights(null), nil, 0); err != nil {
 			t.Fatal(err)
@@ -130,12 +130,12 @@ func TestNodeStrayDescriptors(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the NODE_HANDLE line's descriptor never reached the handler")
 	}
-	if after := len(openFds(t)); after > before {
+	if after := len(listFds(t)); after > before {
 		t.Errorf("%d descriptors open after 50 sent without NODE_HANDLE, %d before", after, before)
 	}
 }
 
-func openFds(t *testing.T) []string {
+func listFds(t *testing.T) []string {
 	t.Helper()
 	f, err := os.Open("/dev/fd")
 	if err != nil {

@@ -223,6 +223,7 @@ type fakeRR struct {
 }
 
 func (r *fakeRR) AddListener(fd int) (uint32, error) { return 0, nil }
+func (r *fakeRR) RemoveListener(index uint32)        {}
 func (r *fakeRR) Kick()                              {}
 func (r *fakeRR) Shut(id int)                        {}
 func (r *fakeRR) Ack(id int, seq uint32, ok bool) {

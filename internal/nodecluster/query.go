@@ -30,6 +30,8 @@ type listener struct {
 	asked  bool            // static: a worker has asked for it
 	told   bool            // static: the info line on serving another address is logged
 	warned bool            // static: warnUnasked has warned of it
+	by     *Worker         // bound on request: the worker whose request it was
+	claims map[int]bool    // bound on request: slots whose worker left serving on it (registry.go)
 }
 
 // socketFor is the socket of nl that this worker gets in shared or reuseport
@@ -48,12 +50,17 @@ func (w *Worker) socketFor(nl *listener) (int, string) {
 		}
 		fd, ok := nl.socks[w.slot]
 		if !ok {
+			if w.nc.held+1 > w.nc.maxSockets || !w.nc.headroom(1) {
+				w.nc.log.Warn("node: no room for a slot's own reuseport socket; the worker shares the first", "addr", nl.l.Bound())
+				return nl.l.FD, typ
+			}
 			var err error
 			if fd, err = nl.l.ReuseportSocket(w.nc.backlog); err != nil {
 				w.nc.log.Error("node: cannot open a reuseport socket", "addr", nl.l.Bound(), "err", err)
 				return nl.l.FD, typ
 			}
 			nl.socks[w.slot] = fd
+			w.nc.held++
 		}
 		return fd, typ
 	}
@@ -163,11 +170,14 @@ func (nc *Cluster) listenerFor(w *Worker, m *msg) (*listener, syscall.Errno) {
 			return nl, 0
 		}
 	}
+	if errno := nc.canBind(w, nc.bindCost()); errno != 0 {
+		return nil, errno
+	}
 	l, err := nc.bindFor(network, addr, port, at, m)
 	if err != nil {
 		return nil, nc.bindFailed(network, addr, port, at, err)
 	}
-	nl := &listener{index: uint32(len(nc.ls)), l: l, query: q, socks: map[int]int{0: l.FD}}
+	nl := &listener{index: uint32(len(nc.ls)), l: l, query: q, socks: map[int]int{0: l.FD}, by: w}
 	if nc.rr != nil && network != "udp" {
 		idx, err := nc.rr.AddListener(l.FD)
 		if err != nil {
@@ -182,6 +192,8 @@ func (nc *Cluster) listenerFor(w *Worker, m *msg) (*listener, syscall.Errno) {
 	}
 	nc.log.Info("listening (bound for a node worker)", "addr", l.Bound())
 	nc.ls = append(nc.ls, nl)
+	nc.held += nc.bindCost()
+	w.bound++
 	return nl, 0
 }
 
@@ -323,4 +335,31 @@ func sockname(fd int) map[string]any {
 		return map[string]any{"address": net.IP(sa.Addr[:]).String(), "family": "IPv6", "port": sa.Port}
 	}
 	return nil
+}
+
+// sendServers sends every listener as process.send(MSG, server) would
+// (--node-send-server), once the worker is online.
+func (w *Worker) sendServers() {
+	if w.nc.sendServer == nil {
+		return
+	}
+	for _, nl := range w.nc.ls {
+		if nl == nil || !nl.static {
+			continue
+		}
+		fd, typ := w.socketFor(nl)
+		if fd < 0 {
+			continue
+		}
+		if typ == "net.Native" {
+			typ = "net.Server"
+		} else {
+			typ = "dgram.Socket"
+		}
+		line := []byte(`{"cmd":"NODE_HANDLE","type":"` + typ + `","msg":` + string(w.nc.sendServer) + "}\n")
+		w.sentServers = append(w.sentServers, nl.index)
+		if err := setNonblockFd(fd); err == nil {
+			w.conn.send(line, fd)
+		}
+	}
 }

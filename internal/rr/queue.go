@@ -35,6 +35,7 @@ const (
 	opSlot
 	opSlots
 	opAddListener
+	opRemoveListener
 	opStats
 	opTotals
 	opWaiting
@@ -141,6 +142,11 @@ func (d *Dispatcher) AddListener(lfd int) (uint32, error) {
 	return r.seq, r.err
 }
 
+// RemoveListener stops accepting on a listener AddListener added (its worker
+// servers are gone) and closes the connections from it that no worker has
+// taken; the caller closes its own descriptor.
+func (d *Dispatcher) RemoveListener(index uint32) { d.post(msg{op: opRemoveListener, seq: index}) }
+
 // Stats reports every attached worker.
 func (d *Dispatcher) Stats() []WorkerStats { return d.call(msg{op: opStats}).stats }
 
@@ -191,6 +197,8 @@ func (d *Dispatcher) handle(m msg) bool {
 		d.detach(m.id)
 	case opKick:
 		d.pump()
+	case opRemoveListener:
+		d.removeListener(m.seq)
 	case opNonblock:
 		d.nonblock = true
 	case opSlot:

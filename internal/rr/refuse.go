@@ -6,10 +6,12 @@
 // that refused it until that one accepts another; offered again after that,
 // it waits a little longer each time (a backoff), so that workers that all
 // refuse cost no spin; and once it has waited RefusedWait since its first
-// refusal it is closed, and the log says so.
+// refusal it is closed, and the log says so. It also holds the removal of a
+// listener whose servers are all gone.
 package rr
 
 import (
+	"syscall"
 	"time"
 )
 
@@ -92,4 +94,30 @@ func sooner(a, b int) int {
 		return b
 	}
 	return a
+}
+
+// removeListener stops accepting on listener index for good and closes what
+// is pending from it. Its entry stays, so that indices keep their meaning.
+func (d *Dispatcher) removeListener(index uint32) {
+	if int(index) >= len(d.listeners) {
+		return
+	}
+	l := d.listeners[index]
+	if l.fd >= 0 {
+		if !l.dead {
+			d.poll.del(l.fd)
+		}
+		syscall.Close(l.fd)
+		l.fd = -1
+	}
+	l.dead, l.armed = true, false
+	kept := d.pending[:0]
+	for _, h := range d.pending {
+		if h.index == index {
+			d.sys.CloseConn(h.fd)
+		} else {
+			kept = append(kept, h)
+		}
+	}
+	d.pending = kept
 }

@@ -41,7 +41,9 @@ function listen() {
     console.error('app: cannot start');
     process.exit(1);
   }
-  const on = process.env.APP_LISTEN;
+  // APP_LISTEN_FILE: where to read APP_LISTEN at start (a release's config).
+  const on = process.env.APP_LISTEN_FILE
+    ? require('fs').readFileSync(process.env.APP_LISTEN_FILE, 'utf8').trim() : process.env.APP_LISTEN;
   if (on.startsWith('fd:')) {
     server.listen({ fd: Number(on.slice(3)) });
   } else if (on.startsWith('/')) {
