@@ -18,6 +18,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -106,9 +107,13 @@ func TestKilledWorkerIsReplacedInItsSlot(t *testing.T) {
 	st := in.readyWorkers(2, 10*time.Second)
 	addr := in.addr()
 	victim := st.Workers[1]
-	// Keep requesting while the worker dies: the port must never stop answering.
+	// Keep requesting while the worker dies: the port must never stop
+	// answering. In shared mode the request the victim had accepted when it
+	// was killed dies with it (rr mode is what keeps those); one that starts
+	// once the victim is gone must be answered.
 	stop := make(chan struct{})
 	errs := make(chan error, 1)
+	var killed atomic.Int64 // unix nanoseconds, once the victim is dead
 	go func() {
 		defer close(errs)
 		for i := 0; i < 2000; i++ {
@@ -117,13 +122,21 @@ func TestKilledWorkerIsReplacedInItsSlot(t *testing.T) {
 				return
 			default:
 			}
+			start := time.Now().UnixNano()
 			if _, err := get(addr); err != nil {
+				if k := killed.Load(); k == 0 || start < k {
+					continue // in flight at the kill
+				}
 				errs <- err
 				return
 			}
 		}
 	}()
 	syscall.Kill(victim.PID, syscall.SIGKILL)
+	for deadline := time.Now().Add(5 * time.Second); pidAlive(victim.PID) && time.Now().Before(deadline); { // until prefork reaps it
+		time.Sleep(time.Millisecond)
+	}
+	killed.Store(time.Now().UnixNano())
 	st = in.waitFor("replacement", 10*time.Second, func(st statusFile) bool {
 		for _, w := range st.Workers {
 			if w.Slot == victim.Slot && w.PID != victim.PID && w.State == "ready" {
