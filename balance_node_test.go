@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -53,41 +52,7 @@ const socketIOVersion = "4.8.4"
 // socketIOModules returns a node_modules holding socket.io and
 // socket.io-client, installed by npm into the user's cache on first use.
 func socketIOModules(t *testing.T) string {
-	t.Helper()
-	npm, err := exec.LookPath("npm")
-	if err != nil {
-		t.Skip("no npm: cannot install socket.io")
-	}
-	cache, err := os.UserCacheDir()
-	if err != nil {
-		cache = os.TempDir()
-	}
-	dir := filepath.Join(cache, "prefork-test", "socket.io-"+socketIOVersion)
-	mods := filepath.Join(dir, "node_modules")
-	if _, err := os.Stat(filepath.Join(mods, "socket.io-client", "package.json")); err == nil {
-		return mods
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(npm, "install", "--prefix", dir, "--no-audit", "--no-fund", "--no-save",
-		"--fetch-retries=0", "--fetch-timeout=15000", "socket.io@"+socketIOVersion, "socket.io-client@"+socketIOVersion)
-	cmd.Dir = dir
-	done := make(chan struct{})
-	timer := time.AfterFunc(2*time.Minute, func() {
-		select {
-		case <-done:
-		default:
-			cmd.Process.Kill()
-		}
-	})
-	out, err := cmd.CombinedOutput()
-	close(done)
-	timer.Stop()
-	if err != nil {
-		t.Skipf("npm install socket.io@%s socket.io-client@%s failed (is the registry reachable?): %v\n%s", socketIOVersion, socketIOVersion, err, out)
-	}
-	return mods
+	return npmModules(t, "socket.io-"+socketIOVersion, "socket.io@"+socketIOVersion, "socket.io-client@"+socketIOVersion)
 }
 
 // socketIOResult is what testdata/node/socketio_client.js prints.

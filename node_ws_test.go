@@ -59,8 +59,16 @@ func npmModules(t *testing.T, name string, pkgs ...string) string {
 	cmd := exec.Command(npm, append([]string{"install", "--prefix", dir, "--no-audit", "--no-fund", "--no-save",
 		"--fetch-retries=0", "--fetch-timeout=15000"}, pkgs...)...)
 	cmd.Dir = dir
-	timer := time.AfterFunc(2*time.Minute, func() { cmd.Process.Kill() })
+	done := make(chan struct{})
+	timer := time.AfterFunc(2*time.Minute, func() {
+		select {
+		case <-done:
+		default:
+			cmd.Process.Kill()
+		}
+	})
 	out, err := cmd.CombinedOutput()
+	close(done)
 	timer.Stop()
 	if err != nil {
 		t.Skipf("npm install %s failed (is the registry reachable?): %v\n%s", strings.Join(pkgs, " "), err, out)

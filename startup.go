@@ -23,6 +23,7 @@ import (
 
 	"github.com/prefork/prefork/internal/demo"
 	"github.com/prefork/prefork/internal/output"
+	"github.com/prefork/prefork/internal/procstat"
 	"github.com/prefork/prefork/internal/sock"
 	"github.com/prefork/prefork/internal/upgrade"
 )
@@ -238,7 +239,7 @@ func checkDescriptors(c *config, listeners int) (warn string, err error) {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		return "", nil
 	}
-	open := countOpenFds()
+	open := procstat.OpenFds()
 	if open < 0 || lim.Cur >= 1<<31 {
 		return "", nil
 	}
@@ -267,20 +268,6 @@ func (e *fdLimitError) Error() string { return e.msg }
 
 func (e *fdLimitError) hint() string {
 	return fmt.Sprintf("hint: raise the limit (ulimit -n %d, or LimitNOFILE= in a systemd unit) or run fewer workers (-n)", e.need)
-}
-
-// countOpenFds counts prefork's open descriptors; -1 when it cannot tell.
-func countOpenFds() int {
-	f, err := os.Open("/dev/fd")
-	if err != nil {
-		return -1
-	}
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil {
-		return -1
-	}
-	return len(names) - 1 // the directory itself
 }
 
 // isFdLimit reports whether err comes from running out of descriptors.

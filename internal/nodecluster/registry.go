@@ -11,9 +11,9 @@
 package nodecluster
 
 import (
-	"os"
 	"syscall"
 
+	"github.com/prefork/prefork/internal/procstat"
 	"github.com/prefork/prefork/internal/sock"
 )
 
@@ -66,22 +66,8 @@ func (nc *Cluster) headroom(cost int) bool {
 	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) != nil || lim.Cur >= 1<<31 {
 		return true
 	}
-	open := openFds()
+	open := procstat.OpenFds()
 	return open < 0 || uint64(open+cost+nc.reserve) <= lim.Cur
-}
-
-// openFds counts prefork's open descriptors; -1 when it cannot tell.
-func openFds() int {
-	f, err := os.Open("/dev/fd")
-	if err != nil {
-		return -1
-	}
-	defer f.Close()
-	names, err := f.Readdirnames(-1)
-	if err != nil {
-		return -1
-	}
-	return len(names) - 1 // the directory itself
 }
 
 // bindCost is the descriptors a socket bound on request holds at first: the

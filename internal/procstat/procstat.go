@@ -4,10 +4,14 @@
 // socket sample of other processes: a process group's memory and CPU time,
 // and a listener's accept queue. It has no goroutine of its own; its callers
 // own the buffers they pass. This file holds what both platforms share: the
-// type of one process group's reading.
+// type of one process group's reading, and the count of prefork's own open
+// descriptors.
 package procstat
 
-import "time"
+import (
+	"os"
+	"time"
+)
 
 // procUsage is what one worker's process group uses at the moment of a sample.
 type Usage struct {
@@ -21,4 +25,18 @@ type Usage struct {
 	CPU time.Duration
 	// Procs is how many processes the group has.
 	Procs int
+}
+
+// OpenFds counts this process's open descriptors; -1 when it cannot tell.
+func OpenFds() int {
+	f, err := os.Open("/dev/fd")
+	if err != nil {
+		return -1
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return -1
+	}
+	return len(names) - 1 // the directory itself
 }
