@@ -86,8 +86,9 @@ check() {
   wait_until 30 ready_workers "$st" 2 || fail "$name: 2 workers not up within 30s; log:
 $(cat "$log")"
   local how seen
-  how=$(grep -o '"up_by": "[^"]*"' "$st" | head -1 | cut -d'"' -f4)
-  seen=$(grep -o '"seen_in": "[^"]*"' "$st" | head -1 | cut -d'"' -f4)
+  # (no seen_in for a worker up by READY=1: uWSGI's master sends it)
+  how=$(grep -o '"up_by": "[^"]*"' "$st" | head -1 | cut -d'"' -f4 || true)
+  seen=$(grep -o '"seen_in": "[^"]*"' "$st" | head -1 | cut -d'"' -f4 || true)
   [ -z "$seen" ] || how="$how ($seen)"
   ! grep -q '"up_by": "delay"' "$st" || fail "$name: up by the delay rule, not seen waiting for connections ($how); log:
 $(cat "$log")"
